@@ -1,0 +1,344 @@
+"""One typed config for a caviar experiment, with every default in one place.
+
+Resolution order: these defaults < the experiment file (YAML) < ``--set key=value`` overrides.
+Every field says its unit and why it has its default. Unknown keys and bad values raise
+:class:`ConfigError` with the dotted key and the fix, which the CLI prints (exit code 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from caviar.errors import CaviarError
+
+Scalar = Union[bool, int, float, str]
+
+
+class ConfigError(CaviarError):
+    """A bad experiment file or override; the message names the key and the fix."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid": a typo such as `search.num_sample` must fail, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def default_storage() -> str:
+    """Where experiments go unless `storage` says otherwise: CAVIAR_RESULTS or ~/caviar_results."""
+    return os.environ.get("CAVIAR_RESULTS", str(Path("~/caviar_results").expanduser()))
+
+
+def _default_data_root() -> str:
+    from caviar.data import default_data_root  # late import: data pulls in torch
+
+    return str(default_data_root())
+
+
+# ---------------------------------------------------------------- search space entries
+class Range(_Strict):
+    """A numeric range sampled on a stated scale (see caviar.space.SCALES for the rules)."""
+
+    low: float
+    high: float
+    scale: Literal["linear", "log", "int", "log_int", "one_minus_log"] = "linear"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "Range":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g}); swap them or widen the range")
+        if self.scale in ("log", "log_int") and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0 (got {self.low:g}); use e.g. low: 1.0e-6, or scale: linear")
+        if self.scale == "one_minus_log" and not (0 <= self.low and self.high < 1):
+            raise ValueError(
+                f"scale one_minus_log samples 1 - 10**u, so it needs 0 <= low < high < 1 (got {self.low:g}..{self.high:g})"
+            )
+        if self.scale in ("int", "log_int") and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an integer range needs whole-number bounds (got {self.low:g}..{self.high:g})")
+        return self
+
+
+class Choice(_Strict):
+    """A categorical choice, sampled uniformly (random search, never a grid)."""
+
+    choices: list[Scalar] = Field(min_length=1)
+
+
+# A hyperparameter is a fixed value, a Range or a Choice. A bare YAML list is a Choice too.
+Param = Union[Range, Choice, Scalar]
+
+# What each hyperparameter may take, so a typo ("adma") fails before the sweep, not in a trial.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
+LR_SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
+CATEGORIES: dict[str, tuple[Any, ...]] = {
+    "optimizer": OPTIMIZERS,
+    "lr_schedule": LR_SCHEDULES,
+    "init": ("he", "xavier"),
+    "batch_norm": (True, False),
+    "activation": ("relu", "elu", "tanh"),
+}
+INTEGERS = ("batch_size", "conv_layers", "conv_width", "fc_layers", "fc_width")
+
+
+def _check_value(name: str, value: Any) -> None:
+    if name in CATEGORIES:
+        if value not in CATEGORIES[name] or isinstance(value, bool) != isinstance(CATEGORIES[name][0], bool):
+            raise ValueError(f"{value!r} is not one of {list(CATEGORIES[name])}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number")
+    elif name in INTEGERS and (value != int(value) or value < 1):
+        raise ValueError(f"{value!r} is not a positive whole number")
+    elif value < 0:
+        raise ValueError(f"{value!r} is negative")
+
+
+def _as_param(name: str, value: Any) -> Any:
+    """A YAML value -> fixed value, Range or Choice, checked against what `name` accepts."""
+    if isinstance(value, list):
+        value = {"choices": value}
+    if isinstance(value, dict):
+        kind = Choice if "choices" in value else Range
+        try:
+            value = kind.model_validate(value)
+        except ValidationError as error:
+            raise ValueError("; ".join(_describe_item(item) for item in error.errors())) from None
+    if isinstance(value, Choice):
+        for choice in value.choices:
+            _check_value(name, choice)
+    elif isinstance(value, Range):
+        if name in CATEGORIES:
+            raise ValueError(f"is categorical; give a list of choices from {list(CATEGORIES[name])}")
+        if name in INTEGERS and value.scale not in ("int", "log_int"):
+            raise ValueError(f"takes whole numbers; use scale: int or scale: log_int (got scale: {value.scale})")
+    else:
+        _check_value(name, value)
+    return value
+
+
+class SpaceConfig(_Strict):
+    """The search space. Defaults follow the notes: log scale for rates, linear for dropout.
+    Each entry is a fixed value, a list of choices, or {low, high, scale} (scales: caviar.space)."""
+
+    lr: Param = Range(low=1e-6, high=10, scale="log")  # step size; 10 ** uniform(-6, 1)
+    weight_decay: Param = Range(low=1e-6, high=1e-1, scale="log")  # L2 strength per step, log scale
+    dropout: Param = Range(low=0.1, high=0.7, scale="linear")  # drop probability (keep 0.3..0.9)
+    momentum: Param = Range(low=0.9, high=0.999, scale="one_minus_log")  # SGD momentum / Adam beta1
+    batch_size: Param = Choice(choices=[64, 128, 256, 512, 1024])  # images per step
+    conv_layers: Param = Range(low=1, high=3, scale="int")  # convnet conv blocks (each halves H, W)
+    conv_width: Param = Range(low=32, high=256, scale="log_int")  # channels per conv block
+    fc_layers: Param = Range(low=1, high=3, scale="int")  # hidden fully connected layers
+    fc_width: Param = Range(low=32, high=256, scale="log_int")  # units per hidden FC layer
+    optimizer: Param = Choice(choices=list(OPTIMIZERS))  # momentum unused by sgd/rmsprop/adagrad
+    lr_schedule: Param = Choice(choices=list(LR_SCHEDULES))  # per epoch, spanning max_epochs
+    init: Param = Choice(choices=["he", "xavier"])  # weight initialisation scheme
+    batch_norm: Param = Choice(choices=[True, False])
+    activation: Param = Choice(choices=["relu", "elu", "tanh"])
+    grad_clip: Param = Choice(choices=[0, 5, 10, 15])  # max global grad norm; 0 = no clipping
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _entry(cls, value: Any, info: Any) -> Any:
+        return _as_param(info.field_name, value)
+
+
+# ---------------------------------------------------------------- sections
+class DataConfig(_Strict):
+    root: Optional[str] = None  # folder holding cifar-10-batches-py/; null = $CAVIAR_DATA or ~/.cache/caviar/data
+    val_size: int = Field(5000, ge=0)  # images held out of the training set, same for every trial
+    split_seed: int = 0  # seed of the one fixed train/val permutation
+    train_subset: Union[int, float, None] = None  # class-balanced count (int) or fraction; None = all
+    augment: bool = True  # random crop (4 px padding) + horizontal flip, batched on the device
+    download: bool = True  # fetch CIFAR-10 (md5-checked) when data.root has no copy
+
+    @field_validator("train_subset")
+    @classmethod
+    def _subset_positive(cls, value: Any) -> Any:
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive count (e.g. 2000) or a fraction in (0, 1], or null for all")
+        if isinstance(value, float) and value > 1:
+            raise ValueError("a fraction must be at most 1.0; write a whole number for an image count")
+        return value
+
+
+class ModelConfig(_Strict):
+    family: Literal["convnet", "resnet"] = "convnet"  # convnet: the notes' net; resnet: ResNet-9 style
+    width: float = Field(1.0, gt=0)  # resnet width multiplier (1.0 = 64-128-256-512 channels)
+    num_classes: int = Field(10, ge=2)
+
+
+class SearchConfig(_Strict):
+    scheduler: Literal["asha", "random"] = "asha"  # asha: early stopping; random: every trial to the end
+    num_samples: int = Field(64, ge=1)  # trials drawn from the space
+    max_epochs: int = Field(20, ge=1)  # epoch budget of one trial; LR schedules span it
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = Field(3, ge=2)  # ASHA: keep the top 1/eta at each rung
+    metric: Literal["val_acc"] = "val_acc"  # what ASHA and "best" mean (maximised)
+    seed: Union[int, None] = 0  # seed of the random search, so a sweep is repeatable; null = fresh
+    max_concurrent: int = Field(0, ge=0)  # cap on running trials; 0 = as many as resources allow
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)  # CPU slots per trial; torch uses that many threads
+    gpus_per_trial: Union[float, Literal["auto"]] = "auto"  # fraction allowed; auto = share per family
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus_nonnegative(cls, value: Any) -> Any:
+        if value != "auto" and value < 0:
+            raise ValueError("must be >= 0 (a fraction such as 0.25 shares one GPU among 4 trials) or 'auto'")
+        return value
+
+
+class CheckpointConfig(_Strict):
+    keep: int = Field(3, ge=1)  # best checkpoints kept per trial (by val_acc); the rest are deleted
+    max_failures: int = Field(3, ge=0)  # retries of a crashed trial from its last checkpoint
+
+
+class TrainConfig(_Strict):
+    eval_batch_size: int = Field(1024, ge=1)  # images per forward pass when evaluating
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC memory format on CUDA (ignored on CPU)
+
+
+class Config(_Strict):
+    name: str = "cifar10-asha"  # experiment folder name under `storage`
+    storage: Optional[str] = None  # local path, NFS path or s3:// URI; null = $CAVIAR_RESULTS or ~/caviar_results
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError("must be a plain folder name such as cifar10-asha (no '/')")
+        return value
+
+    def resolved(self) -> "Config":
+        """A copy with the environment-dependent defaults (data root, storage) filled in, as saved
+        with an experiment so that resuming it later reads the same data and folder."""
+        copy_ = self.model_copy(deep=True)
+        copy_.storage = self.storage or default_storage()
+        copy_.data.root = self.data.root or _default_data_root()
+        return copy_
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading and overrides
+_DEFAULTS: dict[str, Any] = Config().to_dict()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"search.num_samples=128"`` -> (["search", "num_samples"], 128); values parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set search.num_samples=128")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: the key before '=' is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; a number was meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def _apply(tree: dict[str, Any], path: list[str], value: Any, defaults: dict[str, Any] | None = None) -> None:
+    """Set tree[a][b]... = value. A section missing from `tree` starts as its default, so that
+    ``--set space.lr.low=1e-4`` keeps the default range's `high` and `scale`."""
+    node, default = tree, defaults if defaults is not None else _DEFAULTS
+    for i, part in enumerate(path[:-1]):
+        default = default.get(part) if isinstance(default, dict) else None
+        if part not in node:
+            node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
+        child = node[part]
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is {child!r}, not a section; "
+                f"set the whole value instead (e.g. --set {'.'.join(path[: i + 1])}=...)"
+            )
+        node = child
+    node[path[-1]] = value
+
+
+def _describe_item(item: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in item["loc"])
+    if item["type"] == "extra_forbidden":
+        return f"{key}: unknown key; check the spelling (`caviar config` lists every key)"
+    message = item["msg"].removeprefix("Value error, ")
+    shown = item.get("input")
+    got = f" (got {shown!r})" if not isinstance(shown, (dict, Range, Choice)) else ""
+    return f"{key}: {message}{got}" if key else f"{message}{got}"
+
+
+def _describe(error: ValidationError) -> str:
+    # Scalar unions report one failure per member type; one line per key is enough.
+    seen: dict[str, str] = {}
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"] if str(part) not in ("bool", "int", "float", "str", "literal['auto']"))
+        seen.setdefault(key, _describe_item({**item, "loc": key.split(".") if key else []}))
+    return "\n".join(f"  {line}" for line in seen.values())
+
+
+def build_config(tree: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(f"invalid {source}:\n{_describe(error)}") from None
+
+
+def _read_experiment(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist; pass a YAML file such as experiments/smoke.yaml")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"experiment file {path} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"experiment file {path} must be a mapping of sections (name:, data:, search:, ...)")
+    return loaded or {}
+
+
+def load_config(
+    source: "str | Path | Config | dict[str, Any] | None" = None,
+    overrides: list[str] | None = None,
+    **values: Any,
+) -> Config:
+    """Defaults < `source` (experiment file, Config or dict) < `overrides` ("a.b=v") < `values`.
+
+    Keyword values use ``__`` for nesting (``search__num_samples=8``).
+    """
+    if isinstance(source, Config):
+        tree, name = source.to_dict(), "config"
+    elif isinstance(source, dict):
+        tree, name = copy.deepcopy(source), "config"
+    elif source is not None:
+        tree, name = _read_experiment(source), f"experiment {source}"
+    else:
+        tree, name = {}, "config"
+    for text in overrides or []:
+        _apply(tree, *parse_override(text))
+    for key, value in values.items():
+        _apply(tree, key.split("__"), value)
+    if overrides or values:
+        name += " (with overrides)"
+    return build_config(tree, name)

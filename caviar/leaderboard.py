@@ -1,0 +1,100 @@
+"""What a sweep produced, as a table: one row per trial, plus counts and the best trial."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+# Trial outcomes, beyond Ray's own statuses: a trial that stopped itself on a NaN loss is
+# "diverged", one that ASHA stopped before the budget is "early-stopped".
+STATUSES = ("completed", "early-stopped", "diverged", "error", "unfinished")
+
+
+def trial_status(ray_status: str, diverged: bool, epochs: int, max_epochs: int) -> str:
+    if ray_status == "ERROR":
+        return "error"
+    if diverged:
+        return "diverged"
+    if ray_status != "TERMINATED":
+        return "unfinished"
+    return "completed" if epochs >= max_epochs else "early-stopped"
+
+
+def trial_row(
+    trial_id: str,
+    ray_status: str,
+    hparams: dict[str, Any],
+    history: pd.DataFrame | None,
+    max_epochs: int,
+    retries: int = 0,
+    path: str = "",
+    best_checkpoint: str = "",
+) -> dict[str, Any]:
+    """One leaderboard row from a trial's per-epoch history (Ray's metrics dataframe)."""
+    history = history if history is not None else pd.DataFrame()
+    epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 0
+    diverged = bool(history["diverged"].fillna(False).astype(bool).any()) if "diverged" in history else False
+    val = history["val_acc"] if "val_acc" in history else pd.Series(dtype=float)
+    best_idx = val.idxmax() if val.notna().any() else None
+    row: dict[str, Any] = {
+        "trial_id": trial_id,
+        "status": trial_status(ray_status, diverged, epochs, max_epochs),
+        "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
+        "best_epoch": int(history.loc[best_idx, "epoch"]) if best_idx is not None else 0,
+        "epochs": epochs,
+        "final_val_loss": float(history["val_loss"].iloc[-1]) if "val_loss" in history and len(history) else math.nan,
+        "retries": retries,
+    }
+    row.update({k: v for k, v in hparams.items()})
+    row["path"] = path
+    row["best_checkpoint"] = best_checkpoint
+    return row
+
+
+def leaderboard(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows sorted best first; diverged and errored trials sink to the bottom."""
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def summarize(table: pd.DataFrame) -> dict[str, Any]:
+    counts = {status: int((table["status"] == status).sum()) if len(table) else 0 for status in STATUSES}
+    best = table.iloc[0].to_dict() if len(table) and pd.notna(table.iloc[0]["best_val_acc"]) else None
+    return {
+        "trials": len(table),
+        "counts": counts,
+        "total_trial_epochs": int(table["epochs"].sum()) if len(table) else 0,
+        "retries": int(table["retries"].sum()) if len(table) else 0,
+        "best_trial": _jsonable(best) if best else None,
+    }
+
+
+def format_table(table: pd.DataFrame, rows: int = 10) -> str:
+    """A short text leaderboard for the terminal."""
+    if table.empty:
+        return "(no trials)"
+    columns = [c for c in ("trial_id", "status", "best_val_acc", "epochs", "lr", "batch_size", "optimizer",
+                           "lr_schedule", "weight_decay", "dropout") if c in table]
+    shown = table[columns].head(rows).copy()
+    for column in ("lr", "weight_decay"):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: f"{v:.2e}" if isinstance(v, float) else v)
+    for column in ("best_val_acc", "dropout"):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
+    more = f"\n... {len(table) - rows} more in leaderboard.csv" if len(table) > rows else ""
+    return shown.to_string(index=False) + more
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,117 @@
+"""Config ranges -> Ray Tune distributions. The sampling-scale rule lives here, once.
+
+Scales (the notes' advice: sample what spans orders of magnitude on a log scale):
+
+- ``linear``        uniform(low, high)                     e.g. dropout
+- ``log``           10 ** uniform(log10 low, log10 high)    e.g. learning rate, weight decay
+- ``int``           uniform integer in [low, high]          e.g. number of layers
+- ``log_int``       integer, log-uniform in [low, high]     e.g. layer width
+- ``one_minus_log`` 1 - 10 ** uniform(log10(1-high), log10(1-low))
+                    e.g. momentum 0.9..0.999: 1 - beta spans two orders of magnitude
+"""
+
+from __future__ import annotations
+
+import math
+from copy import copy
+from typing import Any
+
+import numpy as np
+from ray import tune
+from ray.tune.search.sample import Domain, Float, Sampler, _BackwardsCompatibleNumpyRng
+
+from caviar.config import Choice, Range, SpaceConfig
+
+SCALES = ("linear", "log", "int", "log_int", "one_minus_log")
+
+
+class _OneMinusLogUniform(Sampler):
+    """Samples beta so that log10(1 - beta) is uniform: beta near 1 gets as much attention as 0.9."""
+
+    def sample(self, domain: Float, config: Any = None, size: int = 1, random_state: Any = None):
+        if not isinstance(random_state, _BackwardsCompatibleNumpyRng):
+            random_state = _BackwardsCompatibleNumpyRng(random_state)
+        low_exp, high_exp = math.log10(1 - domain.upper), math.log10(1 - domain.lower)
+        items = 1.0 - 10.0 ** random_state.uniform(low_exp, high_exp, size=size)
+        return items if len(items) > 1 else domain.cast(items[0])
+
+    def __str__(self) -> str:
+        return "OneMinusLogUniform"
+
+
+def one_minus_loguniform(low: float, high: float) -> Float:
+    """A Ray Tune float domain on [low, high] whose 1 - value is log-uniform."""
+    domain = copy(Float(low, high))
+    domain.set_sampler(_OneMinusLogUniform())
+    return domain
+
+
+def to_domain(param: Range | Choice | Any) -> Domain | Any:
+    """One space entry -> a Ray Tune domain (or the fixed value itself)."""
+    if isinstance(param, Choice):
+        return tune.choice(list(param.choices))
+    if not isinstance(param, Range):
+        return param
+    low, high = param.low, param.high
+    if param.scale == "linear":
+        return tune.uniform(low, high)
+    if param.scale == "log":
+        return tune.loguniform(low, high)
+    if param.scale == "int":
+        return tune.randint(int(low), int(high) + 1)  # Ray's upper bound is exclusive
+    if param.scale == "log_int":
+        return tune.lograndint(int(low), int(high) + 1)
+    if param.scale == "one_minus_log":
+        return one_minus_loguniform(low, high)
+    raise ValueError(f"unknown scale {param.scale!r}; expected one of {SCALES}")
+
+
+SEED_RANGE = (0, 2**31 - 1)
+
+
+def to_param_space(space: SpaceConfig) -> dict[str, Any]:
+    """The whole space as Ray Tune's `param_space` (hyperparameter name -> domain or value).
+
+    Each trial also draws its own `seed` (weights, shuffling, augmentation), so any trial can be
+    re-run exactly from its row in the leaderboard.
+    """
+    params = {name: to_domain(getattr(space, name)) for name in SpaceConfig.model_fields}
+    params["seed"] = tune.randint(*SEED_RANGE)
+    return params
+
+
+def to_sampling_scale(value: float, scale: str) -> float:
+    """Where a value sits on its range's sampling axis (log10 for log scales, 1-beta for momentum)."""
+    if scale in ("log", "log_int"):
+        return math.log10(value)
+    if scale == "one_minus_log":
+        return math.log10(1.0 - value)
+    return float(value)
+
+
+def from_sampling_scale(position: float, scale: str) -> float:
+    """Inverse of :func:`to_sampling_scale`."""
+    if scale in ("log", "log_int"):
+        return 10.0**position
+    if scale == "one_minus_log":
+        return 1.0 - 10.0**position
+    return float(position)
+
+
+def searched(space: SpaceConfig) -> dict[str, Range | Choice]:
+    """The entries that are actually searched (fixed values excluded)."""
+    return {
+        name: param
+        for name in SpaceConfig.model_fields
+        if isinstance(param := getattr(space, name), (Range, Choice))
+    }
+
+
+def sample(space: SpaceConfig, count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Draw `count` configs with Ray Tune's own samplers (for tests, previews and stage planning)."""
+    rng = np.random.default_rng(seed)
+    param_space = to_param_space(space)
+    return [
+        {name: d.sample(random_state=rng) if isinstance(d, Domain) else d for name, d in param_space.items()}
+        for _ in range(count)
+    ]

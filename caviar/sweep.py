@@ -1,0 +1,223 @@
+"""`Tuner` + scheduler + resources + storage + failure policy -> an experiment folder and results.
+
+The experiment folder (``storage/name/``) is Ray Tune's own, plus what caviar adds:
+``caviar.yaml`` (the resolved config, written before any trial starts, so ``--resume`` needs
+nothing else), ``leaderboard.csv`` (one row per trial) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from caviar import storage
+from caviar.config import Config, ConfigError, load_config
+from caviar.data import SplitData, prepare_data
+from caviar.leaderboard import format_table, leaderboard, summarize, trial_row
+from caviar.space import to_param_space
+from caviar.trainable import TrialSettings, train_trial
+
+CONFIG_FILE = "caviar.yaml"
+LEADERBOARD_FILE = "leaderboard.csv"
+SUMMARY_FILE = "summary.json"
+# GPU share per trial for gpus_per_trial: auto, by family: a small convnet leaves most of a GPU
+# idle, so 4 share one; a ResNet-9 keeps half a GPU busy.
+AUTO_GPU_SHARE = {"convnet": 0.25, "resnet": 0.5}
+
+
+@dataclass
+class SweepResult:
+    path: str  # the experiment folder (local path or URI)
+    trials: pd.DataFrame  # the leaderboard, best first
+    summary: dict[str, Any]
+    config: Config
+
+    @property
+    def best(self) -> pd.Series | None:
+        """The best trial's row, or None when no trial reported a score."""
+        if self.trials.empty or pd.isna(self.trials.iloc[0]["best_val_acc"]):
+            return None
+        return self.trials.iloc[0]
+
+
+def trial_resources(config: Config, cluster_gpus: float) -> dict[str, float]:
+    gpus = config.resources.gpus_per_trial
+    if gpus == "auto":
+        gpus = AUTO_GPU_SHARE[config.model.family] if cluster_gpus > 0 else 0.0
+    elif gpus > 0 and cluster_gpus == 0:
+        raise ConfigError(
+            f"resources.gpus_per_trial is {gpus} but the Ray cluster has no GPU; "
+            "set --set resources.gpus_per_trial=0 (or auto) to train on CPU"
+        )
+    return {"cpu": config.resources.cpus_per_trial, "gpu": float(gpus)}
+
+
+def _start_ray(address: str | None) -> bool:
+    """Join `address`, or start a fresh local Ray instance. Returns True if we started one.
+
+    With no address Ray would join any cluster it finds on this machine; address="local" makes
+    a private instance so two users' sweeps never land on each other's cluster.
+    """
+    if ray.is_initialized():
+        return False
+    ray.init(address=address or "local", log_to_driver=True)
+    return True
+
+
+def _trainable(config: Config, data: SplitData, resources: dict[str, float]) -> Any:
+    # with_parameters puts the dataset in the object store once; every trial on a node maps
+    # the same copy instead of loading (or downloading) its own.
+    trainable = tune.with_parameters(train_trial, data=data, settings=TrialSettings.from_config(config))
+    return tune.with_resources(trainable, resources)
+
+
+def _run_config(config: Config, storage_path: str) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=config.name,
+        storage_path=storage_path,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=config.checkpoint.keep,
+            checkpoint_score_attribute="val_acc",
+            checkpoint_score_order="max",
+        ),
+        # A crashed trial (lost node, OOM) restarts from its last checkpoint, not from scratch.
+        failure_config=tune.FailureConfig(max_failures=config.checkpoint.max_failures),
+        verbose=1,
+    )
+
+
+def _tune_config(config: Config) -> tune.TuneConfig:
+    search = config.search
+    if search.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=search.max_epochs,
+            grace_period=min(search.grace_period, search.max_epochs),
+            reduction_factor=search.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(
+        metric="val_acc",
+        mode="max",
+        num_samples=search.num_samples,
+        scheduler=scheduler,
+        search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent),
+        # One process per slot, reused by trial after trial: a fresh process costs seconds.
+        reuse_actors=True,
+    )
+
+
+def _collect(grid: tune.ResultGrid, config: Config) -> pd.DataFrame:
+    rows = []
+    # ResultGrid keeps results in the order of its trials; statuses and retry counts are only
+    # on the Trial objects (Ray is pinned, so this private attribute is stable for us).
+    for result, trial in zip(grid, grid._experiment_analysis.trials):
+        best = max(result.best_checkpoints or [], key=lambda pair: pair[1].get("val_acc", -1), default=None)
+        rows.append(
+            trial_row(
+                trial_id=trial.trial_id,
+                ray_status=trial.status,
+                hparams=trial.config,
+                history=result.metrics_dataframe,
+                max_epochs=config.search.max_epochs,
+                retries=trial.run_metadata.num_failures,
+                path=result.path,
+                best_checkpoint=best[0].path if best else "",
+            )
+        )
+    return leaderboard(rows)
+
+
+def _write_results(path: str, table: pd.DataFrame, summary: dict[str, Any]) -> None:
+    storage.write_text(storage.join(path, LEADERBOARD_FILE), table.to_csv(index=False))
+    storage.write_text(storage.join(path, SUMMARY_FILE), json.dumps(summary, indent=2, default=str))
+
+
+def sweep(
+    config: Config | str | Path | None = None,
+    *,
+    overrides: list[str] | None = None,
+    address: str | None = None,
+    resume: str | Path | None = None,
+    **values: Any,
+) -> SweepResult:
+    """Run (or with `resume`, finish) a sweep and return its leaderboard.
+
+    `config` is a Config or an experiment file; `overrides` are "key=value" strings and `values`
+    keyword overrides (``search__num_samples=8``), applied on top, in that order.
+    """
+    if resume is not None:
+        path = storage.resolve(str(resume))
+        if not storage.exists(storage.join(path, CONFIG_FILE)):
+            raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; pass the experiment folder a sweep created")
+        saved = yaml.safe_load(storage.read_text(storage.join(path, CONFIG_FILE)))
+        config = load_config(saved, overrides, **values)
+    else:
+        config = load_config(config, overrides, **values)
+    config = config.resolved()
+
+    storage_path = storage.resolve(config.storage)
+    path = storage.join(storage_path, config.name)
+    if resume is None and storage.exists(storage.join(path, CONFIG_FILE)):
+        raise ConfigError(
+            f"experiment folder {path} already holds a sweep; finish it with `caviar sweep --resume {path}` "
+            f"or start another with --set name=<new name>"
+        )
+    data = prepare_data(
+        config.data.root,
+        val_size=config.data.val_size,
+        train_subset=config.data.train_subset,
+        split_seed=config.data.split_seed,
+        download=config.data.download,
+    )
+
+    started = _start_ray(address)
+    try:
+        resources = trial_resources(config, ray.cluster_resources().get("GPU", 0))
+        trainable = _trainable(config, data, resources)
+        begin = time.time()
+        if resume is None:
+            storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
+            tuner = tune.Tuner(
+                trainable,
+                param_space=to_param_space(config.space),
+                tune_config=_tune_config(config),
+                run_config=_run_config(config, storage_path),
+            )
+        else:
+            # Finished trials stay finished; interrupted ones continue from their checkpoints.
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        grid = tuner.fit()
+        table = _collect(grid, config)
+        summary = summarize(table) | {
+            "experiment": path,
+            "wall_time_s": round(time.time() - begin, 1),
+            "resources_per_trial": resources,
+            "config": config.to_dict(),
+        }
+        _write_results(path, table, summary)
+    finally:
+        if started:
+            ray.shutdown()
+    return SweepResult(path=path, trials=table, summary=summary, config=config)
+
+
+def describe(result: SweepResult) -> str:
+    """The short report printed at the end of `caviar sweep`."""
+    counts = ", ".join(f"{n} {status}" for status, n in result.summary["counts"].items() if n)
+    lines = [format_table(result.trials), "", f"{result.summary['trials']} trials: {counts}"]
+    if result.summary["counts"].get("unfinished"):
+        lines.append(f"Interrupted. Finish it with: caviar sweep --resume {result.path}")
+    lines.append(f"Results: {result.path} ({LEADERBOARD_FILE}, {SUMMARY_FILE})")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Plain PyTorch training: optimizers, LR schedules, one epoch, evaluation. No Ray here.
+
+Data stays as uint8 tensors (N, 3, 32, 32) on the trial's device; each batch is gathered,
+augmented and normalised there with tensor ops, so there are no DataLoader worker processes
+and no per-image Python work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caviar.config import LR_SCHEDULES, OPTIMIZERS
+from caviar.data import augment_batch, normalize
+
+
+
+def make_optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """`momentum` is SGD's momentum or Adam's beta1; optimizers without one ignore it."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, max_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch LR schedules spanning the whole budget, so an ASHA-stopped trial saw the same LR
+    at each epoch as one that ran to the end."""
+    sched = torch.optim.lr_scheduler
+    if name == "constant":
+        return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if name == "step":  # /10 at 1/2 and 3/4 of the budget, the classic step decay
+        milestones = sorted({max(1, max_epochs // 2), max(1, (3 * max_epochs) // 4)})
+        return sched.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    if name == "exponential":  # 100x smaller by the end of the budget
+        return sched.ExponentialLR(optimizer, gamma=0.01 ** (1.0 / max(1, max_epochs)))
+    if name == "inverse_time":  # lr0 / (1 + k t), 10x smaller by the end
+        k = 9.0 / max(1, max_epochs)
+        return sched.LambdaLR(optimizer, lambda epoch: 1.0 / (1.0 + k * epoch))
+    if name == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=max_epochs)
+    raise ValueError(f"unknown lr_schedule {name!r}; expected one of {LR_SCHEDULES}")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_inputs(images_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """(B, 3, 32, 32) uint8 -> normalised float on `device`, NHWC on CUDA when asked."""
+    x = normalize(images_uint8.to(device, non_blocking=True))
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@dataclass
+class EpochStats:
+    loss: float  # mean training cross-entropy over the epoch's images
+    acc: float  # training accuracy (on augmented images)
+    update_ratio: float  # mean ||lr * update|| / ||w|| over weight tensors; the notes want ~1e-3
+    finite: bool  # False when the loss became NaN/inf: the trial diverged
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    # Drop the last short batch (BatchNorm cannot train on 1 image), but keep at least one step.
+    order = torch.randperm(n, generator=generator)
+    steps = max(1, n // batch_size)
+    for step in range(steps):
+        yield order[step * batch_size : (step + 1) * batch_size]
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: bool = True,
+    grad_clip: float = 0.0,
+    amp: bool = True,
+    channels_last: bool = True,
+    averaged: Any = None,
+) -> EpochStats:
+    """One pass over (images, labels): uint8 (N, 3, 32, 32) and int64 (N,), on CPU or device.
+
+    `averaged`, if given, is a `torch.optim.swa_utils.AveragedModel` updated after every step.
+    """
+    device = next(model.parameters()).device
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    ratios: list[float] = []
+    for step, idx in enumerate(_batches(len(labels), batch_size, generator)):
+        batch = images[idx.to(images.device)]
+        if augment:
+            batch = augment_batch(batch, generator=generator)
+        x = prepare_inputs(batch, device, channels_last)
+        y = labels[idx.to(labels.device)].to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            return EpochStats(float("nan"), 0.0, float("nan"), finite=False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        # The update/weight ratio is measured on the first step of the epoch only: a copy of the
+        # weights every step would cost more than the step itself for small models.
+        before = [w.detach().clone() for w in _weights(model)] if step == 0 else None
+        optimizer.step()
+        if before is not None:
+            ratios = [
+                ((w.detach() - b).norm() / b.norm().clamp_min(1e-12)).item() for w, b in zip(_weights(model), before)
+            ]
+        if averaged is not None:
+            averaged.update_parameters(model)
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    mean_loss = total_loss.item() / seen
+    return EpochStats(
+        loss=mean_loss,
+        acc=correct.item() / seen,
+        update_ratio=sum(ratios) / len(ratios) if ratios else 0.0,
+        finite=math.isfinite(mean_loss),
+    )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024, amp: bool = True, channels_last: bool = True
+) -> torch.Tensor:
+    """(N, 3, 32, 32) uint8 -> (N, classes) float32 logits on CPU, in eval mode."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = prepare_inputs(images[start : start + batch_size], device, channels_last)
+        with autocast(device, amp):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on uint8 images and int64 labels."""
+    logits = predict_logits(model, images, **kwargs)
+    labels = labels.cpu()
+    loss = F.cross_entropy(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
+    return loss, acc

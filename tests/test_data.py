@@ -1,0 +1,413 @@
+"""Tests for caviar.data (reading, split, subset, augmentation) and caviar.fixture."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import os
+import pickle
+import pickletools
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from caviar import data as D
+from caviar.data import (
+    CIFAR10_FOLDER,
+    DataError,
+    augment_batch,
+    balanced_subset,
+    load_cifar10,
+    load_test_set,
+    normalize,
+    prepare_data,
+    read_batch_file,
+    read_class_names,
+    split_train_val,
+)
+from caviar.errors import CaviarError
+from caviar.fixture import main as fixture_main
+from caviar.fixture import write_cifar_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared/data/cifar10-sample"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory) -> Path:
+    return write_cifar_fixture(tmp_path_factory.mktemp("fx"), train_size=300, test_size=50, batches=3)
+
+
+def _dump(obj, path: Path, protocol: int = 4) -> Path:
+    # Python 3 + numpy 2 style (numpy._core globals, SHORT_BINBYTES keys): must be readable too.
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    return path
+
+
+def _batch(n=4, data=None, labels=None) -> dict:
+    data = np.zeros((n, 3072), np.uint8) if data is None else data
+    return {b"data": data, b"labels": list(range(n)) if labels is None else labels, b"batch_label": b"x"}
+
+
+# ---------------------------------------------------------------- reading
+def test_real_sample_loads():
+    """The real CIFAR-10 sample (Python 2 pickles) loads as 160 + 40 uint8 NCHW images, labels 0..9."""
+    if not SAMPLE.is_dir():
+        pytest.skip(f"{SAMPLE} not present")
+    d = load_cifar10(SAMPLE, download=False)
+    assert d.train_images.shape == (160, 3, 32, 32) and d.train_images.dtype == np.uint8
+    assert d.test_images.shape == (40, 3, 32, 32) and d.test_images.dtype == np.uint8
+    assert d.train_labels.dtype == np.int64 and d.train_labels.shape == (160,)
+    assert d.test_labels.shape == (40,)
+    assert d.train_labels.min() >= 0 and d.train_labels.max() <= 9
+    assert len(np.unique(d.train_labels)) == 10  # 160 real images cover every class
+    assert d.classes == CLASSES
+    assert d.train_images.std() > 20  # real pictures, not zeros
+    # The folder itself is accepted as the root too.
+    x, y = load_test_set(SAMPLE / CIFAR10_FOLDER, download=False)
+    assert np.array_equal(x, d.test_images) and np.array_equal(y, d.test_labels)
+
+
+def test_channel_major_layout(tmp_path):
+    """A b"data" row is 1024 R, 1024 G, 1024 B values, each row-major 32x32."""
+    row = np.zeros((1, 3072), np.uint8)
+    row[0, 1024 + 32 * 5 + 7] = 200  # green channel, y=5, x=7
+    x, _ = read_batch_file(_dump(_batch(1, data=row, labels=[3]), tmp_path / "b"))
+    assert x[0, 1, 5, 7] == 200 and x.sum() == 200
+
+
+class _Payload:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval"])
+def test_malicious_pickle_is_refused_and_not_run(tmp_path, kind):
+    """A batch whose pickle calls anything but numpy's array reconstruction is refused before running it."""
+    marker = tmp_path / "pwned"
+    if kind == "os.system":
+        func, arg, name = os.system, f"touch {marker}", f"{os.system.__module__}.system"
+    else:
+        func, arg, name = builtins.eval, f"open({str(marker)!r}, 'w').close()", "builtins.eval"
+    path = _dump({b"data": _Payload(func, arg), b"labels": [0]}, tmp_path / "data_batch_1")
+    with pytest.raises(DataError, match=f"refusing to unpickle {name} from .*data_batch_1"):
+        read_batch_file(path)
+    assert not marker.exists()
+    # Control: the same bytes do run the payload under plain pickle, so the marker check can fail.
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("keys", [bytes, str])
+def test_python3_numpy2_pickle_is_read(tmp_path, protocol, keys):
+    """Batches pickled by Python 3 + numpy 2 (numpy._core globals, _codecs at protocol 2, _frombuffer at 5) are read."""
+    key = str if keys is str else str.encode
+    batch = {key("data"): np.full((2, 3072), 7, np.uint8), key("labels"): [4, 9]}
+    path = _dump(batch, tmp_path / "b", protocol=protocol)
+    x, y = read_batch_file(path)
+    assert x.shape == (2, 3, 32, 32) and x.dtype == np.uint8 and (x == 7).all() and y.tolist() == [4, 9]
+
+
+def test_codecs_only_for_latin1(tmp_path):
+    """_codecs.encode is allowed only as Python 3's latin1 str->bytes step, not with another codec."""
+
+    class Enc:
+        def __reduce__(self):
+            import _codecs
+
+            return _codecs.encode, ("abc", "rot13")
+
+    path = _dump({b"data": Enc(), b"labels": []}, tmp_path / "b", protocol=2)
+    with pytest.raises(DataError, match="only latin1"):
+        read_batch_file(path)
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (_batch(data=np.zeros((4, 3000), np.uint8)), r"shape \(N, 3072\), found \(4, 3000\)"),
+        (_batch(data=np.zeros((4, 3072), np.float32)), "uint8 array, found float32"),
+        (_batch(labels=[0, 1, 2, 10]), r"labels must be in 0\.\.9, found 0\.\.10"),
+        (_batch(labels=[0, 1, -1, 2]), r"labels must be in 0\.\.9"),
+        (_batch(labels=[0, 1, 2]), "3 labels for 4 images"),
+        (_batch(labels=[0.5, 1, 2, 3]), "flat list of integers"),
+        ({b"data": np.zeros((4, 3072), np.uint8)}, "has no labels entry"),
+        ([1, 2, 3], "holds a list, not the dict"),
+    ],
+)
+def test_bad_batch_contents(tmp_path, batch, message):
+    """Wrong shape, dtype, label range, label count or structure is a DataError naming the file and the fault."""
+    path = _dump(batch, tmp_path / "data_batch_1")
+    with pytest.raises(DataError, match=message) as e:
+        read_batch_file(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 100, -20])
+def test_truncated_or_garbage_file(tmp_path, cut):
+    """A truncated or garbage file is a DataError (not a raw pickle traceback) saying it is corrupt."""
+    full = pickle.dumps(_batch(), protocol=4)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(full[:cut] if cut else b"\x00not a pickle at all")
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_batch_file(path)
+
+
+def test_data_error_is_a_caviar_error():
+    """DataError is a CaviarError, so the CLI prints it and exits 2."""
+    assert issubclass(DataError, CaviarError)
+
+
+def test_missing_root_without_download(tmp_path):
+    """A data.root that does not exist, with download off, names the path and the data.root key."""
+    root = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="data.root") as e:
+        load_cifar10(root, download=False)
+    assert str(root) in str(e.value)
+
+
+def test_missing_folder_download_fails(tmp_path, monkeypatch):
+    """If the folder is absent and the download fails, the error gives the reason and where to put the data."""
+    import torchvision.datasets.utils as tvu
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    with pytest.raises(DataError) as e:
+        load_cifar10(tmp_path, download=True)
+    msg = str(e.value)
+    assert "could not be downloaded (OSError: network is unreachable)" in msg
+    assert f"{tmp_path}/{CIFAR10_FOLDER}" in msg and "data.root" in msg and "CAVIAR_DATA" in msg
+    with pytest.raises(DataError, match="data.download is off"):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_default_data_root(monkeypatch, tmp_path):
+    """CAVIAR_DATA overrides the default root ~/.cache/caviar/data."""
+    monkeypatch.setenv("CAVIAR_DATA", str(tmp_path))
+    assert D.default_data_root() == tmp_path
+    monkeypatch.delenv("CAVIAR_DATA")
+    assert D.default_data_root() == Path.home() / ".cache/caviar/data"
+
+
+def test_class_names_fall_back(tmp_path):
+    """Without batches.meta the ten standard class names are used."""
+    assert read_class_names(tmp_path) == CLASSES
+
+
+# ---------------------------------------------------------------- split and subset
+def test_split_is_fixed_disjoint_and_complete():
+    """The split depends only on (N, val_size, seed): same every call, disjoint, covering, sorted."""
+    labels = np.arange(1000) % 10
+    tr, va = split_train_val(None, labels, 200, seed=3)
+    tr2, va2 = split_train_val(None, labels, 200, seed=3)
+    assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+    assert len(va) == 200 and len(tr) == 800 and tr.dtype == va.dtype == np.int64
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(1000))
+    assert np.all(np.diff(tr) > 0) and np.all(np.diff(va) > 0)
+    assert not np.array_equal(va, split_train_val(None, labels, 200, seed=4)[1])
+    assert not np.array_equal(va, np.arange(200))  # shuffled, not the first 200
+    assert len(split_train_val(None, labels, 0)[1]) == 0
+
+
+def test_split_same_in_another_process():
+    """A fresh Python process computes the identical validation indices."""
+    code = (
+        "import hashlib, numpy as np; from caviar.data import split_train_val; "
+        "print(hashlib.sha256(split_train_val(None, np.zeros(5000), 500, seed=7)[1].tobytes()).hexdigest())"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    here = hashlib.sha256(split_train_val(None, np.zeros(5000), 500, seed=7)[1].tobytes()).hexdigest()
+    assert out.stdout.strip() == here
+
+
+@pytest.mark.parametrize("val_size", [-1, 100, 1000, 2.5, True])
+def test_split_bad_val_size(val_size):
+    """val_size outside 0..N-1 (or not an int) is a DataError naming data.val_size."""
+    with pytest.raises(DataError, match="data.val_size"):
+        split_train_val(None, np.zeros(100), val_size)
+
+
+def test_balanced_subset_counts():
+    """Per-class counts of a subset of a balanced source differ by at most 1; indices sorted, unique, repeatable."""
+    labels = np.random.default_rng(0).permutation(np.arange(1000) % 10)
+    for size in (1, 7, 95, 500, 1000):
+        idx = balanced_subset(labels, size, seed=1)
+        counts = np.bincount(labels[idx], minlength=10)
+        assert len(idx) == size and counts.max() - counts.min() <= 1
+        assert np.all(np.diff(idx) > 0)
+    assert np.array_equal(balanced_subset(labels, 95, seed=1), balanced_subset(labels, 95, seed=1))
+    assert not np.array_equal(balanced_subset(labels, 95, seed=1), balanced_subset(labels, 95, seed=2))
+
+
+def test_balanced_subset_fraction_and_short_class():
+    """A fraction gives round(f*N) items; a class that runs short gives its share to the others."""
+    labels = np.arange(1000) % 10
+    assert len(balanced_subset(labels, 0.25)) == 250
+    assert len(balanced_subset(labels, 1.0)) == 1000
+    short = np.array([0] * 2 + [1] * 50 + [2] * 50)
+    counts = np.bincount(short[balanced_subset(short, 30)])
+    assert counts.tolist() == [2, 14, 14]
+
+
+@pytest.mark.parametrize("size", [0, -3, 1001, 0.0, 1.5, -0.5, True, "100", None])
+def test_balanced_subset_bad_size(size):
+    """A count outside 1..N, a fraction outside (0, 1] or a non-number is a DataError naming data.train_subset."""
+    with pytest.raises(DataError, match="data.train_subset"):
+        balanced_subset(np.arange(1000) % 10, size)
+
+
+def test_prepare_data_subsets_only_training(fixture_root):
+    """prepare_data splits first and subsets only the training part; validation is the full fixed split."""
+    full = prepare_data(fixture_root, val_size=60, download=False)
+    sub = prepare_data(fixture_root, val_size=60, train_subset=100, download=False)
+    assert len(full.train_y) == 240 and len(full.val_y) == 60
+    assert np.array_equal(sub.val_x, full.val_x) and np.array_equal(sub.val_y, full.val_y)
+    assert len(sub.train_y) == 100 and np.bincount(sub.train_y, minlength=10).tolist() == [10] * 10
+    # Every subset image is a training image, never a validation one.
+    train_rows = {r.tobytes() for r in full.train_x}
+    assert all(r.tobytes() in train_rows for r in sub.train_x)
+    assert not train_rows & {r.tobytes() for r in full.val_x}
+    assert sub.classes == CLASSES and not hasattr(sub, "test_x")
+
+
+# ---------------------------------------------------------------- augmentation
+def _reference(img: np.ndarray, dy: int, dx: int, flip: bool, pad: int) -> np.ndarray:
+    """Crop at (dy, dx) of the zero-padded image, then flip, written with explicit loops."""
+    c, h, w = img.shape
+    out = np.zeros_like(img)
+    for i in range(h):
+        for j in range(w):
+            jj = w - 1 - j if flip else j
+            y, x = dy + i - pad, dx + jj - pad  # source pixel in the unpadded image
+            if 0 <= y < h and 0 <= x < w:
+                out[:, i, j] = img[:, y, x]
+    return out
+
+
+def _find_params(img, out, pad):
+    hits = [
+        (dy, dx, f)
+        for dy in range(2 * pad + 1)
+        for dx in range(2 * pad + 1)
+        for f in (False, True)
+        if np.array_equal(_reference(img, dy, dx, f, pad), out)
+    ]
+    assert hits, "output is not a shifted/flipped window of the padded input"
+    return hits
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_augment_is_exact_window_of_padded_input(dtype):
+    """Every output is exactly a pad-shifted (maybe flipped) window of the zero-padded input; shape/dtype kept."""
+    # Non-square (12 x 10) to catch an H/W mix-up; random content makes the window unique.
+    images = torch.randint(1, 256, (4, 3, 12, 10), generator=torch.Generator().manual_seed(0)).to(dtype)
+    out = augment_batch(images, torch.Generator().manual_seed(1), pad=4)
+    assert out.shape == images.shape and out.dtype == dtype and out.device == images.device
+    for b in range(4):
+        assert len(_find_params(images[b].numpy(), out[b].numpy(), 4)) == 1
+
+
+def test_augment_offsets_vary_and_are_seeded():
+    """Offsets and flips differ per image, are reproducible from the generator's seed, and cover the range."""
+    img = torch.randint(1, 256, (1, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    batch = img.repeat(64, 1, 1, 1)  # the same image 64 times: any difference comes from the offsets
+    out = augment_batch(batch, torch.Generator().manual_seed(5), pad=2)
+    assert torch.equal(out, augment_batch(batch, torch.Generator().manual_seed(5), pad=2))
+    assert not torch.equal(out, augment_batch(batch, torch.Generator().manual_seed(6), pad=2))
+    params = [_find_params(img[0].numpy(), out[b].numpy(), 2)[0] for b in range(64)]
+    assert len(set(params)) >= 20  # 50 possible (dy, dx, flip); a shared offset would give 1
+    assert {p[0] for p in params} == set(range(5)) and {p[2] for p in params} == {False, True}
+
+
+def test_augment_pad_zero_only_flips():
+    """With pad=0 an output is the image itself or its mirror."""
+    images = torch.rand(16, 3, 6, 6)
+    out = augment_batch(images, torch.Generator().manual_seed(0), pad=0)
+    same = (out == images).flatten(1).all(1)
+    mirrored = (out == images.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and same.any() and mirrored.any()
+
+
+def test_normalize():
+    """normalize maps uint8 to (x/255 - mean) / std per channel, in the requested dtype."""
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).repeat(2, 3, 1, 1)
+    y = normalize(x)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    for c in range(3):
+        assert torch.allclose(y[:, c, 0, 0], torch.tensor(-D.CIFAR10_MEAN[c] / D.CIFAR10_STD[c]))
+        assert torch.allclose(y[:, c, 0, 1], torch.tensor((1 - D.CIFAR10_MEAN[c]) / D.CIFAR10_STD[c]))
+    assert normalize(x, torch.bfloat16).dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- fixture
+def test_fixture_round_trips(fixture_root):
+    """The fixture loads through load_cifar10 with the requested sizes, uint8 images and balanced labels."""
+    d = load_cifar10(fixture_root, download=False)
+    assert d.train_images.shape == (300, 3, 32, 32) and d.test_images.shape == (50, 3, 32, 32)
+    assert d.train_images.dtype == np.uint8 and d.classes == CLASSES
+    assert np.bincount(d.train_labels, minlength=10).tolist() == [30] * 10
+    assert np.bincount(d.test_labels, minlength=10).tolist() == [5] * 10
+    assert d.train_images.std() > 30  # noisy patterns, not a constant
+    # Each batch file alone is readable by the restricted reader.
+    files = sorted((fixture_root / CIFAR10_FOLDER).glob("data_batch_*"))
+    assert [p.name for p in files] == ["data_batch_1", "data_batch_2", "data_batch_3"]
+    assert sum(len(read_batch_file(p)[1]) for p in files) == 300
+
+
+def test_fixture_matches_published_format(fixture_root):
+    """Fixture files are Python 2 style protocol-2 pickles: bytes keys as str opcodes, numpy.core globals only."""
+    raw = (fixture_root / CIFAR10_FOLDER / "data_batch_1").read_bytes()
+    ops = list(pickletools.genops(raw))
+    assert ops[0][0].name == "PROTO" and ops[0][1] == 2
+    globals_ = {arg for op, arg, _ in ops if op.name == "GLOBAL"}
+    assert globals_ == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+    strings = {arg for op, arg, _ in ops if op.name == "SHORT_BINSTRING"}
+    assert {"data", "labels", "batch_label", "filenames"} <= strings
+    assert not any(op.name in ("BINUNICODE", "SHORT_BINBYTES", "BINBYTES") for op, _, _ in ops)
+    batch = pickle.loads(raw, encoding="bytes")  # how torchvision-style readers open it
+    assert set(batch) == {b"data", b"labels", b"batch_label", b"filenames"}
+    assert isinstance(batch[b"labels"], list) and isinstance(batch[b"labels"][0], int)
+    assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (100, 3072)
+    meta = pickle.loads((fixture_root / CIFAR10_FOLDER / "batches.meta").read_bytes(), encoding="bytes")
+    assert meta[b"label_names"][0] == b"airplane" and meta[b"num_vis"] == 3072
+
+
+def test_fixture_is_seeded_and_cli(tmp_path, capsys):
+    """Same seed gives byte-identical files; the module CLI writes the folder and prints its path."""
+    fixture_main([str(tmp_path / "a"), "--train-size", "40", "--test-size", "10"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "a" / CIFAR10_FOLDER)
+    write_cifar_fixture(tmp_path / "b", train_size=40, test_size=10)
+    for name in ("data_batch_1", "test_batch", "batches.meta"):
+        assert (tmp_path / "a" / CIFAR10_FOLDER / name).read_bytes() == (tmp_path / "b" / CIFAR10_FOLDER / name).read_bytes()
+    other = write_cifar_fixture(tmp_path / "c", train_size=40, test_size=10, seed=1)
+    assert (other / CIFAR10_FOLDER / "test_batch").read_bytes() != (tmp_path / "b" / CIFAR10_FOLDER / "test_batch").read_bytes()
+
+
+def test_fixture_is_learnable_but_not_by_colour():
+    """Class-mean images differ far more than noise allows by chance, yet an image's mean colour barely predicts its class."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = load_cifar10(write_cifar_fixture(tmp, train_size=2000, test_size=10), download=False)
+    x, y = d.train_images.astype(np.float32), d.train_labels
+    fit, held = slice(0, 1000), slice(1000, 2000)
+    means = np.stack([x[fit][y[fit] == c].mean(0) for c in range(10)])  # (10, 3, 32, 32)
+    gaps = [np.abs(means[a] - means[b]).mean() for a in range(10) for b in range(a + 1, 10)]
+    assert min(gaps) > 10  # grey levels; spatial structure separates every pair of classes
+    nearest_mean = ((x[held][:, None] - means[None]) ** 2).sum(axis=(2, 3, 4)).argmin(1)
+    assert (nearest_mean == y[held]).mean() > 0.5  # even a template matcher beats chance by far
+    colours = x.mean(axis=(2, 3))  # (N, 3) mean colour per image
+    centres = np.stack([colours[fit][y[fit] == c].mean(0) for c in range(10)])
+    by_colour = ((colours[held][:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+    assert (by_colour == y[held]).mean() < 0.35  # chance is 0.1
