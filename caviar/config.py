@@ -200,6 +200,10 @@ class CheckpointConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    # Stop a trial when a batch loss exceeds this multiple of the chance loss ln(classes) (23 nats
+    # for CIFAR-10 at 10x). The notes' rule is 3x for quick first stages; 10x leaves room for noisy
+    # starts. NaN/inf always stops it.
+    diverge_factor: float = Field(10.0, gt=1)
     eval_batch_size: int = Field(1024, ge=1)  # images per forward pass when evaluating
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # NHWC memory format on CUDA (ignored on CPU)

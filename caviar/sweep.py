@@ -25,7 +25,8 @@ from caviar.config import Config, ConfigError, load_config
 from caviar.data import SplitData, prepare_data
 from caviar.leaderboard import format_table, leaderboard, summarize, trial_row
 from caviar.space import to_param_space
-from caviar.trainable import TrialSettings, train_trial
+from caviar.trainable import train_trial
+from caviar.trial import TrialSettings
 
 CONFIG_FILE = "caviar.yaml"
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -96,6 +97,11 @@ def _run_config(config: Config, storage_path: str) -> tune.RunConfig:
     )
 
 
+def trial_dirname(trial: Any) -> str:
+    """``trial_<id>`` instead of Ray's name with every hyperparameter in it (the leaderboard has them)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _tune_config(config: Config) -> tune.TuneConfig:
     search = config.search
     if search.scheduler == "asha":
@@ -115,6 +121,7 @@ def _tune_config(config: Config) -> tune.TuneConfig:
         search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent),
         # One process per slot, reused by trial after trial: a fresh process costs seconds.
         reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
     )
 
 

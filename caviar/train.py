@@ -81,7 +81,7 @@ class EpochStats:
     loss: float  # mean training cross-entropy over the epoch's images
     acc: float  # training accuracy (on augmented images)
     update_ratio: float  # mean ||lr * update|| / ||w|| over weight tensors; the notes want ~1e-3
-    finite: bool  # False when the loss became NaN/inf: the trial diverged
+    finite: bool  # False when the loss became NaN/inf or exploded: the trial diverged
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -109,10 +109,14 @@ def train_one_epoch(
     amp: bool = True,
     channels_last: bool = True,
     averaged: Any = None,
+    max_loss: float = math.inf,
 ) -> EpochStats:
     """One pass over (images, labels): uint8 (N, 3, 32, 32) and int64 (N,), on CPU or device.
 
     `averaged`, if given, is a `torch.optim.swa_utils.AveragedModel` updated after every step.
+    A batch loss that is NaN, inf or above `max_loss` ends the epoch at once with finite=False:
+    a huge learning rate often leaves the loss finite but astronomically large (dead ReLUs,
+    exploded logits), which is as hopeless as a NaN.
     """
     device = next(model.parameters()).device
     model.train()
@@ -129,7 +133,7 @@ def train_one_epoch(
         with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss) or loss.item() > max_loss:
             return EpochStats(float("nan"), 0.0, float("nan"), finite=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,167 @@
+"""One trial's training state: built from hyperparameters, advanced an epoch at a time, saved and
+restored exactly (weights, optimizer, scheduler, epoch, RNG). Plain PyTorch, no Ray."""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from caviar.config import Config
+from caviar.data import SplitData
+from caviar.models import build_model
+from caviar.train import evaluate, make_optimizer, make_scheduler, pick_device, train_one_epoch
+
+CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares (not searched), taken from the resolved config."""
+
+    family: str
+    width: float
+    num_classes: int
+    max_epochs: int
+    augment: bool
+    eval_batch_size: int
+    amp: bool
+    channels_last: bool
+    max_loss: float  # a batch loss above this marks the trial diverged
+    threads: int  # torch compute threads = the CPUs the trial was given (more only oversubscribes)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "TrialSettings":
+        return cls(
+            family=config.model.family,
+            width=config.model.width,
+            num_classes=config.model.num_classes,
+            max_epochs=config.search.max_epochs,
+            augment=config.data.augment,
+            eval_batch_size=config.train.eval_batch_size,
+            amp=config.train.amp,
+            channels_last=config.train.channels_last,
+            max_loss=config.train.diverge_factor * math.log(config.model.num_classes),
+            threads=max(1, int(config.resources.cpus_per_trial)),
+        )
+
+
+def checkpoint_name(epoch: int, val_acc: float) -> str:
+    """A name that sorts by quality in a folder listing: ``epoch=007-val_acc=0.8123.pt``."""
+    return f"epoch={epoch:03d}-val_acc={val_acc:.4f}.pt"
+
+
+def find_checkpoint_file(folder: str | Path) -> Path:
+    files = sorted(Path(folder).glob(CHECKPOINT_PATTERN))
+    if not files:
+        raise FileNotFoundError(f"no {CHECKPOINT_PATTERN} file in checkpoint folder {folder}")
+    return files[-1]
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def trial_seed(hparams: dict[str, Any]) -> int:
+    if "seed" in hparams:
+        return int(hparams["seed"])
+    return zlib.crc32(repr(sorted(hparams.items())).encode())
+
+
+def data_tensors(data: SplitData, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(train_x, train_y, val_x, val_y) as tensors on `device`.
+
+    On CPU the arrays from Ray's object store are shared, not copied (one copy of the dataset per
+    node, whatever the number of trials); they are read-only, which torch warns about, but
+    training never writes to them.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = [torch.from_numpy(a) for a in (data.train_x, data.train_y, data.val_x, data.val_y)]
+    return tuple(t.to(device) for t in tensors)
+
+
+class Trial:
+    """Model, optimizer, LR schedule and RNGs of one trial, from its hyperparameters."""
+
+    def __init__(self, hparams: dict[str, Any], settings: TrialSettings, device: torch.device | None = None):
+        self.hparams, self.settings = dict(hparams), settings
+        self.device = device or pick_device()
+        seed = trial_seed(hparams)
+        torch.manual_seed(seed)  # weight init and dropout
+        self.generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+        model = build_model(settings.family, hparams, width=settings.width, num_classes=settings.num_classes)
+        self.model = model.to(self.device)
+        if settings.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(
+            hparams["optimizer"], self.model.parameters(), hparams["lr"], hparams["momentum"], hparams["weight_decay"]
+        )
+        self.scheduler = make_scheduler(hparams["lr_schedule"], self.optimizer, settings.max_epochs)
+        self.epoch = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.settings.max_epochs
+
+    def run_epoch(self, train_x, train_y, val_x, val_y) -> dict[str, Any]:
+        """Train one epoch, evaluate on validation, step the LR schedule; returns the metrics.
+
+        A diverged epoch returns ``diverged=True`` and val_acc 0, and the trial should stop.
+        """
+        s = self.settings
+        self.epoch += 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(
+            self.model, self.optimizer, train_x, train_y,
+            batch_size=int(self.hparams["batch_size"]), generator=self.generator, augment=s.augment,
+            grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
+            max_loss=s.max_loss,
+        )
+        metrics: dict[str, Any] = {"epoch": self.epoch, "lr": lr, "diverged": not stats.finite}
+        if not stats.finite:
+            return metrics | {"train_loss": float("nan"), "val_loss": float("nan"), "val_acc": 0.0}
+        val_loss, val_acc = evaluate(
+            self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last
+        )
+        self.scheduler.step()
+        return metrics | {
+            "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss, "val_acc": val_acc,
+            "update_ratio": stats.update_ratio,
+        }
+
+    def state(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything that rebuilds this trial exactly, loadable with weights_only=True."""
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "rng": rng,
+            "hparams": dict(self.hparams),
+            "settings": asdict(self.settings),
+            "metrics": dict(metrics or {}),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        self.epoch = int(state["epoch"])
+
+    def save(self, folder: str | Path, metrics: dict[str, Any]) -> Path:
+        path = Path(folder) / checkpoint_name(self.epoch, metrics.get("val_acc", 0.0))
+        torch.save(self.state(metrics), path)
+        return path

@@ -1,0 +1,44 @@
+"""Shared fixtures: a learnable CIFAR-format dataset and one local Ray instance per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Local test clusters: no token auth, our own temp dir, loopback only.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared/data/cifar10-sample"
+
+
+def ray_env(temp_dir: str) -> dict[str, str]:
+    """Environment for a subprocess that starts its own Ray: its own temp dir, auth off."""
+    return {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="session")
+def learnable_root(tmp_path_factory) -> Path:
+    """3000 train + 500 test images whose classes a small convnet learns in one epoch."""
+    from caviar.fixture import write_cifar_fixture
+
+    return write_cifar_fixture(tmp_path_factory.mktemp("learnable"), train_size=3000, test_size=500)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One private local Ray instance for the whole session (starting Ray costs ~10 s)."""
+    import ray
+
+    # Short path: Ray's socket paths must stay under the 107-byte AF_UNIX limit.
+    temp_dir = tempfile.mkdtemp(prefix="cvray-", dir="/tmp")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""caviar.config: defaults < experiment file < --set overrides; bad input gets a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from caviar.config import Choice, Config, ConfigError, Range, load_config, parse_override
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_default_yaml_equals_builtin_defaults():
+    """experiments/default.yaml is exactly what bare `caviar sweep` runs."""
+    assert load_config(EXPERIMENTS / "default.yaml") == Config()
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "random", "asha"])
+def test_every_experiment_file_is_complete(name):
+    """Each experiment file is a full record: it names every section and every key."""
+    tree = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+    full = Config().to_dict()
+    for section, values in full.items():
+        assert section in tree, f"{name}.yaml lacks {section}"
+        if isinstance(values, dict):
+            assert set(tree[section]) == set(values), f"{name}.yaml {section} keys differ"
+    load_config(EXPERIMENTS / f"{name}.yaml")
+
+
+def test_experiment_files_say_what_they_are():
+    """random.yaml searches the same space without early stopping; smoke.yaml is tiny."""
+    random, default = load_config(EXPERIMENTS / "random.yaml"), Config()
+    assert random.search.scheduler == "random" and random.space == default.space
+    smoke = load_config(EXPERIMENTS / "smoke.yaml")
+    assert (smoke.search.num_samples, smoke.search.max_epochs, smoke.data.train_subset) == (4, 2, 2000)
+    assert load_config(EXPERIMENTS / "asha.yaml").search.scheduler == "asha"
+
+
+def test_default_space_follows_the_notes():
+    """lr 1e-6..10 and weight decay on log scales, dropout linear, momentum via 1 - beta."""
+    space = Config().space
+    assert space.lr == Range(low=1e-6, high=10, scale="log")
+    assert space.weight_decay == Range(low=1e-6, high=0.1, scale="log")
+    assert space.dropout == Range(low=0.1, high=0.7, scale="linear")
+    assert space.momentum == Range(low=0.9, high=0.999, scale="one_minus_log")
+    assert space.batch_size == Choice(choices=[64, 128, 256, 512, 1024])
+    assert len(space.optimizer.choices) == 6 and len(space.lr_schedule.choices) == 5
+
+
+def test_resolution_order(tmp_path):
+    """File values beat defaults; --set beats the file; keyword values beat --set."""
+    path = tmp_path / "e.yaml"
+    path.write_text("name: mine\nsearch: {num_samples: 7, max_epochs: 3}\n")
+    config = load_config(path, ["search.num_samples=9"], search__max_epochs=4)
+    assert (config.name, config.search.num_samples, config.search.max_epochs) == ("mine", 9, 4)
+    assert config.search.scheduler == "asha"  # untouched default
+
+
+def test_override_values_are_parsed_and_type_checked():
+    """--set values parse as YAML: numbers, lists, booleans; 1e-4 is a number, not a string."""
+    assert parse_override("space.lr.low=1e-4") == (["space", "lr", "low"], 1e-4)
+    config = load_config(None, ["space.lr.low=1e-4", "space.optimizer=[adam, sgd]", "space.batch_norm=false",
+                                "resources.gpus_per_trial=0.25", "data.train_subset=0.1"])
+    assert config.space.lr == Range(low=1e-4, high=10, scale="log")  # partial override keeps high/scale
+    assert config.space.optimizer == Choice(choices=["adam", "sgd"])
+    assert config.space.batch_norm is False
+    assert config.resources.gpus_per_trial == 0.25 and config.data.train_subset == 0.1
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("search.num_sample=3", "search.num_sample: unknown key"),
+        ("serch.num_samples=3", "serch: unknown key"),
+        ("search.num_samples=many", "search.num_samples: Input should be a valid integer"),
+        ("space.lr.low=20", "space.lr: low (20) must be below high (10)"),
+        ("space.weight_decay.low=0", "space.weight_decay: a log-scale range needs low > 0"),
+        ("space.momentum.high=1.2", "space.momentum: scale one_minus_log"),
+        ("space.optimizer=[adam, adma]", "space.optimizer: 'adma' is not one of"),
+        ("space.conv_width.scale=log", "space.conv_width: takes whole numbers"),
+        ("resources.gpus_per_trial=-1", "resources.gpus_per_trial: must be >= 0"),
+        ("search.scheduler=grid", "search.scheduler: Input should be 'asha' or 'random'"),
+        ("data.train_subset=0", "data.train_subset: must be a positive count"),
+        ("name=a/b", "name: must be a plain folder name"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    """Each bad value raises ConfigError naming the dotted key and what is wrong."""
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert needle in str(error.value)
+    assert "Traceback" not in str(error.value)
+
+
+def test_bad_files(tmp_path):
+    """A missing file, invalid YAML or a non-mapping file each get their own message."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("search: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["search.num_samples"])
+
+
+def test_resolved_fills_environment_defaults(monkeypatch, tmp_path):
+    """data.root and storage left null resolve to $CAVIAR_DATA and $CAVIAR_RESULTS."""
+    monkeypatch.setenv("CAVIAR_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("CAVIAR_RESULTS", str(tmp_path / "r"))
+    config = Config().resolved()
+    assert config.data.root == str(tmp_path / "d") and config.storage == str(tmp_path / "r")
+    assert Config().data.root is None  # the original is untouched

@@ -1,0 +1,94 @@
+"""caviar.space: every range samples on its stated scale."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from caviar.config import Choice, Range, SpaceConfig
+from caviar.space import from_sampling_scale, sample, searched, to_param_space, to_sampling_scale
+
+N = 4000
+
+
+def _draws(**entries) -> list[dict]:
+    return sample(SpaceConfig(**entries), N, seed=1)
+
+
+def test_log_range_is_uniform_in_log10():
+    """lr = 10 ** uniform(-6, 1): its log10 is uniform on [-6, 1] (KS test), not the value itself."""
+    values = np.array([d["lr"] for d in _draws()])
+    assert values.min() >= 1e-6 and values.max() <= 10
+    logs = np.log10(values)
+    assert stats.kstest((logs + 6) / 7, "uniform").pvalue > 0.01
+    assert stats.kstest(values / 10, "uniform").pvalue < 1e-6  # linear sampling would pass this
+    # about a seventh of the draws in each decade
+    per_decade = np.histogram(logs, bins=7, range=(-6, 1))[0] / N
+    assert np.all(np.abs(per_decade - 1 / 7) < 0.03)
+
+
+def test_one_minus_beta_rule():
+    """momentum = 1 - 10 ** uniform(-3, -1): within 0.9..0.999 and log10(1 - beta) uniform."""
+    values = np.array([d["momentum"] for d in _draws()])
+    assert values.min() >= 0.9 and values.max() <= 0.999
+    exponents = np.log10(1 - values)
+    assert stats.kstest((exponents + 3) / 2, "uniform").pvalue > 0.01
+    # half the draws above 0.99: a linear draw would put only ~10% there
+    assert 0.45 < np.mean(values > 0.99) < 0.55
+
+
+def test_linear_and_integer_ranges():
+    """dropout is uniform on its linear scale; integer ranges include both ends."""
+    draws = _draws()
+    dropout = np.array([d["dropout"] for d in draws])
+    assert stats.kstest((dropout - 0.1) / 0.6, "uniform").pvalue > 0.01
+    layers = [d["conv_layers"] for d in draws]
+    assert set(layers) == {1, 2, 3}
+    widths = np.array([d["conv_width"] for d in draws])
+    assert widths.min() >= 32 and widths.max() <= 256 and widths.dtype.kind == "i"
+    # log_int: as many draws in 32..64 as in 128..256
+    low, high = np.mean(widths < 64), np.mean(widths >= 128)
+    assert abs(low - high) < 0.05
+
+
+def test_choices_and_fixed_values():
+    """A list is a uniform choice; a scalar is fixed in every trial and not 'searched'."""
+    draws = _draws(optimizer=["adam", "sgd"], lr=0.01)
+    assert {d["optimizer"] for d in draws} == {"adam", "sgd"}
+    assert {d["lr"] for d in draws} == {0.01}
+    space = SpaceConfig(optimizer=["adam", "sgd"], lr=0.01)
+    assert "lr" not in searched(space) and isinstance(searched(space)["optimizer"], Choice)
+
+
+def test_every_trial_gets_a_seed():
+    """Each trial draws its own seed, so a leaderboard row is enough to re-run it."""
+    seeds = [d["seed"] for d in sample(SpaceConfig(), 50, seed=0)]
+    assert len(set(seeds)) == 50
+    assert "seed" in to_param_space(SpaceConfig())
+
+
+@pytest.mark.parametrize("scale,value", [("log", 3e-4), ("one_minus_log", 0.99), ("linear", 0.3), ("log_int", 64)])
+def test_sampling_scale_round_trip(scale, value):
+    """to_sampling_scale and from_sampling_scale are inverses (log10 for log scales, 1-beta for momentum)."""
+    assert math.isclose(from_sampling_scale(to_sampling_scale(value, scale), scale), value, rel_tol=1e-9)
+    if scale == "one_minus_log":
+        assert to_sampling_scale(value, scale) == pytest.approx(-2)
+
+
+def test_sampling_is_repeatable():
+    """The same seed draws the same configs."""
+    assert sample(SpaceConfig(), 5, seed=3) == sample(SpaceConfig(), 5, seed=3)
+    assert sample(SpaceConfig(), 5, seed=3) != sample(SpaceConfig(), 5, seed=4)
+
+
+def test_range_model_rules():
+    """Range validation: low < high, positive log bounds, whole-number integer bounds."""
+    with pytest.raises(ValueError, match="must be below high"):
+        Range(low=2, high=1)
+    with pytest.raises(ValueError, match="needs low > 0"):
+        Range(low=0, high=1, scale="log")
+    with pytest.raises(ValueError, match="whole-number"):
+        Range(low=1.5, high=3, scale="int")

@@ -1,0 +1,109 @@
+"""caviar.train and caviar.trial: training learns, diverges cleanly, and resumes exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from caviar.config import LR_SCHEDULES, OPTIMIZERS, load_config
+from caviar.data import prepare_data
+from caviar.trial import Trial, TrialSettings, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
+from caviar.train import make_optimizer, make_scheduler
+
+HPARAMS = dict(lr=2e-3, weight_decay=1e-4, dropout=0.1, momentum=0.9, batch_size=64, conv_layers=2, conv_width=16,
+               fc_layers=1, fc_width=32, optimizer="adam", lr_schedule="cosine", init="he", batch_norm=True,
+               activation="relu", grad_clip=5, seed=1)
+
+
+def settings(max_epochs: int = 3) -> TrialSettings:
+    return TrialSettings.from_config(load_config(None, search__max_epochs=max_epochs))
+
+
+@pytest.fixture(scope="module")
+def tensors(learnable_root):
+    data = prepare_data(learnable_root, val_size=500, train_subset=1500, download=False)
+    return data_tensors(data, torch.device("cpu"))
+
+
+def test_trial_learns(tensors):
+    """Three epochs on learnable data: validation accuracy far above chance (10%), loss falls."""
+    trial = Trial(HPARAMS, settings(3))
+    first = trial.run_epoch(*tensors)
+    trial.run_epoch(*tensors)
+    second = trial.run_epoch(*tensors)
+    assert second["val_acc"] > 0.5
+    assert second["train_loss"] < first["train_loss"] < math.log(10) + 0.5
+    assert not second["diverged"] and trial.finished
+    # the notes' ~1e-3 rule: with a sane lr the update/weight ratio sits within a couple of decades of it
+    assert 1e-5 < second["update_ratio"] < 1e-1
+
+
+def test_huge_learning_rate_diverges(tensors):
+    """SGD at lr 1e6 explodes the loss: the epoch ends at once with diverged=True and val_acc 0."""
+    trial = Trial(HPARAMS | dict(optimizer="sgd", lr=1e6, batch_norm=False, grad_clip=0), settings())
+    metrics = trial.run_epoch(*tensors)
+    assert metrics["diverged"] is True and metrics["val_acc"] == 0.0 and math.isnan(metrics["train_loss"])
+
+
+def test_resume_continues_exactly(tensors, tmp_path):
+    """1 epoch, save, load into a fresh trial, 1 more epoch == 2 epochs straight (same weights and metrics)."""
+    straight = Trial(HPARAMS, settings())
+    straight.run_epoch(*tensors)
+    expected = straight.run_epoch(*tensors)
+
+    first = Trial(HPARAMS, settings())
+    metrics = first.run_epoch(*tensors)
+    path = first.save(tmp_path, metrics)
+    assert path.name == checkpoint_name(1, metrics["val_acc"]) and find_checkpoint_file(tmp_path) == path
+
+    torch.manual_seed(12345)  # another trial ran in this process meanwhile
+    resumed = Trial(HPARAMS, settings())
+    resumed.load_state(load_checkpoint_file(path))
+    assert resumed.epoch == 1
+    got = resumed.run_epoch(*tensors)
+    assert got == expected
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_carries_what_rebuilds_it(tensors, tmp_path):
+    """The checkpoint holds weights, optimizer, scheduler, epoch, RNG, hparams and settings; loads weights_only."""
+    trial = Trial(HPARAMS, settings())
+    path = trial.save(tmp_path, trial.run_epoch(*tensors))
+    state = torch.load(path, weights_only=True)
+    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "hparams", "settings", "metrics"}
+    assert state["hparams"]["seed"] == 1 and state["settings"]["family"] == "convnet"
+
+
+def test_checkpoint_names_sort_by_score():
+    """epoch=007-val_acc=0.8123.pt: zero-padded so a listing sorts."""
+    assert checkpoint_name(7, 0.81234) == "epoch=007-val_acc=0.8123.pt"
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_steps(name):
+    """Each optimizer choice builds and changes the weights; momentum is used where it applies."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = make_optimizer(name, [weight], lr=0.1, momentum=0.95, weight_decay=0.0)
+    weight.sum().backward()
+    optimizer.step()
+    assert torch.all(weight < 1)
+    if name in ("momentum", "nesterov"):
+        assert optimizer.param_groups[0]["momentum"] == 0.95
+    if name == "adam":
+        assert optimizer.param_groups[0]["betas"][0] == 0.95
+
+
+@pytest.mark.parametrize("name,final_ratio", [("constant", 1.0), ("step", 0.01), ("exponential", 0.01),
+                                              ("inverse_time", 0.1), ("cosine", 0.0)])
+def test_schedules_span_the_budget(name, final_ratio):
+    """Each schedule reaches its end value after max_epochs epochs (so ASHA compares like with like)."""
+    assert name in LR_SCHEDULES
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    scheduler = make_scheduler(name, optimizer, max_epochs=8)
+    for _ in range(8):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(final_ratio, abs=1e-9)
