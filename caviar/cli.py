@@ -52,7 +52,8 @@ def _sweep(args: argparse.Namespace) -> int:
               "`caviar sweep --resume <experiment folder>`.", file=sys.stderr)
         return 130
     print(describe(result))
-    return 0
+    counts = result.summary["counts"]
+    return 130 if counts["unfinished"] or counts["not-started"] else 0
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import pandas as pd
 
 # Trial outcomes, beyond Ray's own statuses: a trial that stopped itself on a NaN loss is
 # "diverged", one that ASHA stopped before the budget is "early-stopped".
-STATUSES = ("completed", "early-stopped", "diverged", "error", "unfinished")
+STATUSES = ("completed", "early-stopped", "diverged", "error", "unfinished", "not-started")
 
 
 def trial_status(ray_status: str, diverged: bool, epochs: int, max_epochs: int) -> str:
@@ -61,11 +61,13 @@ def leaderboard(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def summarize(table: pd.DataFrame) -> dict[str, Any]:
+def summarize(table: pd.DataFrame, num_samples: int) -> dict[str, Any]:
+    """Counts per status (trials the search had not drawn yet count as not-started), best trial."""
     counts = {status: int((table["status"] == status).sum()) if len(table) else 0 for status in STATUSES}
+    counts["not-started"] = max(0, num_samples - len(table))
     best = table.iloc[0].to_dict() if len(table) and pd.notna(table.iloc[0]["best_val_acc"]) else None
     return {
-        "trials": len(table),
+        "trials": max(len(table), num_samples),
         "counts": counts,
         "total_trial_epochs": int(table["epochs"].sum()) if len(table) else 0,
         "retries": int(table["retries"].sum()) if len(table) else 0,

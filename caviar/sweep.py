@@ -17,6 +17,7 @@ import pandas as pd
 import ray
 import yaml
 from ray import tune
+from ray.tune import ExperimentAnalysis
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -125,7 +126,13 @@ def _tune_config(config: Config) -> tune.TuneConfig:
     )
 
 
-def _collect(grid: tune.ResultGrid, config: Config) -> pd.DataFrame:
+def _collect(path: str, config: Config) -> pd.DataFrame:
+    """The leaderboard from the experiment state *as saved on storage*.
+
+    After Ctrl-C, the in-memory trials are already marked stopped, while the saved state still
+    says RUNNING/PENDING: only the saved state tells interrupted trials from early-stopped ones.
+    """
+    grid = tune.ResultGrid(ExperimentAnalysis(path, default_metric="val_acc", default_mode="max"))
     rows = []
     # ResultGrid keeps results in the order of its trials; statuses and retry counts are only
     # on the Trial objects (Ray is pinned, so this private attribute is stable for us).
@@ -205,9 +212,9 @@ def sweep(
         else:
             # Finished trials stay finished; interrupted ones continue from their checkpoints.
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        grid = tuner.fit()
-        table = _collect(grid, config)
-        summary = summarize(table) | {
+        tuner.fit()
+        table = _collect(path, config)
+        summary = summarize(table, config.search.num_samples) | {
             "experiment": path,
             "wall_time_s": round(time.time() - begin, 1),
             "resources_per_trial": resources,
@@ -224,7 +231,7 @@ def describe(result: SweepResult) -> str:
     """The short report printed at the end of `caviar sweep`."""
     counts = ", ".join(f"{n} {status}" for status, n in result.summary["counts"].items() if n)
     lines = [format_table(result.trials), "", f"{result.summary['trials']} trials: {counts}"]
-    if result.summary["counts"].get("unfinished"):
+    if result.summary["counts"].get("unfinished") or result.summary["counts"].get("not-started"):
         lines.append(f"Interrupted. Finish it with: caviar sweep --resume {result.path}")
     lines.append(f"Results: {result.path} ({LEADERBOARD_FILE}, {SUMMARY_FILE})")
     return "\n".join(lines)

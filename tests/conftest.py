@@ -22,6 +22,14 @@ def ray_env(temp_dir: str) -> dict[str, str]:
     return {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+@pytest.fixture
+def ray_temp_dir():
+    """A short temp dir for a Ray started by a subprocess (socket paths must stay < 107 bytes)."""
+    temp_dir = tempfile.mkdtemp(prefix="cvray-", dir="/tmp")
+    yield temp_dir
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def learnable_root(tmp_path_factory) -> Path:
     """3000 train + 500 test images whose classes a small convnet learns in one epoch."""

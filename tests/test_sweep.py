@@ -1,0 +1,141 @@
+"""caviar.sweep end to end on a learnable CIFAR-format fixture, in one local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import caviar
+from caviar.config import ConfigError, load_config
+from conftest import REPO, ray_env
+
+SMALL_NET = dict(conv_layers=2, conv_width=16, fc_layers=1, fc_width=32, optimizer="adam", init="he",
+                 batch_norm=True, activation="relu", grad_clip=0, batch_size=64, dropout=0.1,
+                 weight_decay=1e-4, momentum=0.9, lr_schedule="constant", lr=3e-3)
+
+
+def small_config(root: Path, storage: Path, name: str, **search) -> dict:
+    return {
+        "name": name,
+        "storage": str(storage),
+        "data": {"root": str(root), "val_size": 500, "download": False},
+        "space": dict(SMALL_NET),
+        "search": {"scheduler": "asha", "num_samples": 4, "max_epochs": 3, "grace_period": 1,
+                   "reduction_factor": 2, "seed": 0} | search,
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+        "checkpoint": {"keep": 2, "max_failures": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def asha(ray_session, learnable_root, tmp_path_factory):
+    """8 ASHA trials, 4 epochs; lr is either sane or 1e6 (which must diverge)."""
+    tree = small_config(learnable_root, tmp_path_factory.mktemp("results"), "asha", num_samples=8, max_epochs=4)
+    tree["space"]["lr"] = [2e-3, 4e-3, 1.0e6]
+    return caviar.sweep(load_config(tree))
+
+
+def test_sweep_learns_and_asha_stops_some(asha):
+    """The best trial is far above chance; ASHA stopped some trials before the budget."""
+    table = asha.trials
+    assert len(table) == 8
+    assert asha.best is not None and asha.best["best_val_acc"] > 0.5
+    assert (table["status"] == "early-stopped").any()
+    assert (table["status"] == "completed").any()
+    stopped = table[table["status"] == "early-stopped"]
+    assert (stopped["epochs"] < 4).all()
+    assert (table[table["status"] == "completed"]["epochs"] == 4).all()
+
+
+def test_diverging_trial_is_marked_and_others_finish(asha):
+    """lr = 1e6 trials are 'diverged' after one epoch; the sweep still completes the rest."""
+    table = asha.trials
+    diverged = table[table["status"] == "diverged"]
+    assert len(diverged) >= 1
+    assert (diverged["lr"] == 1e6).all() and (diverged["epochs"] == 1).all()
+    assert (table[table["lr"] < 1]["status"] != "diverged").all()
+    assert not (table["status"] == "error").any()
+
+
+def test_leaderboard_and_summary_written(asha):
+    """leaderboard.csv (one row per trial, every hyperparameter) and summary.json land in the folder."""
+    folder = Path(asha.path)
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert len(board) == 8 and list(board["trial_id"]) == list(asha.trials["trial_id"])
+    for column in ("status", "best_val_acc", "epochs", "retries", "lr", "batch_size", "optimizer", "seed"):
+        assert column in board
+    assert board["best_val_acc"].is_monotonic_decreasing
+    summary = json.loads((folder / "summary.json").read_text())
+    assert sum(summary["counts"].values()) == 8
+    assert summary["best_trial"]["trial_id"] == asha.best["trial_id"]
+    assert summary["total_trial_epochs"] == int(asha.trials["epochs"].sum())
+    assert summary["wall_time_s"] > 0 and summary["config"]["name"] == "asha"
+    assert (folder / "caviar.yaml").exists()
+
+
+def test_checkpoints_are_named_by_score_and_pruned(asha):
+    """Each trial keeps at most `checkpoint.keep` (+ the latest) checkpoints, named epoch=...-val_acc=...pt."""
+    best = Path(asha.best["best_checkpoint"])
+    files = list(best.glob("epoch=*-val_acc=*.pt"))
+    assert len(files) == 1
+    assert f"val_acc={asha.best['best_val_acc']:.4f}" in files[0].name
+    trial_dir = Path(asha.best["path"])
+    assert trial_dir.name == f"trial_{asha.best['trial_id']}"
+    assert len(list(trial_dir.glob("checkpoint_*"))) <= 3
+
+
+def test_existing_experiment_is_not_overwritten(asha):
+    """Starting a sweep into a folder that holds one is refused with the resume command."""
+    with pytest.raises(ConfigError, match="--resume"):
+        caviar.sweep(asha.config)
+
+
+def _epochs(trial_dir: Path) -> list[int]:
+    lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+    return [json.loads(line)["epoch"] for line in lines]
+
+
+def test_interrupted_sweep_resumes_without_rerunning(ray_session, learnable_root, tmp_path, ray_temp_dir):
+    """Ctrl-C mid-sweep, then `--resume`: finished trials are not re-run, the rest complete, no epoch twice."""
+    tree = small_config(learnable_root, tmp_path / "results", "resumable", scheduler="random", num_samples=4,
+                        max_epochs=3, max_concurrent=1)
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tree))
+    folder = tmp_path / "results" / "resumable"
+    driver = subprocess.Popen([sys.executable, "-m", "caviar", "sweep", str(tmp_path / "exp.yaml")], cwd=REPO,
+                              env=ray_env(ray_temp_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not any(len(_epochs(t)) == 3 for t in folder.glob("trial_*")):
+            assert driver.poll() is None, driver.stdout.read()
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert "caviar sweep --resume" in output, output
+    assert driver.returncode == 130
+    before = {t.name: _epochs(t) for t in folder.glob("trial_*")}
+    finished_before = [name for name, epochs in before.items() if epochs == [1, 2, 3]]
+    assert finished_before and len(finished_before) < 4
+
+    result = caviar.sweep(resume=folder)
+    assert list(result.trials["status"]) == ["completed"] * 4
+    for trial_dir in folder.glob("trial_*"):
+        assert _epochs(trial_dir) == [1, 2, 3], trial_dir.name  # no gap, no repeat
+    for name in finished_before:
+        assert _epochs(folder / name) == before[name]
+
+
+def test_resume_of_a_folder_without_sweep_is_an_error(tmp_path):
+    """--resume on a folder that no sweep wrote names the problem."""
+    with pytest.raises(ConfigError, match="no caviar.yaml"):
+        caviar.sweep(resume=tmp_path)
