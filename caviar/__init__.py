@@ -12,11 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from caviar.config import Config, ConfigError, load_config
-from caviar.data import DataError
 from caviar.errors import CaviarError
-
-# Imported eagerly on purpose: the function `sweep` must shadow the submodule of the same name.
-from caviar.sweep import SweepResult, sweep
 
 __all__ = ["CaviarError", "Config", "ConfigError", "DataError", "SweepResult", "load_config", "sweep"]
 __version__ = "0.1.0"
+
+# Heavy modules (torch, ray) load on first use, so `import caviar` and `caviar --help` stay fast.
+# (The modules are named sweeper/ensembler so the functions sweep/ensemble never shadow them.)
+_LAZY = {"sweep": "caviar.sweeper", "SweepResult": "caviar.sweeper", "DataError": "caviar.data"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'caviar' has no attribute {name!r}")

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from caviar.sweep import describe, sweep
+    from caviar.sweeper import describe, sweep
 
     overrides = list(args.overrides)
     if args.storage:

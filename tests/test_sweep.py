@@ -1,4 +1,4 @@
-"""caviar.sweep end to end on a learnable CIFAR-format fixture, in one local Ray instance."""
+"""caviar.sweeper end to end on a learnable CIFAR-format fixture, in one local Ray instance."""
 
 from __future__ import annotations
 
