@@ -195,8 +195,20 @@ class ResourcesConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    keep: int = Field(3, ge=1)  # best checkpoints kept per trial (by val_acc); the rest are deleted
+    # Best checkpoints kept per trial (by val_acc; Ray also keeps the latest). More than one keeps
+    # snapshots from different epochs of the best trial for the ensemble (`--snapshots N`).
+    keep: int = Field(3, ge=1)
     max_failures: int = Field(3, ge=0)  # retries of a crashed trial from its last checkpoint
+
+
+class AverageConfig(_Strict):
+    """A running average of each trial's weights, stored beside the raw weights in every checkpoint
+    and used as its own ensemble member (batch-norm statistics recomputed before use)."""
+
+    method: Literal["swa", "ema", "none"] = "swa"  # swa: equal average of end-of-epoch weights
+    start: float = Field(0.75, ge=0, lt=1)  # averaging covers epochs after this fraction of max_epochs
+    ema_decay: float = Field(0.999, gt=0, lt=1)  # ema: per-step decay of the old average
+    bn_images: int = Field(10000, ge=1)  # training images used to recompute batch-norm statistics
 
 
 class TrainConfig(_Strict):
@@ -218,6 +230,7 @@ class Config(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    average: AverageConfig = Field(default_factory=AverageConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("name")

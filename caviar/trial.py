@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from caviar.config import Config
 from caviar.data import SplitData
 from caviar.models import build_model
-from caviar.train import evaluate, make_optimizer, make_scheduler, pick_device, train_one_epoch
+from caviar.train import evaluate, make_optimizer, make_scheduler, pick_device, prepare_inputs, train_one_epoch
 
 CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
 
@@ -34,6 +35,10 @@ class TrialSettings:
     channels_last: bool
     max_loss: float  # a batch loss above this marks the trial diverged
     threads: int  # torch compute threads = the CPUs the trial was given (more only oversubscribes)
+    average: str = "none"  # running average of weights: swa, ema or none
+    average_after: int = 0  # epochs after this one are averaged
+    ema_decay: float = 0.999
+    bn_images: int = 10000  # training images used to recompute batch-norm statistics of the average
 
     @classmethod
     def from_config(cls, config: Config) -> "TrialSettings":
@@ -48,6 +53,10 @@ class TrialSettings:
             channels_last=config.train.channels_last,
             max_loss=config.train.diverge_factor * math.log(config.model.num_classes),
             threads=max(1, int(config.resources.cpus_per_trial)),
+            average=config.average.method,
+            average_after=int(config.average.start * config.search.max_epochs),
+            ema_decay=config.average.ema_decay,
+            bn_images=config.average.bn_images,
         )
 
 
@@ -65,6 +74,14 @@ def find_checkpoint_file(folder: str | Path) -> Path:
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def averaged_weights(state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The averaged model's plain state dict from a checkpoint (None if it has no average)."""
+    if "averaged" not in state:
+        return None
+    prefix = "module."
+    return {k[len(prefix):]: v for k, v in state["averaged"].items() if k.startswith(prefix)}
 
 
 def trial_seed(hparams: dict[str, Any]) -> int:
@@ -104,6 +121,28 @@ class Trial:
         )
         self.scheduler = make_scheduler(hparams["lr_schedule"], self.optimizer, settings.max_epochs)
         self.epoch = 0
+        self.averaged: AveragedModel | None = None  # created when averaging starts
+
+    def _average(self) -> AveragedModel:
+        if self.averaged is None:
+            ema = self.settings.average == "ema"
+            multi_avg_fn = get_ema_multi_avg_fn(self.settings.ema_decay) if ema else None
+            self.averaged = AveragedModel(self.model, multi_avg_fn=multi_avg_fn, use_buffers=False)
+        return self.averaged
+
+    def _averaging(self, epoch: int) -> bool:
+        return self.settings.average != "none" and epoch > self.settings.average_after
+
+    def _recompute_bn(self, train_x: torch.Tensor) -> None:
+        """Batch-norm running statistics of the averaged weights are not the average of the
+        statistics: recompute them with a pass over (part of) the training set, unaugmented."""
+        s = self.settings
+        images = train_x[: s.bn_images]
+        batches = (
+            prepare_inputs(images[i : i + s.eval_batch_size], self.device, s.channels_last)
+            for i in range(0, len(images), s.eval_batch_size)
+        )
+        update_bn(batches, self._average())
 
     @property
     def finished(self) -> bool:
@@ -117,11 +156,12 @@ class Trial:
         s = self.settings
         self.epoch += 1
         lr = self.optimizer.param_groups[0]["lr"]
+        averaging = self._averaging(self.epoch)
         stats = train_one_epoch(
             self.model, self.optimizer, train_x, train_y,
             batch_size=int(self.hparams["batch_size"]), generator=self.generator, augment=s.augment,
             grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
-            max_loss=s.max_loss,
+            max_loss=s.max_loss, averaged=self._average() if averaging and s.average == "ema" else None,
         )
         metrics: dict[str, Any] = {"epoch": self.epoch, "lr": lr, "diverged": not stats.finite}
         if not stats.finite:
@@ -130,10 +170,20 @@ class Trial:
             self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last
         )
         self.scheduler.step()
-        return metrics | {
+        metrics |= {
             "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss, "val_acc": val_acc,
             "update_ratio": stats.update_ratio,
         }
+        if averaging:
+            if s.average == "swa":  # SWA: one equal-weight sample per epoch, at its end
+                self._average().update_parameters(self.model)
+            self._recompute_bn(train_x)
+            avg_loss, avg_acc = evaluate(
+                self._average().module, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp,
+                channels_last=s.channels_last,
+            )
+            metrics |= {"avg_val_loss": avg_loss, "avg_val_acc": avg_acc}
+        return metrics
 
     def state(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything that rebuilds this trial exactly, loadable with weights_only=True."""
@@ -149,7 +199,7 @@ class Trial:
             "hparams": dict(self.hparams),
             "settings": asdict(self.settings),
             "metrics": dict(metrics or {}),
-        }
+        } | ({"averaged": self.averaged.state_dict()} if self.averaged is not None else {})
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -160,6 +210,8 @@ class Trial:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         self.epoch = int(state["epoch"])
+        if "averaged" in state:
+            self._average().load_state_dict(state["averaged"])
 
     def save(self, folder: str | Path, metrics: dict[str, Any]) -> Path:
         path = Path(folder) / checkpoint_name(self.epoch, metrics.get("val_acc", 0.0))

@@ -9,7 +9,7 @@ import torch
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS, load_config
 from caviar.data import prepare_data
-from caviar.trial import Trial, TrialSettings, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
+from caviar.trial import Trial, TrialSettings, averaged_weights, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
 from caviar.train import make_optimizer, make_scheduler
 
 HPARAMS = dict(lr=2e-3, weight_decay=1e-4, dropout=0.1, momentum=0.9, batch_size=64, conv_layers=2, conv_width=16,
@@ -107,3 +107,65 @@ def test_schedules_span_the_budget(name, final_ratio):
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(final_ratio, abs=1e-9)
+
+
+def averaging_settings(method: str, max_epochs: int = 4, start: float = 0.5) -> TrialSettings:
+    return TrialSettings.from_config(
+        load_config(None, search__max_epochs=max_epochs, average__method=method, average__start=start)
+    )
+
+
+def test_swa_is_the_mean_of_end_of_epoch_weights(tensors):
+    """SWA with start 0.5 of 4 epochs averages the weights at the end of epochs 3 and 4, exactly."""
+    trial = Trial(HPARAMS, averaging_settings("swa"))
+    trajectory = []
+    for _ in range(4):
+        metrics = trial.run_epoch(*tensors)
+        trajectory.append({k: v.detach().clone() for k, v in trial.model.named_parameters()})
+        assert ("avg_val_acc" in metrics) == (trial.epoch > 2)
+    averaged = dict(trial.averaged.module.named_parameters())
+    for name, value in averaged.items():
+        expected = (trajectory[2][name] + trajectory[3][name]) / 2
+        assert torch.allclose(value, expected, atol=1e-6), name
+    assert int(trial.averaged.n_averaged) == 2
+    assert metrics["avg_val_acc"] > 0.3
+
+
+def test_averaged_batch_norm_statistics_are_recomputed(tensors):
+    """The average's BN running stats come from a pass over training data, not the initial buffers."""
+    trial = Trial(HPARAMS, averaging_settings("swa", max_epochs=2))
+    trial.run_epoch(*tensors)
+    trial.run_epoch(*tensors)
+    bn_avg = [m for m in trial.averaged.module.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    assert not torch.allclose(bn_avg.running_mean, torch.zeros_like(bn_avg.running_mean))
+    assert not torch.allclose(bn_avg.running_var, torch.ones_like(bn_avg.running_var))
+
+
+def test_ema_updates_every_step(tensors):
+    """EMA is updated after every optimizer step of the averaged epochs and differs from the raw weights."""
+    trial = Trial(HPARAMS, averaging_settings("ema", max_epochs=2))
+    trial.run_epoch(*tensors)
+    assert trial.averaged is None  # averaging starts after epoch 1 of 2
+    trial.run_epoch(*tensors)
+    steps = len(tensors[1]) // HPARAMS["batch_size"]
+    assert int(trial.averaged.n_averaged) == steps
+    raw, avg = trial.model.state_dict(), trial.averaged.module.state_dict()
+    assert not torch.allclose(raw["classifier.2.weight"], avg["classifier.2.weight"])
+
+
+def test_resume_restores_the_average(tensors, tmp_path):
+    """A checkpoint carries the averaged weights; a resumed trial continues the same average."""
+    straight = Trial(HPARAMS, averaging_settings("swa"))
+    for _ in range(4):
+        straight.run_epoch(*tensors)
+    first = Trial(HPARAMS, averaging_settings("swa"))
+    for _ in range(3):
+        metrics = first.run_epoch(*tensors)
+    path = first.save(tmp_path, metrics)
+    state = load_checkpoint_file(path)
+    assert averaged_weights(state).keys() == first.model.state_dict().keys()
+    resumed = Trial(HPARAMS, averaging_settings("swa"))
+    resumed.load_state(state)
+    resumed.run_epoch(*tensors)
+    for a, b in zip(straight.averaged.state_dict().values(), resumed.averaged.state_dict().values()):
+        assert torch.equal(a, b)
