@@ -14,12 +14,18 @@ from typing import Any
 from caviar.config import Config, ConfigError, load_config
 from caviar.errors import CaviarError
 
-__all__ = ["CaviarError", "Config", "ConfigError", "DataError", "SweepResult", "load_config", "sweep"]
+__all__ = [
+    "CaviarError", "Config", "ConfigError", "DataError", "Ensemble", "EnsembleResult", "SweepResult", "ensemble",
+    "load_config", "sweep",
+]
 __version__ = "0.1.0"
 
 # Heavy modules (torch, ray) load on first use, so `import caviar` and `caviar --help` stay fast.
 # (The modules are named sweeper/ensembler so the functions sweep/ensemble never shadow them.)
-_LAZY = {"sweep": "caviar.sweeper", "SweepResult": "caviar.sweeper", "DataError": "caviar.data"}
+_LAZY = {
+    "sweep": "caviar.sweeper", "SweepResult": "caviar.sweeper", "DataError": "caviar.data",
+    "ensemble": "caviar.ensembler", "Ensemble": "caviar.ensembler", "EnsembleResult": "caviar.ensembler",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,36 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="experiment folder name; same as --set name=...")
     sweep.add_argument("--resume", metavar="FOLDER", help="finish an interrupted sweep in FOLDER "
                        "(completed trials are not re-run)")
+    sweep.add_argument("--stage", type=int, metavar="N", help="staged experiments: rerun from stage N (earlier "
+                       "stages are kept; an interrupted stage N resumes); with an experiment file or --resume")
+
+    check = commands.add_parser("check", help="sanity checks before spending compute: initial loss, overfitting "
+                                "20 images, gradient check; exit 1 if one fails")
+    _config_args(check)
+    check.add_argument("--images", type=int, default=20, help="images of the overfitting check (default 20)")
+    check.add_argument("--tolerance", type=float, default=0.1, help="allowed |initial loss - ln(classes)| in "
+                       "nats (default 0.1)")
+
+    report = commands.add_parser("report", help="HTML report with charts of an experiment folder (finished "
+                                 "or running): EXPERIMENT/report.html")
+    report.add_argument("experiment", help="experiment folder that `caviar sweep` wrote (a staged one too)")
+    report.add_argument("--top", type=int, default=6, help="trials whose curves are drawn (default 6)")
+
+    ens = commands.add_parser("ensemble", help="ensemble the best checkpoints, weight averages and new seeds "
+                              "of an experiment, chosen on validation, evaluated on test")
+    ens.add_argument("experiment", help="experiment folder (path or s3:// URI) that `caviar sweep` wrote")
+    ens.add_argument("--top-k", type=int, default=5, help="best trials taken at their best checkpoint (default 5)")
+    ens.add_argument("--seeds", type=int, default=3, help="retrain the best config from this many new seeds "
+                     "(default 3; 0 = none); finished re-runs are reused")
+    ens.add_argument("--no-average", dest="average", action="store_false",
+                     help="leave out the trials' running averages of weights")
+    ens.add_argument("--snapshots", type=int, default=0, help="checkpoints of other epochs of the best trial")
+    ens.add_argument("--select", choices=["greedy", "uniform"], default="greedy",
+                     help="greedy forward selection with replacement on validation NLL (default), or equal weights")
+    ens.add_argument("--out", help="output folder (default: EXPERIMENT/ensemble)")
+    ens.add_argument("--address", help="Ray cluster for the seed re-runs ('auto' or HOST:PORT)")
+    ens.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override the experiment's saved config, e.g. --set data.root=/data")
 
     config = commands.add_parser("config", help="print the resolved config (defaults < file < --set)")
     _config_args(config)
@@ -46,7 +76,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume and args.experiment:
         raise CaviarError("--resume takes the experiment folder's own config; drop the experiment file argument")
     try:
-        result = sweep(args.experiment, overrides=overrides, address=args.address, resume=args.resume)
+        result = sweep(args.experiment, overrides=overrides, address=args.address, resume=args.resume,
+                       stage=args.stage)
     except KeyboardInterrupt:
         print("\nInterrupted. Completed trials and checkpoints are kept; finish with "
               "`caviar sweep --resume <experiment folder>`.", file=sys.stderr)
@@ -63,7 +94,34 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": _sweep, "config": _config}
+def _ensemble(args: argparse.Namespace) -> int:
+    from caviar.ensembler import describe, ensemble
+
+    result = ensemble(args.experiment, top_k=args.top_k, seeds=args.seeds, average=args.average,
+                      snapshots=args.snapshots, select=args.select, out=args.out, address=args.address,
+                      overrides=args.overrides)
+    print(describe(result))
+    print(f"Written: {args.out or args.experiment.rstrip('/') + '/ensemble'} (ensemble.json, members.csv, ensemble.png)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from caviar.checks import check_experiment, format_results
+
+    results = check_experiment(args.experiment, args.overrides, images=args.images, tolerance=args.tolerance,
+                               log=print)
+    print(format_results(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from caviar.report import write_report
+
+    print(f"Report: {write_report(args.experiment, top=args.top)}")
+    return 0
+
+
+COMMANDS = {"sweep": _sweep, "ensemble": _ensemble, "config": _config, "check": _check, "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

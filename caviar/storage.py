@@ -23,25 +23,26 @@ def join(location: str, *parts: str) -> str:
     return os.path.join(location, *parts)
 
 
-def _fs(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem holding `location` and the path within it."""
     if is_uri(location):
         return pyarrow.fs.FileSystem.from_uri(location)
     return pyarrow.fs.LocalFileSystem(), location
 
 
 def exists(location: str) -> bool:
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
 def write_text(location: str, text: str) -> None:
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as stream:
         stream.write(text.encode())
 
 
 def read_text(location: str) -> str:
-    fs, path = _fs(location)
+    fs, path = filesystem(location)
     with fs.open_input_stream(path) as stream:
         return stream.read().decode()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs
 import ray
 import yaml
 from ray import tune
@@ -25,7 +26,8 @@ from caviar import storage
 from caviar.config import Config, ConfigError, load_config
 from caviar.data import SplitData, prepare_data
 from caviar.leaderboard import format_table, leaderboard, summarize, trial_row
-from caviar.space import to_param_space
+from caviar.border import border_warnings, format_warnings
+from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.trainable import train_trial
 from caviar.trial import TrialSettings
 
@@ -94,6 +96,9 @@ def _run_config(config: Config, storage_path: str) -> tune.RunConfig:
         ),
         # A crashed trial (lost node, OOM) restarts from its last checkpoint, not from scratch.
         failure_config=tune.FailureConfig(max_failures=config.checkpoint.max_failures),
+        # Files a trial writes in its own folder (caviar.babysit's TensorBoard histograms) reach
+        # the experiment folder on storage with every checkpoint.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=1,
     )
 
@@ -101,6 +106,32 @@ def _run_config(config: Config, storage_path: str) -> tune.RunConfig:
 def trial_dirname(trial: Any) -> str:
     """``trial_<id>`` instead of Ray's name with every hyperparameter in it (the leaderboard has them)."""
     return f"trial_{trial.trial_id}"
+
+
+def _search_alg(config: Config) -> Any:
+    """random: Ray's BasicVariantGenerator; tpe: Ray's OptunaSearch over the same space (see
+    caviar.space.OptunaDefineByRun for how the scales map), behind a ConcurrencyLimiter if asked."""
+    search = config.search
+    if search.algorithm == "random":
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent)
+    try:
+        import optuna  # noqa: F401
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise ConfigError("search.algorithm: tpe needs Optuna; install it with `pip install 'caviar[bayes]'` "
+                          "(or use search.algorithm: random)") from None
+    searcher = OptunaSearch(OptunaDefineByRun(config.space, search.seed), metric="val_acc", mode="max",
+                            seed=search.seed)
+    if search.max_concurrent:
+        from ray.tune.search import ConcurrencyLimiter
+
+        return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    return searcher
+
+
+def _param_space(config: Config) -> dict[str, Any]:
+    # A searcher that owns the space (TPE) gets only the fixed values from Ray's param_space.
+    return to_param_space(config.space) if config.search.algorithm == "random" else fixed_values(config.space)
 
 
 def _tune_config(config: Config) -> tune.TuneConfig:
@@ -119,37 +150,68 @@ def _tune_config(config: Config) -> tune.TuneConfig:
         mode="max",
         num_samples=search.num_samples,
         scheduler=scheduler,
-        search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent),
+        search_alg=_search_alg(config),
         # One process per slot, reused by trial after trial: a fresh process costs seconds.
         reuse_actors=True,
         trial_dirname_creator=trial_dirname,
     )
 
 
-def _collect(path: str, config: Config) -> pd.DataFrame:
-    """The leaderboard from the experiment state *as saved on storage*.
+@dataclass
+class TrialRecord:
+    """One trial of a finished or interrupted experiment, as saved on storage."""
+
+    trial_id: str
+    ray_status: str  # TERMINATED, ERROR, RUNNING, PENDING, ...
+    hparams: dict[str, Any]
+    history: pd.DataFrame | None  # one row per reported epoch
+    path: str
+    retries: int
+    checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]  # the kept ones, best val_acc first
+    latest: tune.Checkpoint | None
+
+
+def read_trials(path: str) -> list[TrialRecord]:
+    """Every trial of the experiment at `path` (local or URI), from the state *as saved*.
 
     After Ctrl-C, the in-memory trials are already marked stopped, while the saved state still
     says RUNNING/PENDING: only the saved state tells interrupted trials from early-stopped ones.
     """
     grid = tune.ResultGrid(ExperimentAnalysis(path, default_metric="val_acc", default_mode="max"))
-    rows = []
+    records = []
     # ResultGrid keeps results in the order of its trials; statuses and retry counts are only
     # on the Trial objects (Ray is pinned, so this private attribute is stable for us).
     for result, trial in zip(grid, grid._experiment_analysis.trials):
-        best = max(result.best_checkpoints or [], key=lambda pair: pair[1].get("val_acc", -1), default=None)
-        rows.append(
-            trial_row(
+        kept = sorted(result.best_checkpoints or [], key=lambda pair: -pair[1].get("val_acc", -1))
+        records.append(
+            TrialRecord(
                 trial_id=trial.trial_id,
                 ray_status=trial.status,
-                hparams=trial.config,
+                hparams=dict(trial.config),
                 history=result.metrics_dataframe,
-                max_epochs=config.search.max_epochs,
-                retries=trial.run_metadata.num_failures,
                 path=result.path,
-                best_checkpoint=best[0].path if best else "",
+                retries=trial.run_metadata.num_failures,
+                checkpoints=kept,
+                latest=result.checkpoint,
             )
         )
+    return records
+
+
+def _collect(path: str, config: Config) -> pd.DataFrame:
+    rows = [
+        trial_row(
+            trial_id=record.trial_id,
+            ray_status=record.ray_status,
+            hparams=record.hparams,
+            history=record.history,
+            max_epochs=config.search.max_epochs,
+            retries=record.retries,
+            path=record.path,
+            best_checkpoint=record.checkpoints[0][0].path if record.checkpoints else "",
+        )
+        for record in read_trials(path)
+    ]
     return leaderboard(rows)
 
 
@@ -164,9 +226,13 @@ def sweep(
     overrides: list[str] | None = None,
     address: str | None = None,
     resume: str | Path | None = None,
+    stage: int | None = None,
     **values: Any,
 ) -> SweepResult:
     """Run (or with `resume`, finish) a sweep and return its leaderboard.
+
+    An experiment with `stages` runs them all (caviar.stages) and returns a StagedResult whose
+    path, trials and summary are the last stage's; `stage` reruns (or resumes) from stage N.
 
     `config` is a Config or an experiment file; `overrides` are "key=value" strings and `values`
     keyword overrides (``search__num_samples=8``), applied on top, in that order.
@@ -180,6 +246,12 @@ def sweep(
     else:
         config = load_config(config, overrides, **values)
     config = config.resolved()
+    if config.stages:
+        from caviar.stages import run_staged
+
+        return run_staged(config, address=address, resume=resume is not None, start=stage)
+    if stage is not None:
+        raise ConfigError("--stage needs an experiment with `stages` (see experiments/staged.yaml)")
 
     storage_path = storage.resolve(config.storage)
     path = storage.join(storage_path, config.name)
@@ -205,7 +277,7 @@ def sweep(
             storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
             tuner = tune.Tuner(
                 trainable,
-                param_space=to_param_space(config.space),
+                param_space=_param_space(config),
                 tune_config=_tune_config(config),
                 run_config=_run_config(config, storage_path),
             )
@@ -219,6 +291,8 @@ def sweep(
             "wall_time_s": round(time.time() - begin, 1),
             "resources_per_trial": resources,
             "config": config.to_dict(),
+            # numeric ranges whose best trial sits at an edge (caviar.border), with wider ranges
+            "border_warnings": border_warnings(table, config.space, config.search.border_fraction),
         }
         _write_results(path, table, summary)
     finally:
@@ -234,4 +308,59 @@ def describe(result: SweepResult) -> str:
     if result.summary["counts"].get("unfinished") or result.summary["counts"].get("not-started"):
         lines.append(f"Interrupted. Finish it with: caviar sweep --resume {result.path}")
     lines.append(f"Results: {result.path} ({LEADERBOARD_FILE}, {SUMMARY_FILE})")
+    if result.summary.get("border_warnings"):
+        lines.append(format_warnings(result.summary["border_warnings"]))
+    if hasattr(result, "plan"):  # a staged sweep (caviar.stages.StagedResult)
+        from caviar.stages import describe_stages
+
+        lines.append(describe_stages(result))
     return "\n".join(lines)
+
+
+def rerun_with_seeds(
+    experiment: str, config: Config, hparams: dict[str, Any], seeds: list[int], *, prefix: str,
+    address: str | None = None,
+) -> list[TrialRecord]:
+    """Train `hparams` from scratch once per seed, in parallel, as a Ray Tune experiment
+    ``<prefix>-<time>`` inside the experiment folder (same storage, so `ray up` clusters work too).
+
+    Seeds that already finished in an earlier ``<prefix>-*`` run of the same folder are reused;
+    only missing seeds are trained.
+    """
+    finished = _finished_seed_runs(experiment, prefix)
+    missing = [seed for seed in seeds if seed not in finished]
+    if missing:
+        data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
+                            split_seed=config.data.split_seed, download=config.data.download)
+        started = _start_ray(address)
+        try:
+            trainable = _trainable(config, data, trial_resources(config, ray.cluster_resources().get("GPU", 0)))
+            run = config.model_copy(update={"name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
+            tune.Tuner(
+                trainable,
+                param_space={**hparams, "seed": tune.grid_search(missing)},
+                tune_config=tune.TuneConfig(metric="val_acc", mode="max", reuse_actors=True,
+                                            trial_dirname_creator=trial_dirname),
+                run_config=_run_config(run, experiment),
+            ).fit()
+        finally:
+            if started:
+                ray.shutdown()
+        finished = _finished_seed_runs(experiment, prefix)
+    return [finished[seed] for seed in seeds if seed in finished]
+
+
+def _finished_seed_runs(experiment: str, prefix: str) -> dict[int, TrialRecord]:
+    """seed -> the finished trial that trained it, over every `<prefix>-*` run in the folder."""
+    fs, root = storage.filesystem(experiment)
+    runs = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix + "-")]
+    finished: dict[int, TrialRecord] = {}
+    for run in sorted(runs):
+        location = storage.join(experiment, run.rsplit("/", 1)[-1])
+        if not storage.exists(storage.join(location, "tuner.pkl")):
+            continue
+        for record in read_trials(location):
+            if record.ray_status == "TERMINATED" and record.checkpoints:
+                finished[int(record.hparams["seed"])] = record
+    return finished
