@@ -1,0 +1,150 @@
+"""caviar.ensembler end to end after a small real sweep: members, selection, evaluation, saving."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ray import tune
+
+import caviar
+import caviar.ensembler as ensembler_module
+from caviar.config import ConfigError, load_config
+from caviar.data import load_test_set
+from caviar.members import Member, load_models
+from caviar.selection import SELECTORS, nll
+from conftest import REPO
+from test_sweep import small_config
+
+
+@pytest.fixture(scope="module")
+def experiment(ray_session, learnable_root, tmp_path_factory):
+    """4 trials that run 4 epochs each, averaging weights over epochs 3-4, keeping 3 checkpoints."""
+    tree = small_config(learnable_root, tmp_path_factory.mktemp("ens"), "ens", scheduler="random", num_samples=4,
+                        max_epochs=4)
+    tree["space"] |= {"lr": [1e-3, 3e-3, 6e-3], "conv_width": [12, 16], "dropout": [0.0, 0.3]}
+    tree["checkpoint"]["keep"] = 3
+    tree["average"] = {"method": "swa", "start": 0.5}
+    return caviar.sweep(load_config(tree)).path
+
+
+@pytest.fixture(scope="module")
+def result(experiment, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ens-out")
+    return caviar.ensemble(experiment, top_k=3, seeds=2, snapshots=1, out=out), out
+
+
+def test_four_member_kinds_present(result):
+    """Top-k, averages, seed re-runs and snapshots are each present when asked for."""
+    res, _ = result
+    counts = res.members["kind"].value_counts().to_dict()
+    assert counts == {"top": 3, "average": 3, "seed": 2, "snapshot": 1}
+    assert set(res.by_kind) == {"top", "average", "seed", "snapshot", "all"}
+    seed_rows = res.members[res.members["kind"] == "seed"]
+    assert seed_rows["test_acc"].min() > 0.3  # retrained from scratch for the full budget, learned
+
+
+def test_greedy_ensemble_beats_members_on_validation(result):
+    """The ensemble's validation NLL is no worse than the best member's."""
+    res, _ = result
+    assert res.info["val_nll"] <= res.members["val_nll"].min() + 1e-9
+    assert abs(res.members["weight"].sum() - 1) < 1e-9
+
+
+def test_disagreeing_members_ensemble_is_at_least_as_accurate(result):
+    """Members disagree on some test images, and the ensemble is at least as accurate as the best single one."""
+    res, _ = result
+    images, labels = load_test_set(res.info["provenance"]["config"]["data"]["root"], download=False)
+    preds = res.ensemble.member_probs(images).argmax(-1)
+    assert (preds != preds[0]).any(axis=0).mean() > 0.05  # they disagree
+    assert res.accuracy >= res.info["best_member"]["accuracy"]
+    assert res.gain == pytest.approx(res.accuracy - res.info["best_member"]["accuracy"])
+    assert 0 <= res.ece <= 1 and res.nll > 0
+
+
+def test_outputs_written(result):
+    """ensemble.json (figures, members with paths and weights, provenance), members.csv and the plot."""
+    res, out = result
+    document = json.loads((out / "ensemble.json").read_text())
+    assert document["accuracy"] == res.accuracy and len(document["members"]) == len(res.members)
+    assert {"name", "kind", "weight", "checkpoint", "accuracy"} <= set(document["members"][0])
+    assert set(document["provenance"]["versions"]) >= {"caviar", "torch", "ray"}
+    assert document["experiment"].endswith("ens")
+    assert (out / "members.csv").read_text().count("\n") == len(res.members) + 1
+    assert (out / "ensemble.png").stat().st_size > 1000
+
+
+def test_saved_ensemble_predicts_identically(result):
+    """Ensemble.load(out).predict == result.predict, for uint8 and for 0..1 float input."""
+    res, out = result
+    images, _ = load_test_set(res.info["provenance"]["config"]["data"]["root"], download=False)
+    expected = res.predict(images[:200])
+    reloaded = caviar.Ensemble.load(out)
+    np.testing.assert_array_equal(reloaded.predict(images[:200]), expected)
+    np.testing.assert_allclose(reloaded.predict(images[:200].astype(np.float32) / 255), expected, atol=1e-6)
+    assert expected.shape == (200, 10) and np.allclose(expected.sum(1), 1)
+    with pytest.raises(ValueError, match="NCHW"):
+        reloaded.predict(np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_test_set_is_read_only_after_selection(experiment, monkeypatch, tmp_path):
+    """Every selection (overall and per kind) happens before the test set is loaded."""
+    events: list[str] = []
+    greedy = SELECTORS["greedy"]
+    monkeypatch.setitem(SELECTORS, "greedy", lambda p, y: events.append("select") or greedy(p, y))
+    real_load = ensembler_module.load_test_set
+    monkeypatch.setattr(ensembler_module, "load_test_set", lambda *a, **k: events.append("test") or real_load(*a, **k))
+    caviar.ensemble(experiment, top_k=2, seeds=0, out=tmp_path)
+    assert events.count("test") == 1 and events[-1] == "test" and events.count("select") >= 2
+
+
+def test_rerun_reuses_finished_seeds(experiment, result, tmp_path):
+    """A second `caviar ensemble` with the same seeds trains nothing new."""
+    folder = Path(experiment)
+    before = sorted(p.name for p in folder.glob("seeds-*/trial_*"))
+    again = caviar.ensemble(experiment, top_k=1, seeds=2, average=False, out=tmp_path)
+    assert sorted(p.name for p in folder.glob("seeds-*/trial_*")) == before and len(before) == 2
+    assert (again.members["kind"] == "seed").sum() == 2
+
+
+def test_bad_checkpoints_are_skipped_with_a_warning(result, tmp_path):
+    """A corrupt checkpoint, or one of another family, is skipped with a warning naming it."""
+    res, _ = result
+    good = Member("good", "top", "t0", tune.Checkpoint.from_directory(str(_checkpoint_dir(res))), "model", 1, 0.5)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "epoch=001-val_acc=0.5000.pt").write_bytes(b"not a checkpoint")
+    bad = Member("bad", "top", "t1", tune.Checkpoint.from_directory(str(corrupt)), "model", 1, 0.5)
+    with pytest.warns(UserWarning, match="skipping ensemble member bad: checkpoint .*corrupt"):
+        loaded = load_models([good, bad], "convnet", 10)
+    assert [m.name for m, _, _ in loaded] == ["good"]
+    with pytest.warns(UserWarning, match="it is a convnet with 10 classes, but this experiment trains resnet"):
+        assert load_models([good], "resnet", 10) == []
+
+
+def _checkpoint_dir(res) -> Path:
+    return Path(res.members[res.members["kind"] == "top"].iloc[0]["checkpoint"])
+
+
+def test_not_an_experiment_is_a_clear_error(tmp_path):
+    """A folder without caviar.yaml, or a bad option, gets a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="not a caviar experiment folder"):
+        caviar.ensemble(tmp_path)
+    with pytest.raises(ConfigError, match="--select"):
+        caviar.ensemble(tmp_path, select="best")
+
+
+def test_real_cli(experiment, tmp_path):
+    """`caviar ensemble EXP --top-k 2 --seeds 0 --no-average --out DIR` prints the table and writes the folder."""
+    ran = subprocess.run([sys.executable, "-m", "caviar", "ensemble", experiment, "--top-k", "2", "--seeds", "0",
+                          "--no-average", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "ensemble (test): acc" in ran.stdout and "top only" in ran.stdout
+    assert json.loads((tmp_path / "ensemble.json").read_text())["settings"]["average"] is False
