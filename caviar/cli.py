@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="print the resolved config (defaults < file < --set)")
     _config_args(config)
+
+    cluster = commands.add_parser("cluster", help="Ray cluster files (cluster/*.yaml)")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    cluster_check = cluster_commands.add_parser("check", help="check a cluster file before `ray up`: Ray's schema, "
+                                                "typos in provider and node_config, Ray version, placeholders")
+    cluster_check.add_argument("file", help="cluster file, e.g. cluster/aws.yaml")
+    cluster_check.add_argument("--root", help="folder `ray up` runs from (relative file_mounts); default: here")
     return parser
 
 
@@ -121,7 +128,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": _sweep, "ensemble": _ensemble, "config": _config, "check": _check, "report": _report}
+def _cluster(args: argparse.Namespace) -> int:
+    from caviar.cluster import check_cluster_file, describe_cluster
+
+    print(f"{args.file}: OK, {describe_cluster(check_cluster_file(args.file, root=args.root))}")
+    return 0
+
+
+COMMANDS = {"sweep": _sweep, "ensemble": _ensemble, "config": _config, "check": _check, "report": _report,
+            "cluster": _cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -180,6 +180,12 @@ class SearchConfig(_Strict):
     metric: Literal["val_acc"] = "val_acc"  # what ASHA and "best" mean (maximised)
     seed: Union[int, None] = 0  # seed of the random search, so a sweep is repeatable; null = fresh
     max_concurrent: int = Field(0, ge=0)  # cap on running trials; 0 = as many as resources allow
+    # random: the notes' advice for convnets; tpe: Bayesian (Optuna's TPE via Ray Tune), needs
+    # `pip install caviar[bayes]`. Same space, same schedulers.
+    algorithm: Literal["random", "tpe"] = "random"
+    # Warn when the best trial sits in this outer fraction of a numeric range (in its sampling
+    # scale, e.g. log10 for lr): a better value may lie beyond the edge (caviar.border).
+    border_fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
 class ResourcesConfig(_Strict):
@@ -221,9 +227,38 @@ class TrainConfig(_Strict):
     channels_last: bool = True  # NHWC memory format on CUDA (ignored on CPU)
 
 
+class StageConfig(_Strict):
+    """One stage of a coarse-to-fine sweep (caviar.stages): its own Ray Tune experiment. The next
+    stage's ranges come from this stage's top trials (narrowed, or widened past an edge)."""
+
+    name: str  # folder of the stage inside the experiment folder, e.g. coarse -> stage1-coarse
+    epochs: int = Field(ge=1)  # search.max_epochs of this stage (LR schedules span it)
+    num_samples: int = Field(ge=1)  # trials of this stage
+    train_subset: Union[int, float, None] = None  # images (int) or fraction; null = data.train_subset; 1.0 = all
+    scheduler: Optional[Literal["asha", "random"]] = None  # null = search.scheduler
+    top: Union[int, float] = Field(0.25, gt=0)  # trials whose values set the next ranges: fraction or count
+    pad: float = Field(0.1, ge=0)  # margin around the top trials' span, x this range's width (sampling scale)
+    widen: float = Field(0.5, gt=0)  # past an edge where the best sits, x this range's width
+
+    @field_validator("name")
+    @classmethod
+    def _stage_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError("must be a short name of letters, digits, '-' or '_' (e.g. coarse)")
+        return value
+
+    @field_validator("train_subset")
+    @classmethod
+    def _subset(cls, value: Any) -> Any:
+        return DataConfig._subset_positive(value)
+
+
 class Config(_Strict):
     name: str = "cifar10-asha"  # experiment folder name under `storage`
     storage: Optional[str] = None  # local path, NFS path or s3:// URI; null = $CAVIAR_RESULTS or ~/caviar_results
+    # A local `storage` path that every node of a multi-node cluster mounts, in a way caviar cannot
+    # tell from the filesystem type (NFS and the like are recognised): see caviar.cluster.
+    storage_shared: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
@@ -232,6 +267,16 @@ class Config(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     average: AverageConfig = Field(default_factory=AverageConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    # Coarse-to-fine stages run by one `caviar sweep` (caviar.stages); empty = one plain sweep.
+    stages: list[StageConfig] = Field(default_factory=list)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, value: list) -> list:
+        names = [stage.name for stage in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must differ (got {names})")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -283,17 +328,31 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any, defaults: dict[str
     ``--set space.lr.low=1e-4`` keeps the default range's `high` and `scale`."""
     node, default = tree, defaults if defaults is not None else _DEFAULTS
     for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):  # an entry of a list by index: --set stages.0.num_samples=8
+            node, default = node[_list_index(node, path, i)], None
+            continue
         default = default.get(part) if isinstance(default, dict) else None
         if part not in node:
             node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
         child = node[part]
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise ConfigError(
                 f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is {child!r}, not a section; "
                 f"set the whole value instead (e.g. --set {'.'.join(path[: i + 1])}=...)"
             )
         node = child
-    node[path[-1]] = value
+    if isinstance(node, list):
+        node[_list_index(node, path, len(path) - 1)] = value
+    else:
+        node[path[-1]] = value
+
+
+def _list_index(items: list[Any], path: list[str], i: int) -> int:
+    part = path[i]
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:i])} is a list of {len(items)}; "
+                          f"use an index 0..{len(items) - 1} in place of {part!r}")
+    return int(part)
 
 
 def _describe_item(item: dict[str, Any]) -> str:

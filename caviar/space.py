@@ -115,3 +115,39 @@ def sample(space: SpaceConfig, count: int, seed: int = 0) -> list[dict[str, Any]
         {name: d.sample(random_state=rng) if isinstance(d, Domain) else d for name, d in param_space.items()}
         for _ in range(count)
     ]
+
+
+# ---------------------------------------------------------------- Bayesian search (TPE)
+def fixed_values(space: SpaceConfig) -> dict[str, Any]:
+    """The entries that are not searched, as Ray's `param_space` when a searcher owns the space."""
+    return {name: getattr(space, name) for name in SpaceConfig.model_fields if name not in searched(space)}
+
+
+class OptunaDefineByRun:
+    """The space as an Optuna define-by-run function (for Ray's OptunaSearch), same scales as above.
+
+    Ray cannot convert the `one_minus_log` sampler to an Optuna distribution, so TPE models
+    ``one_minus_<name>`` = 1 - beta on a log scale (exactly the distribution random search draws
+    from) and the trial gets ``<name>`` = 1 - that; both appear in the trial's config. The trial
+    `seed` is drawn from this object's own generator, not modelled by TPE: it is not a
+    hyperparameter. A class, not a closure, so Ray can pickle the searcher for `--resume`.
+    """
+
+    def __init__(self, space: SpaceConfig, seed: int | None = None):
+        self.params = searched(space)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for name, param in self.params.items():
+            if isinstance(param, Choice):
+                trial.suggest_categorical(name, list(param.choices))
+            elif param.scale in ("linear", "log"):
+                trial.suggest_float(name, param.low, param.high, log=param.scale == "log")
+            elif param.scale in ("int", "log_int"):
+                trial.suggest_int(name, int(param.low), int(param.high), log=param.scale == "log_int")
+            else:  # one_minus_log
+                gap = trial.suggest_float(f"one_minus_{name}", 1.0 - param.high, 1.0 - param.low, log=True)
+                extra[name] = 1.0 - gap
+        extra["seed"] = int(self.rng.integers(*SEED_RANGE))
+        return extra

@@ -22,7 +22,7 @@ from ray.tune import ExperimentAnalysis
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from caviar import storage
+from caviar import cluster, storage
 from caviar.config import Config, ConfigError, load_config
 from caviar.data import SplitData, prepare_data
 from caviar.leaderboard import format_table, leaderboard, summarize, trial_row
@@ -66,6 +66,13 @@ def trial_resources(config: Config, cluster_gpus: float) -> dict[str, float]:
     return {"cpu": config.resources.cpus_per_trial, "gpu": float(gpus)}
 
 
+def _check_cluster(config: Config, storage_path: str, joined: bool) -> dict[str, float]:
+    """The resources per trial on the Ray cluster just started or joined, after checking that its
+    nodes can all reach `storage_path` (raises ConfigError before anything is written)."""
+    cluster.check_storage_for_cluster(storage_path, shared=config.storage_shared, joined=joined)
+    return trial_resources(config, cluster.cluster_gpus(joined=joined))
+
+
 def _start_ray(address: str | None) -> bool:
     """Join `address`, or start a fresh local Ray instance. Returns True if we started one.
 
@@ -74,7 +81,11 @@ def _start_ray(address: str | None) -> bool:
     """
     if ray.is_initialized():
         return False
-    ray.init(address=address or "local", log_to_driver=True)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # A private instance listens on loopback only: nothing outside this machine can reach it.
+        ray.init(address="local", _node_ip_address="127.0.0.1", log_to_driver=True)
     return True
 
 
@@ -270,7 +281,7 @@ def sweep(
 
     started = _start_ray(address)
     try:
-        resources = trial_resources(config, ray.cluster_resources().get("GPU", 0))
+        resources = _check_cluster(config, storage_path, joined=not started)
         trainable = _trainable(config, data, resources)
         begin = time.time()
         if resume is None:
@@ -306,9 +317,10 @@ def describe(result: SweepResult) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in result.summary["counts"].items() if n)
     lines = [format_table(result.trials), "", f"{result.summary['trials']} trials: {counts}"]
     if result.summary["counts"].get("unfinished") or result.summary["counts"].get("not-started"):
-        lines.append(f"Interrupted. Finish it with: caviar sweep --resume {result.path}")
+        # a staged sweep resumes from its experiment folder, which holds every stage
+        lines.append(f"Interrupted. Finish it with: caviar sweep --resume {getattr(result, 'root', result.path)}")
     lines.append(f"Results: {result.path} ({LEADERBOARD_FILE}, {SUMMARY_FILE})")
-    if result.summary.get("border_warnings"):
+    if result.summary.get("border_warnings") and not hasattr(result, "plan"):  # stages print their own
         lines.append(format_warnings(result.summary["border_warnings"]))
     if hasattr(result, "plan"):  # a staged sweep (caviar.stages.StagedResult)
         from caviar.stages import describe_stages
@@ -334,7 +346,7 @@ def rerun_with_seeds(
                             split_seed=config.data.split_seed, download=config.data.download)
         started = _start_ray(address)
         try:
-            trainable = _trainable(config, data, trial_resources(config, ray.cluster_resources().get("GPU", 0)))
+            trainable = _trainable(config, data, _check_cluster(config, experiment, joined=not started))
             run = config.model_copy(update={"name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
             tune.Tuner(
                 trainable,

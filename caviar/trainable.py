@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from caviar.babysit import Babysitter
 from caviar.data import SplitData
 from caviar.trial import Trial, TrialSettings, data_tensors, find_checkpoint_file, load_checkpoint_file
 
@@ -25,12 +26,20 @@ def train_trial(hparams: dict[str, Any], data: SplitData, settings: TrialSetting
         with checkpoint.as_directory() as folder:
             trial.load_state(load_checkpoint_file(find_checkpoint_file(folder)))
     tensors = data_tensors(data, trial.device)
-    while not trial.finished:
-        metrics = trial.run_epoch(*tensors)
-        if metrics["diverged"]:
-            # Stop this trial now, with the worst score for ASHA; the sweep goes on.
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            trial.save(folder, metrics)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    # Per-layer histograms and update/weight ratios at a few epochs, written into the trial's
+    # folder (synced to storage with each checkpoint); measured on a step that is then undone.
+    sitter = Babysitter(tune.get_context().get_trial_dir(), trial, tensors[0], tensors[1])
+    sitter.maybe_probe()
+    try:
+        while not trial.finished:
+            metrics = trial.run_epoch(*tensors)
+            if metrics["diverged"]:
+                # Stop this trial now, with the worst score for ASHA; the sweep goes on.
+                tune.report(metrics)
+                return
+            sitter.maybe_probe()
+            with tempfile.TemporaryDirectory() as folder:
+                trial.save(folder, metrics)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    finally:
+        sitter.close()

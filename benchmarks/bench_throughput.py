@@ -1,0 +1,208 @@
+"""Trial throughput: training images per second, caviar's trial loop vs the tutorial's pipeline.
+
+Both pipelines train the same network (caviar's ``build_model``) with the same optimizer, batch size
+and torch thread count on the same images, with random-crop + flip augmentation:
+
+- caviar: ``caviar.trial.Trial`` + ``caviar.train.train_one_epoch`` on the uint8 tensors of
+  ``caviar.trial.data_tensors`` (batched augmentation on the trial's device, no workers),
+- tutorial: torchvision ``CIFAR10`` + ``DataLoader(num_workers=W)`` + per-image PIL transforms,
+  a fresh loader iterator per epoch as in the tutorial (worker start-up is part of an epoch).
+
+Optional rows: ``--with-nchw`` times caviar with channels_last off (how caviar ran on CPU before
+channels_last was applied there), ``--with-cpu-bf16`` with bfloat16 autocast on CPU (an ablation;
+caviar ships it on CUDA only).
+
+Runs are interleaved A/B (the order flips every repeat) and each figure is the median over the
+repeats; the ratio is caviar / tutorial. An epoch here is one pass over ``--images`` images.
+
+    python benchmarks/bench_throughput.py                       # CPU, a few minutes
+    python benchmarks/bench_throughput.py --device cuda --models convnet,resnet:1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py; also puts the repo on sys.path)
+
+import torch  # noqa: E402
+
+import tutorial  # noqa: E402
+from caviar.config import load_config  # noqa: E402
+from caviar.data import prepare_data  # noqa: E402
+from caviar.train import train_one_epoch  # noqa: E402
+from caviar.trial import Trial, TrialSettings, data_tensors  # noqa: E402
+
+NAME = "throughput"
+
+
+def parse_model(spec: str) -> tuple[str, float]:
+    """"convnet" (the small convnet) or "resnet:WIDTH" -> (family, width)."""
+    family, _, width = spec.partition(":")
+    if family not in ("convnet", "resnet"):
+        raise SystemExit(f"--models: unknown family {family!r} in {spec!r}; use convnet or resnet:WIDTH")
+    return family, float(width or 1.0)
+
+
+def settings_for(family: str, width: float, threads: int) -> TrialSettings:
+    config = load_config(None, model__family=family, model__width=width, resources__cpus_per_trial=threads,
+                         resources__gpus_per_trial=0)
+    return TrialSettings.from_config(config)
+
+
+@contextlib.contextmanager
+def cpu_bf16(enabled: bool) -> Iterator[None]:
+    """An ablation, not what caviar ships: bfloat16 autocast on CPU as well as on CUDA."""
+    import caviar.train
+
+    original = caviar.train.autocast
+    if enabled:
+        caviar.train.autocast = lambda device, amp: (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                                                     if amp else original(device, amp))
+    try:
+        yield
+    finally:
+        caviar.train.autocast = original
+
+
+def caviar_epoch(family, width, hparams, tensors, dev, threads, warmup_images: int,
+                 channels_last: bool = True) -> tuple[int, float]:
+    settings = settings_for(family, width, threads)
+    trial = Trial(hparams, settings, device=dev)
+    train_x, train_y = tensors[0], tensors[1]
+
+    def run(x, y) -> None:
+        train_one_epoch(trial.model, trial.optimizer, x, y, batch_size=int(hparams["batch_size"]),
+                        generator=trial.generator, augment=settings.augment, amp=settings.amp,
+                        channels_last=settings.channels_last and channels_last, max_loss=settings.max_loss)
+
+    run(train_x[:warmup_images], train_y[:warmup_images])  # kernel selection, allocator warm-up
+    with common.Timer() as t:
+        run(train_x, train_y)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return (len(train_y) // int(hparams["batch_size"])) * int(hparams["batch_size"]), t.seconds
+
+
+def tutorial_epoch(family, width, hparams, trainset, images, val_size, workers, dev, warmup_batches: int):
+    torch.manual_seed(0)
+    net, optimizer, _ = tutorial.build(hparams, family, width, 1, dev)
+    loader, _ = tutorial.split_loaders(trainset, val_size, int(hparams["batch_size"]), workers, train_size=images)
+    tutorial.train_epoch(net, optimizer, loader, dev, max_batches=warmup_batches)
+    with common.Timer() as t:
+        seen, _ = tutorial.train_epoch(net, optimizer, loader, dev)  # a fresh iterator: workers start again
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return seen, t.seconds
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = common.parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--models", default="convnet,resnet:0.25,resnet:0.5",
+                   help="comma-separated: convnet (the small convnet, 2 conv blocks x 32 channels) or resnet:WIDTH")
+    p.add_argument("--images", type=int, default=4096, help="training images per timed epoch")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved A/B repeats; figures are medians")
+    p.add_argument("--workers", type=int, default=None, help="tutorial DataLoader workers (default min(8, cores))")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--with-cpu-bf16", action="store_true",
+                   help="also time caviar with bfloat16 autocast on CPU (an ablation: caviar uses it on CUDA only)")
+    p.add_argument("--with-nchw", action="store_true",
+                   help="also time caviar with train.channels_last off (NCHW input), the layout before the fix")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.models, args.images, args.repeats, args.batch_size = "convnet,resnet:0.125", 256, 1, 64
+    command = common.command_line(argv, "bench_throughput.py")
+    info = common.machine()
+    cores = info["nproc"] or 1
+    workers = args.workers if args.workers is not None else min(8, cores)
+    threads = args.threads or cores
+    dev = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                       else "cpu")
+    models = [parse_model(m) for m in args.models.split(",") if m]
+    val_size = 100
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    runs: dict[tuple[str, str], list[float]] = {}
+    try:
+        with common.workdir(args.workdir) as work:
+            root = common.fixture(work, train_size=args.images + val_size)
+            split = prepare_data(root, val_size=val_size, download=False)
+            tensors = data_tensors(split, dev)
+            trainset, _ = tutorial.load_data(root)
+            for rep in range(args.repeats):
+                for family, width in models:
+                    key = family if family == "convnet" else f"resnet:{width:g}"
+                    hparams = dict(common.FIXED_HPARAMS, **common.SMALL_CONVNET, batch_size=args.batch_size)
+                    order = (["caviar", "tutorial"] + (["caviar_nchw"] if args.with_nchw else [])
+                             + (["caviar_bf16"] if args.with_cpu_bf16 and dev.type == "cpu" else []))
+                    order = order if rep % 2 == 0 else order[::-1]
+                    for pipeline in order:
+                        if pipeline.startswith("caviar"):
+                            with cpu_bf16(pipeline == "caviar_bf16"):
+                                seen, seconds = caviar_epoch(family, width, hparams, tensors, dev, threads,
+                                                             warmup_images=2 * args.batch_size,
+                                                             channels_last=pipeline != "caviar_nchw")
+                        else:
+                            seen, seconds = tutorial_epoch(family, width, hparams, trainset, args.images, val_size,
+                                                           workers, dev, warmup_batches=2)
+                        runs.setdefault((key, pipeline), []).append(seen / seconds)
+                        print(f"  repeat {rep + 1}/{args.repeats} {key:12s} {pipeline:8s} {seen / seconds:8.0f} img/s",
+                              flush=True)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    rows = []
+    for key in dict.fromkeys(k for k, _ in runs):
+        cav, tut = runs[(key, "caviar")], runs[(key, "tutorial")]
+        paired = [c / t for c, t in zip(cav, tut)]
+        rows.append({
+            "model": key,
+            "caviar_img_s": common.median(cav),
+            "tutorial_img_s": common.median(tut),
+            "ratio": common.median(cav) / common.median(tut),
+            "paired_ratio_min": min(paired),
+            "paired_ratio_max": max(paired),
+            "caviar_runs": [round(v, 1) for v in cav],
+            "tutorial_runs": [round(v, 1) for v in tut],
+        })
+        if (key, "caviar_nchw") in runs:
+            nchw = runs[(key, "caviar_nchw")]
+            rows[-1].update(caviar_nchw_img_s=common.median(nchw), nchw_ratio=common.median(nchw) / common.median(tut),
+                            caviar_nchw_runs=[round(v, 1) for v in nchw])
+        if (key, "caviar_bf16") in runs:
+            bf16 = runs[(key, "caviar_bf16")]
+            rows[-1].update(caviar_bf16_img_s=common.median(bf16), bf16_ratio=common.median(bf16) / common.median(tut),
+                            caviar_bf16_runs=[round(v, 1) for v in bf16])
+    print()
+    columns = ["model", "caviar_img_s", "tutorial_img_s", "ratio", "paired_ratio_min", "paired_ratio_max"]
+    if args.with_nchw:
+        columns += ["caviar_nchw_img_s", "nchw_ratio"]
+    if any("caviar_bf16_img_s" in row for row in rows):
+        columns += ["caviar_bf16_img_s", "bf16_ratio"]
+    print(common.table(rows, columns,
+                       title=f"Trial throughput on {dev.type} ({threads} torch threads, tutorial "
+                             f"num_workers={workers}, batch {args.batch_size}, {args.repeats} interleaved repeats)"))
+    goals: dict[str, Any] = {}
+    for row in rows:
+        if dev.type == "cuda":
+            goals[f"{row['model']}: caviar >= 5x on GPU"] = {"ratio": row["ratio"], "met": row["ratio"] >= 5}
+        elif row["model"] == "convnet":
+            goals["convnet: caviar >= 1.5x on CPU"] = {"ratio": row["ratio"], "met": row["ratio"] >= 1.5}
+        else:
+            goals[f"{row['model']}: caviar never slower on CPU"] = {"ratio": row["ratio"], "met": row["ratio"] >= 1.0}
+    settings = {"device": dev.type, "models": args.models, "images_per_epoch": args.images,
+                "batch_size": args.batch_size, "repeats": args.repeats, "tutorial_workers": workers,
+                "torch_threads": threads, "with_nchw": args.with_nchw,
+                "with_cpu_bf16": args.with_cpu_bf16, "convnet": common.SMALL_CONVNET,
+                "hparams": {k: v for k, v in common.FIXED_HPARAMS.items()}}
+    return common.write_json(args.out, NAME, command, settings, rows, goals, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""Coarse-to-fine stages: several sweeps in one command, each narrowing the space of the last.
+
+The notes' recipe: a wide first stage of short trials (1 epoch, or a training subset), then a
+stage on ranges narrowed around where the good results were (~5 epochs), then a final stage at
+the full epoch budget. Each stage is its own Ray Tune experiment in the experiment folder
+(``<experiment>/stage<i>-<name>/``, a normal sweep folder with its own leaderboard), and the rule
+that made each range is written to ``<experiment>/stages.json``.
+
+The rule from stage i to stage i+1 (settings `top`, `pad`, `widen` of stage i):
+
+- the top trials are the best `top` (fraction, or a count) of stage i's scored trials;
+- a numeric range becomes the span of the top trials' values in its sampling scale (log10 for
+  `log`, log10(1 - beta) for `one_minus_log`), padded by `pad` x the old width on each side and
+  kept inside the old range; integer ranges round to whole numbers (a range of one value becomes
+  a fixed value);
+- but if the best trial sits in the outer `search.border_fraction` of the range (caviar.border),
+  that side moves *past* the edge by `widen` x the old width instead;
+- a categorical entry keeps only the choices that appear among the top trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import yaml
+
+from caviar import storage
+from caviar.border import (
+    at_position,
+    clip_value,
+    edge_of,
+    fmt,
+    fmt_range,
+    format_warnings,
+    position,
+    scored,
+    top_count,
+    widened,
+)
+from caviar.config import Choice, Config, ConfigError, Range, SpaceConfig, StageConfig, build_config
+from caviar.errors import CaviarError
+from caviar.space import searched
+
+STAGES_FILE = "stages.json"
+CONFIG_FILE = "caviar.yaml"
+SUMMARY_FILE = "summary.json"
+LEADERBOARD_FILE = "leaderboard.csv"
+
+
+def stage_folder(index: int, stage: StageConfig) -> str:
+    return f"stage{index}-{stage.name}"
+
+
+# ---------------------------------------------------------------- the narrowing rule
+def _same(a: Any, b: Any) -> bool:
+    """Choice equality across a CSV round trip (64 vs 64.0, True vs 'True')."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return str(a).lower() == str(b).lower()
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _spec(param: Any) -> Any:
+    if isinstance(param, Range):
+        return {"low": param.low, "high": param.high, "scale": param.scale}
+    if isinstance(param, Choice):
+        return {"choices": list(param.choices)}
+    return param
+
+
+def _narrow_choice(name: str, param: Choice, values: pd.Series, k: int) -> tuple[Any, dict[str, Any]]:
+    kept = [c for c in param.choices if any(_same(c, v) for v in values)]
+    dropped = [c for c in param.choices if c not in kept]
+    if not kept:  # the column holds nothing we recognise: leave the entry alone
+        return param, {"action": "kept", "why": f"{name}: no top trial value matches a choice; kept as is"}
+    new = Choice(choices=kept)
+    if dropped:
+        why = f"{name}: kept {kept}, the choices among the top {k} trials; dropped {dropped}"
+        return new, {"action": "pruned", "dropped": dropped, "why": why}
+    return new, {"action": "kept", "why": f"{name}: every choice {kept} appears among the top {k} trials"}
+
+
+def _narrow_range(
+    name: str, param: Range, values: list[float], best: float, stage: StageConfig, fraction: float
+) -> tuple[Any, dict[str, Any]]:
+    positions = [position(v, param) for v in values]
+    lo, hi = min(positions) - stage.pad, max(positions) + stage.pad
+    lo, hi = max(lo, 0.0), min(hi, 1.0)  # narrowing stays inside the old range
+    edge = edge_of(position(best, param), fraction)
+    wider = widened(name, param, edge, stage.widen) if edge else None
+    low, high = at_position(lo, param), at_position(hi, param)
+    if param.scale == "one_minus_log":  # positions run with the value: low stays below high
+        low, high = min(low, high), max(low, high)
+    if wider is not None:
+        low, high = (wider.low, high) if edge == "low" else (low, wider.high)
+    low, high = clip_value(name, param, low), clip_value(name, param, high)
+    if param.scale in ("int", "log_int"):
+        low = wider.low if wider is not None and edge == "low" else round(low)
+        high = wider.high if wider is not None and edge == "high" else round(high)
+    axis = {"log": "log10", "log_int": "log10", "one_minus_log": "log10(1 - value)"}.get(param.scale, "linear")
+    span = f"{fmt(min(values), param.scale)}..{fmt(max(values), param.scale)}"
+    why = f"{name}: the top {len(values)} trials span {span}"
+    if wider is not None:
+        action = f"widened-{edge}"
+        why += (f"; the best ({fmt(best, param.scale)}) sits in the outer {fraction:.0%} at the {edge} edge, so "
+                f"that side moves past it by {stage.widen:g} x the width ({axis})")
+    else:
+        action = "narrowed"
+        why += f"; padded by {stage.pad:g} x the old width ({axis}) and kept inside {fmt_range(param)}"
+    if low >= high:  # every top trial agrees on an integer (or pad is 0 and one trial is on top)
+        value = int(low) if param.scale in ("int", "log_int") else float(low)
+        return value, {"action": "fixed", "why": f"{why}: fixed at {fmt(value, param.scale)}"}
+    new = Range(low=low, high=high, scale=param.scale)
+    return new, {"action": action, "why": f"{why} -> {fmt_range(new)}"}
+
+
+def next_space(
+    space: SpaceConfig, table: pd.DataFrame, stage: StageConfig, fraction: float = 0.1
+) -> tuple[SpaceConfig, dict[str, Any]]:
+    """The space of the stage after `stage`, from its leaderboard, and the rule for every entry.
+
+    Raises CaviarError when no trial of the stage has a score (nothing to narrow around).
+    """
+    ranked = scored(table)
+    if ranked.empty:
+        raise CaviarError(f"stage {stage.name!r} has no scored trial (all diverged or failed); fix its space "
+                          "and rerun it with --stage")
+    k = top_count(len(ranked), stage.top)
+    top = ranked.head(k)
+    entries = space.model_dump()
+    rules: dict[str, Any] = {}
+    for name, param in searched(space).items():
+        if name not in top:
+            rules[name] = {"action": "kept", "why": f"{name}: not in the results; kept as is"}
+            continue
+        column = top[name].dropna()
+        if isinstance(param, Choice):
+            new, rule = _narrow_choice(name, param, column, k)
+        else:
+            new, rule = _narrow_range(name, param, [float(v) for v in column], float(top[name].iloc[0]), stage,
+                                      fraction)
+        entries[name] = _spec(new)
+        rules[name] = {"from": _spec(param), "to": _spec(new), **rule}
+        if isinstance(param, Range):
+            rules[name]["top_values"] = [float(v) for v in column]
+    header = {"top_trials": list(top["trial_id"]) if "trial_id" in top else [], "top": k, "scored": len(ranked)}
+    return SpaceConfig.model_validate(entries), {"header": header, "params": rules}
+
+
+# ---------------------------------------------------------------- one stage's config
+def stage_config(config: Config, index: int, space: SpaceConfig, root: str) -> Config:
+    """A plain sweep config for stage `index` (1-based) with `space`, in the folder `root`."""
+    stage = config.stages[index - 1]
+    tree = config.to_dict()
+    tree["stages"] = []
+    tree["storage"] = root
+    tree["name"] = stage_folder(index, stage)
+    tree["space"] = space.model_dump(mode="json")
+    search = tree["search"]
+    search["max_epochs"] = stage.epochs
+    search["num_samples"] = stage.num_samples
+    search["grace_period"] = min(search["grace_period"], stage.epochs)
+    if stage.scheduler:
+        search["scheduler"] = stage.scheduler
+    if search["seed"] is not None:  # a different draw per stage, still repeatable
+        search["seed"] = search["seed"] + index - 1
+    if stage.train_subset is not None:
+        whole = isinstance(stage.train_subset, float) and stage.train_subset == 1.0
+        tree["data"]["train_subset"] = None if whole else stage.train_subset
+    return build_config(tree, f"stage {index} ({stage.name})")
+
+
+# ---------------------------------------------------------------- the runner
+@dataclass
+class StagedResult:
+    """What `caviar sweep` returns for a staged experiment: the last stage run, plus every stage."""
+
+    root: str
+    stages: list[Any] = field(default_factory=list)  # SweepResult per stage run or kept, in order
+    plan: dict[str, Any] = field(default_factory=dict)  # the content of stages.json
+
+    @property
+    def final(self) -> Any:
+        return self.stages[-1]
+
+    # The SweepResult interface, answered by the last stage (what describe() and the CLI read).
+    @property
+    def path(self) -> str:
+        return self.final.path
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        return self.final.trials
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.final.summary
+
+    @property
+    def config(self) -> Config:
+        return self.final.config
+
+    @property
+    def best(self) -> Any:
+        return self.final.best
+
+
+def _stage_state(path: str) -> str:
+    """absent | partial (interrupted or still to finish) | done."""
+    if not storage.exists(storage.join(path, CONFIG_FILE)):
+        return "absent"
+    if not storage.exists(storage.join(path, SUMMARY_FILE)):
+        return "partial"
+    counts = json.loads(storage.read_text(storage.join(path, SUMMARY_FILE))).get("counts", {})
+    return "partial" if counts.get("unfinished") or counts.get("not-started") else "done"
+
+
+def _move_aside(path: str, log: Callable[[str], None]) -> None:
+    """Keep a stage folder about to be rerun as <folder>.prev<k> (local storage only)."""
+    if storage.is_uri(path):
+        raise ConfigError(f"{path} already holds a stage; rerunning a stage on object storage needs a new "
+                          "--set name=...")
+    k = 1
+    while Path(f"{path}.prev{k}").exists():
+        k += 1
+    shutil.move(path, f"{path}.prev{k}")
+    log(f"Kept the previous run of {Path(path).name} as {Path(path).name}.prev{k}")
+
+
+def _load_stage(path: str) -> Any:
+    from caviar.sweeper import SweepResult
+
+    table = pd.read_csv(storage.join(path, LEADERBOARD_FILE)) if storage.exists(
+        storage.join(path, LEADERBOARD_FILE)) else pd.DataFrame()
+    summary = json.loads(storage.read_text(storage.join(path, SUMMARY_FILE)))
+    config = build_config(yaml.safe_load(storage.read_text(storage.join(path, CONFIG_FILE))), f"{path}/{CONFIG_FILE}")
+    return SweepResult(path=path, trials=table, summary=summary, config=config)
+
+
+def _space_spec(space: SpaceConfig) -> dict[str, Any]:
+    return {name: _spec(param) for name, param in searched(space).items()}
+
+
+def _write_plan(root: str, plan: dict[str, Any]) -> None:
+    storage.write_text(storage.join(root, STAGES_FILE), json.dumps(plan, indent=2, default=str))
+
+
+def run_staged(
+    config: Config,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    start: int | None = None,
+    log: Callable[[str], None] = print,
+) -> StagedResult:
+    """Run the stages of `config` (resolved) in ``storage/name/``.
+
+    resume: continue an interrupted staged run (done stages are kept, an interrupted one resumes).
+    start: rerun from stage `start` (1-based): earlier stages must be done and are kept; that stage
+    resumes if it was interrupted, else it and every later stage run afresh (old folders are kept
+    as ``<folder>.prev<k>``).
+    """
+    from caviar import sweeper
+
+    stages = config.stages
+    if start is not None and not 1 <= start <= len(stages):
+        raise ConfigError(f"--stage {start}: the experiment has stages 1..{len(stages)}")
+    root = storage.join(storage.resolve(config.storage), config.name)
+    if storage.exists(storage.join(root, CONFIG_FILE)) and not resume and start is None:
+        raise ConfigError(f"experiment folder {root} already holds a staged sweep; continue it with "
+                          f"`caviar sweep --resume {root}`, rerun from a stage with --stage N, or start another "
+                          "with --set name=<new name>")
+    storage.write_text(storage.join(root, CONFIG_FILE), config.to_yaml())
+    previous = {}  # a rerun keeps the rules of the run it replaces in stages.json ("previous_runs")
+    if start is not None and storage.exists(storage.join(root, STAGES_FILE)):
+        previous = json.loads(storage.read_text(storage.join(root, STAGES_FILE)))
+    plan: dict[str, Any] = {"experiment": root, "border_fraction": config.search.border_fraction, "stages": []}
+    result = StagedResult(root=root, plan=plan)
+    first = start or 1
+    started = sweeper._start_ray(address)
+    try:
+        space = config.space
+        for index, stage in enumerate(stages, start=1):
+            path = storage.join(root, stage_folder(index, stage))
+            state = _stage_state(path)
+            entry: dict[str, Any] = {
+                "index": index, "name": stage.name, "folder": stage_folder(index, stage), "epochs": stage.epochs,
+                "num_samples": stage.num_samples, "train_subset": stage.train_subset,
+            }
+            if index > 1:
+                prior = result.stages[-1]
+                space, rules = next_space(prior.config.space, prior.trials, stages[index - 2],
+                                          config.search.border_fraction)
+                entry["from_stage"] = index - 1
+                entry.update(rules["header"])
+                entry["rules"] = rules["params"]
+            entry["space"] = _space_spec(space)
+            if index < first:
+                if state != "done":
+                    raise ConfigError(f"--stage {first}: stage {index} ({stage.name}) has not finished; finish it "
+                                      f"with `caviar sweep --resume {root}`")
+                keep = _load_stage(path)
+                result.stages.append(keep)
+                space = keep.config.space  # what actually ran, even if the rule has changed since
+                plan["stages"].append(entry | {"status": "kept", "space": _space_spec(space), **_outcome(keep)})
+                continue
+            if state == "done" and start is None:  # --resume: a finished stage stays
+                keep = _load_stage(path)
+                result.stages.append(keep)
+                space = keep.config.space
+                plan["stages"].append(entry | {"status": "done", "space": _space_spec(space), **_outcome(keep)})
+                continue
+            if state == "done" or (state == "partial" and start is not None and index > start):
+                _move_aside(path, log)
+                state = "absent"
+            _announce(log, index, stages, entry, state)
+            plan["stages"].append(entry | {"status": "running"})
+            _write_plan(root, _with_history(plan, previous))
+            if state == "partial":
+                stage_result = sweeper.sweep(resume=path, address=address)
+            else:
+                stage_result = sweeper.sweep(stage_config(config, index, space, root), address=address)
+            result.stages.append(stage_result)
+            entry["space"] = _space_spec(stage_result.config.space)  # a resumed stage keeps its own
+            counts = stage_result.summary["counts"]
+            finished = not (counts.get("unfinished") or counts.get("not-started"))
+            plan["stages"][-1] = entry | {"status": "done" if finished else "interrupted", **_outcome(stage_result)}
+            _write_plan(root, _with_history(plan, previous))
+            log(_stage_report(index, stage, stage_result))
+            if not finished:
+                log(f"Stage {index} was interrupted. Continue with: caviar sweep --resume {root}")
+                break
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return result
+
+
+def _with_history(plan: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """Keep the rules of earlier runs of a rerun stage in stages.json under "previous_runs"."""
+    if not previous.get("stages"):
+        return plan
+    history = list(previous.get("previous_runs", [])) + [{"stages": previous["stages"], "saved": time.time()}]
+    return plan | {"previous_runs": history}
+
+
+def _outcome(result: Any) -> dict[str, Any]:
+    best = result.summary.get("best_trial") or {}
+    return {
+        "best_val_acc": best.get("best_val_acc"),
+        "best_trial": best.get("trial_id"),
+        "counts": result.summary.get("counts"),
+        "border_warnings": result.summary.get("border_warnings", []),
+    }
+
+
+def _announce(log: Callable[[str], None], index: int, stages: list[StageConfig], entry: dict[str, Any],
+              state: str) -> None:
+    stage = stages[index - 1]
+    whole = stage.train_subset is None or (isinstance(stage.train_subset, float) and stage.train_subset == 1.0)
+    subset = "the training set" if whole else f"train_subset {stage.train_subset}"
+    verb = "resuming" if state == "partial" else "running"
+    epochs = f"{stage.epochs} epoch{'s' if stage.epochs != 1 else ''}"
+    lines = [f"== Stage {index}/{len(stages)} {stage.name!r} ({verb}): {stage.num_samples} trials x {epochs} on {subset}"]
+    if "rules" in entry:
+        lines.append(f"   ranges from stage {index - 1}'s top {entry['top']} of {entry['scored']} scored trials:")
+        lines += [f"   - {rule['why']}" for rule in entry["rules"].values()]
+    log("\n".join(lines))
+
+
+def _stage_report(index: int, stage: StageConfig, result: Any) -> str:
+    best = result.summary.get("best_trial") or {}
+    acc = best.get("best_val_acc")
+    counts = result.summary.get("counts", {})
+    state = "interrupted" if counts.get("unfinished") or counts.get("not-started") else "done"
+    text = f"== Stage {index} {stage.name!r} {state}: best val_acc {acc:.4f} ({best.get('trial_id')})" \
+        if acc is not None else f"== Stage {index} {stage.name!r} {state}: no trial scored"
+    warnings = result.summary.get("border_warnings") or []
+    return text + ("\n" + format_warnings(warnings) if warnings else "")
+
+
+def describe_stages(result: StagedResult) -> str:
+    """One line per stage for the end of `caviar sweep`: trials, best score, where."""
+    lines = ["Stages:"]
+    for entry in result.plan.get("stages", []):
+        acc = entry.get("best_val_acc")
+        score = f"best val_acc {acc:.4f}" if isinstance(acc, float) and math.isfinite(acc) else "no score"
+        epochs = f"{entry['epochs']} epoch{'s' if entry['epochs'] != 1 else ''}"
+        lines.append(f"  {entry['index']}. {entry['name']:<10} {entry['num_samples']:>4} trials x {epochs:<10} {score}  "
+                     f"[{entry['status']}]  {entry['folder']}/")
+    lines.append(f"Why each range is what it is: {storage.join(result.root, STAGES_FILE)}")
+    return "\n".join(lines)

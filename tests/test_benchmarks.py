@@ -1,0 +1,110 @@
+"""benchmarks/: every script runs in its tiny configuration, prints its table and writes its JSON.
+
+Only the shape of the output is checked (so the scripts cannot rot); no test asserts a timing.
+Scripts that run sweeps reuse the session's Ray instance instead of starting their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+TOP_KEYS = {"benchmark", "command", "machine", "settings", "results", "goals"}
+
+
+def run(name: str, tmp_path, capsys, *extra: str) -> tuple[str, dict]:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    module = importlib.import_module(f"bench_{name}")
+    out = tmp_path / f"{name}.json"
+    module.main(["--tiny", "--out", str(out), "--workdir", str(tmp_path / "work"), *extra])
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert TOP_KEYS <= data.keys()
+    assert data["benchmark"] == name and f"benchmarks/bench_{name}.py" in data["command"]
+    assert {"cpu", "nproc", "date_utc", "torch", "ray"} <= data["machine"].keys()
+    return printed, data
+
+
+def test_throughput(tmp_path, capsys):
+    """Both pipelines on each model; a table row and a ratio per model; goals named."""
+    printed, data = run("throughput", tmp_path, capsys, "--with-nchw", "--with-cpu-bf16")
+    assert "Trial throughput" in printed and "tutorial_img_s" in printed
+    rows = data["results"]
+    assert [r["model"] for r in rows] == ["convnet", "resnet:0.125"]
+    for row in rows:
+        assert {"caviar_img_s", "tutorial_img_s", "ratio", "caviar_nchw_img_s", "caviar_bf16_img_s"} <= row.keys()
+        assert row["caviar_img_s"] > 0 and row["tutorial_img_s"] > 0
+    assert any("convnet" in goal for goal in data["goals"])
+
+
+def test_sweep_wall(ray_session, tmp_path, capsys):
+    """A caviar sweep and a tutorial-style sweep of the same configs, both finished."""
+    printed, data = run("sweep_wall", tmp_path, capsys)
+    assert "Sweep wall time" in printed
+    rows = {r["pipeline"]: r for r in data["results"]["rows"]}
+    assert set(rows) == {"caviar", "tutorial"}
+    assert rows["caviar"]["trial_epochs"] == rows["tutorial"]["trial_epochs"] == 2
+    assert data["settings"]["same_configs"] is True
+    assert "speedup" in data["results"] and data["goals"]
+
+
+def test_overhead(ray_session, tmp_path, capsys):
+    """Sweeps with and without process reuse against the pure training time."""
+    printed, data = run("overhead", tmp_path, capsys)
+    assert "Sweep overhead" in printed and "overhead_per_trial_s" in printed
+    rows = data["results"]["rows"]
+    assert [r["trial_processes"] for r in rows] == ["reused", "new per trial"]
+    assert all({"wall_s", "ideal_s", "overhead_per_trial_s", "processes"} <= r.keys() for r in rows)
+    assert data["results"]["pure_per_trial_s"] > 0
+
+
+def test_memory(ray_session, tmp_path, capsys):
+    """Peak memory per concurrency level, trial processes seen, MB per extra trial."""
+    printed, data = run("memory", tmp_path, capsys)
+    assert "Peak memory" in printed
+    rows = data["results"]["rows"]
+    assert [r["concurrent_trials"] for r in rows] == [1, 2]
+    assert all(r["peak_pss_mb"] > 0 and r["trial_processes_at_peak"] >= 1 for r in rows)
+    assert {"mb_per_extra_trial", "dataset_mb"} <= data["results"].keys()
+
+
+def test_search_efficiency(ray_session, tmp_path, capsys):
+    """ASHA and random search on the same configs: curves, a table by budget, and a plot."""
+    printed, data = run("search_efficiency", tmp_path, capsys)
+    assert "Best val_acc vs trial-epochs" in printed and "within a budget" in printed
+    results = data["results"]
+    (row,) = results["per_seed"]
+    assert 3 <= row["random_epochs"] <= 3 * 2 and 3 <= row["asha_epochs"] <= 3 * 2
+    assert set(results["curves"]["0"]) == {"random", "asha"}
+    assert data["settings"]["same_configs"] is True
+    assert (tmp_path / "search_efficiency.png").stat().st_size > 0
+
+
+def test_gpu_dry_run(ray_session, tmp_path, capsys):
+    """--dry-run exercises all three parts on CPU."""
+    printed, data = run("gpu", tmp_path, capsys, "--dry-run")
+    assert "Epoch time" in printed and "Trials sharing one GPU" in printed and "Default experiment" in printed
+    results = data["results"]
+    assert results["dry_run"] is True and results["device"] == "cpu"
+    assert len(results["epoch"]) == 2 * 2 * 2  # families x amp x channels_last
+    assert results["share"][0]["trials_sharing"] == 2
+    assert results["per_hour"]["finished"] >= 1
+
+
+def test_gpu_without_gpu_or_dry_run_says_so(tmp_path):
+    """On a machine without a GPU the script refuses to pretend and names --dry-run."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    module = importlib.import_module("bench_gpu")
+    with pytest.raises(SystemExit, match="--dry-run"):
+        module.main(["--out", str(tmp_path / "gpu.json"), "--parts", "epoch"])

@@ -1,0 +1,199 @@
+"""caviar on a real multi-node Ray cluster on this machine: a head with no CPUs (it runs the driver
+only, like cluster/aws.yaml) and three 1-CPU worker nodes (tests/multinode_cluster.py, its own
+process). The driver is the real CLI, `caviar sweep --address HOST:PORT`, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from caviar.cluster import NETWORK_FILESYSTEMS, filesystem_type
+from conftest import REPO
+from test_sweep import SMALL_NET
+
+WORKERS = 3
+EPOCHS = 6
+
+
+def _env(temp_dir: str) -> dict[str, str]:
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray keeps 127.0.0.1 instead of swapping in this
+    # machine's network address, so nothing leaves loopback.
+    return {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+class LocalCluster:
+    def __init__(self) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="cvc-", dir="/tmp")  # short: AF_UNIX paths < 107 bytes
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "multinode_cluster.py"), self.temp_dir, str(WORKERS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(self.temp_dir), start_new_session=True,
+        )
+        line = self.process.stdout.readline()
+        if not line:
+            self.close()
+            pytest.fail("the test cluster did not start")
+        info = json.loads(line)
+        self.address = info["address"]
+        self.raylets = {w["raylet_pid"]: w["index"] for w in info["workers"]}
+
+    def remove(self, index: int) -> None:
+        self.process.stdin.write(f"remove {index}\n")
+        self.process.stdin.flush()
+        assert json.loads(self.process.stdout.readline()) == {"removed": index}
+
+    def node_of(self, pid: int) -> int | None:
+        """The worker node (index) whose raylet started process `pid`, None once it is gone."""
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return self.raylets.get(ppid)
+
+    def sweep(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "caviar", "sweep", *args, "--address", self.address],
+                                cwd=REPO, env=_env(self.temp_dir), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def close(self) -> None:
+        try:
+            self.process.communicate("exit\n", timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the helper's own session: only what it started
+            self.process.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = LocalCluster()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def data_root(tmp_path) -> Path:
+    from caviar.fixture import write_cifar_fixture
+
+    return write_cifar_fixture(tmp_path / "data", train_size=1500, test_size=100)
+
+
+def experiment(tmp_path: Path, data_root: Path, name: str, trials: int = 4, **top) -> Path:
+    tree = {
+        "name": name,
+        "storage": str(tmp_path / "results"),
+        # All nodes share this machine's disk; on a real cluster that is what NFS or S3 is for.
+        "storage_shared": True,
+        "data": {"root": str(data_root), "val_size": 200, "download": False},
+        "space": dict(SMALL_NET),
+        "search": {"scheduler": "random", "num_samples": trials, "max_epochs": EPOCHS, "seed": 0},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+        "checkpoint": {"keep": 2, "max_failures": 2},
+    } | top
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def results(trial_dir: Path) -> list[dict]:
+    file = trial_dir / "result.json"
+    lines = file.read_text().splitlines() if file.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]  # a line being written is skipped
+
+
+def test_trials_spread_over_nodes_and_survive_a_lost_node(cluster, tmp_path, data_root):
+    """Trials land on every worker node; a node removed mid-trial costs only its epochs since the last
+    checkpoint: the trial resumes on another node with no gap and no repeat, and the sweep completes.
+    The data folder is deleted once the driver has loaded it: trials get the data from the object store."""
+    folder = tmp_path / "results" / "spread"
+    driver = cluster.sweep(str(experiment(tmp_path, data_root, "spread")))
+    node_of_pid: dict[int, int | None] = {}
+    victim = removed = None
+    deadline = time.time() + 240
+    try:
+        while driver.poll() is None and time.time() < deadline:
+            if data_root.exists() and (folder / "caviar.yaml").exists():
+                shutil.rmtree(data_root)  # written after the driver loaded the data, before any trial
+            running = {}  # trial folder -> its latest result, for trials that have epochs left
+            for trial_dir in folder.glob("trial_*"):
+                rows = results(trial_dir)
+                for row in rows:
+                    if row["pid"] not in node_of_pid:
+                        node_of_pid[row["pid"]] = cluster.node_of(row["pid"])
+                if rows and rows[-1]["epoch"] <= EPOCHS - 3 and node_of_pid[rows[-1]["pid"]] is not None:
+                    running[trial_dir.name] = rows[-1]
+            seen = {n for n in node_of_pid.values() if n is not None}
+            if removed is None and running and len(seen) >= 2:
+                # the least advanced trial, so that it is surely still training when its node goes
+                victim, last = min(running.items(), key=lambda item: item[1]["epoch"])
+                removed = node_of_pid[last["pid"]]
+                cluster.remove(removed)
+            time.sleep(0.1)
+        output, _ = driver.communicate(timeout=max(1, deadline - time.time()))
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, output
+    assert not data_root.exists()
+    assert removed is not None, "no trial was caught mid-sweep on a worker node"
+    assert {n for n in node_of_pid.values() if n is not None} == set(range(WORKERS))
+
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert list(board["status"]) == ["completed"] * 4
+    retries = dict(zip("trial_" + board["trial_id"], board["retries"]))
+    assert retries.pop(victim) == 1 and set(retries.values()) == {0}
+    for trial_dir in folder.glob("trial_*"):
+        assert [row["epoch"] for row in results(trial_dir)] == list(range(1, EPOCHS + 1)), trial_dir.name
+    # After the loss, the victim's epochs come from a process on another, surviving node.
+    rows = results(folder / victim)
+    lost_at = next(i for i, row in enumerate(rows) if node_of_pid.get(row["pid"]) != removed)
+    assert 1 <= lost_at < EPOCHS
+    assert {node_of_pid.get(row["pid"]) for row in rows[lost_at:]} - {removed, None}
+    assert json.loads((folder / "summary.json").read_text())["retries"] == 1
+
+
+def test_local_storage_on_multinode_cluster_is_refused(cluster, tmp_path, data_root):
+    """Without shared storage, `caviar sweep` on a multi-node cluster stops at once, says what to pass,
+    and writes nothing."""
+    if filesystem_type(str(tmp_path)) in NETWORK_FILESYSTEMS:
+        pytest.skip("the temp dir is on a network filesystem, which is shared storage")
+    driver = cluster.sweep(str(experiment(tmp_path, data_root, "local-only", storage_shared=False)))
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 2, output
+    assert "--storage s3://" in output and "storage_shared=true" in output and "nodes" in output
+    assert not (tmp_path / "results" / "local-only").exists()
+
+
+def test_dead_driver_leaves_a_sweep_that_resume_finishes(cluster, tmp_path, data_root):
+    """The driver killed (SIGKILL: no chance to save anything) mid-sweep; `caviar sweep --resume`
+    against the same cluster finishes every trial from what is on storage."""
+    folder = tmp_path / "results" / "orphan"
+    driver = cluster.sweep(str(experiment(tmp_path, data_root, "orphan", trials=2)))
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and not any(len(results(t)) >= 2 for t in folder.glob("trial_*")):
+            assert driver.poll() is None, driver.stdout.read()
+            time.sleep(0.2)
+        driver.kill()
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    resumed = cluster.sweep("--resume", str(folder))
+    output, _ = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, output
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert list(board["status"]) == ["completed"] * 2
+    for trial_dir in folder.glob("trial_*"):
+        assert sorted({row["epoch"] for row in results(trial_dir)}) == list(range(1, EPOCHS + 1))  # no gap

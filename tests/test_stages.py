@@ -1,0 +1,185 @@
+"""caviar.stages: ranges narrow around the top trials in sampling scale, widen past an edge, and a
+real staged run completes every stage in one experiment folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import caviar
+from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
+from caviar.stages import next_space, stage_config
+from test_sweep import SMALL_NET, small_config
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE = StageConfig(name="coarse", epochs=1, num_samples=8, top=3, pad=0.1, widen=0.5)
+
+
+def results(rows: list[dict]) -> pd.DataFrame:
+    """A hand-made leaderboard: one dict per trial with its score and hyperparameters."""
+    table = pd.DataFrame(rows)
+    table["trial_id"] = [f"t{i}" for i in range(len(table))]
+    table["status"] = table.get("status", pd.Series(["completed"] * len(table)))
+    return table
+
+
+def space(**entries) -> SpaceConfig:
+    return SpaceConfig(**(dict(SMALL_NET) | entries))
+
+
+def test_log_range_narrows_around_the_top_trials_in_log10():
+    """lr 1e-6..1 (6 decades): top 3 at 1e-4..1e-2 -> 10^(-4 - 0.6)..10^(-2 + 0.6), the rule in stages.json."""
+    s = space(lr={"low": 1e-6, "high": 1.0, "scale": "log"})
+    table = results([
+        {"best_val_acc": 0.9, "lr": 1e-3}, {"best_val_acc": 0.8, "lr": 1e-2}, {"best_val_acc": 0.7, "lr": 1e-4},
+        {"best_val_acc": 0.2, "lr": 0.5}, {"best_val_acc": 0.1, "lr": 2e-6},
+    ])
+    new, rules = next_space(s, table, STAGE)
+    assert new.lr.scale == "log"
+    assert math.log10(new.lr.low) == pytest.approx(-4.6) and math.log10(new.lr.high) == pytest.approx(-1.4)
+    rule = rules["params"]["lr"]
+    assert rule["action"] == "narrowed" and "log10" in rule["why"] and rule["from"]["low"] == 1e-6
+    assert rules["header"]["top_trials"] == ["t0", "t1", "t2"]
+
+
+def test_best_on_the_edge_widens_instead_of_narrowing():
+    """lr 1e-4..1e-1 with the best at 9e-2 (outer 10%): the high edge moves 1.5 decades out; the low side narrows."""
+    s = space(lr={"low": 1e-4, "high": 1e-1, "scale": "log"})
+    table = results([
+        {"best_val_acc": 0.9, "lr": 9e-2}, {"best_val_acc": 0.8, "lr": 3e-2}, {"best_val_acc": 0.7, "lr": 1e-2},
+        {"best_val_acc": 0.1, "lr": 1e-4},
+    ])
+    new, rules = next_space(s, table, STAGE)
+    assert math.log10(new.lr.high) == pytest.approx(-1 + 1.5)
+    assert math.log10(new.lr.low) == pytest.approx(-2 - 0.3)  # top span starts at 1e-2, pad 0.1 x 3 decades
+    assert rules["params"]["lr"]["action"] == "widened-high"
+
+
+def test_momentum_narrows_in_one_minus_beta():
+    """momentum 0.9..0.999: top at 0.99 and 0.995 narrow in log10(1 - beta), padded by 0.2 decades."""
+    s = space(momentum={"low": 0.9, "high": 0.999, "scale": "one_minus_log"})
+    table = results([{"best_val_acc": 0.9, "momentum": 0.99}, {"best_val_acc": 0.8, "momentum": 0.995},
+                     {"best_val_acc": 0.7, "momentum": 0.99}, {"best_val_acc": 0.1, "momentum": 0.9}])
+    new, _ = next_space(s, table, STAGE)
+    assert math.log10(1 - new.momentum.high) == pytest.approx(math.log10(0.005) - 0.2)
+    assert math.log10(1 - new.momentum.low) == pytest.approx(-2 + 0.2)
+
+
+def test_choices_are_pruned_and_agreeing_integers_fixed():
+    """Only choices seen among the top survive (CSV round trip included); 2 layers everywhere on top -> fixed 2."""
+    s = space(optimizer=["adam", "momentum", "sgd"], batch_norm=[True, False], conv_layers={"low": 1, "high": 3,
+              "scale": "int"})
+    table = results([
+        {"best_val_acc": 0.9, "optimizer": "adam", "batch_norm": True, "conv_layers": 2},
+        {"best_val_acc": 0.8, "optimizer": "momentum", "batch_norm": True, "conv_layers": 2},
+        {"best_val_acc": 0.7, "optimizer": "adam", "batch_norm": True, "conv_layers": 2},
+        {"best_val_acc": 0.1, "optimizer": "sgd", "batch_norm": False, "conv_layers": 1},
+    ])
+    table = pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False)))  # as read back from leaderboard.csv
+    new, rules = next_space(s, table, STAGE)
+    assert new.optimizer == Choice(choices=["adam", "momentum"]) and new.batch_norm == Choice(choices=[True])
+    assert new.conv_layers == 2 and rules["params"]["conv_layers"]["action"] == "fixed"
+    assert rules["params"]["optimizer"]["dropped"] == ["sgd"]
+
+
+def test_no_scored_trial_is_an_error():
+    """A stage whose trials all diverged gives nothing to narrow around: a clear error."""
+    table = results([{"best_val_acc": 0.0, "lr": 1.0, "status": "diverged"}])
+    with pytest.raises(caviar.CaviarError, match="no scored trial"):
+        next_space(space(lr={"low": 1e-4, "high": 1.0, "scale": "log"}), table, STAGE)
+
+
+def test_stage_config_applies_the_stage_settings():
+    """Stage 2's sweep: its epochs, trials, subset (1.0 = all), scheduler and seed + 1, in <experiment>/stage2-<name>."""
+    config = load_config(REPO / "experiments" / "staged.yaml").resolved()
+    s2 = stage_config(config, 2, config.space, "/r/cifar10-staged")
+    assert (s2.name, s2.storage) == ("stage2-medium", "/r/cifar10-staged")
+    assert (s2.search.max_epochs, s2.search.num_samples, s2.search.scheduler) == (5, 32, "asha")
+    assert s2.data.train_subset is None and s2.search.seed == 1 and s2.stages == []
+    s1 = stage_config(config, 1, config.space, "/r/cifar10-staged")
+    assert s1.data.train_subset == 0.2 and s1.search.max_epochs == 1 and s1.search.scheduler == "random"
+
+
+def test_staged_yaml_is_complete():
+    """experiments/staged.yaml names every section and key (a complete record) and has three stages."""
+    tree = yaml.safe_load((REPO / "experiments" / "staged.yaml").read_text())
+    for section, values in Config().to_dict().items():
+        assert section in tree
+        if isinstance(values, dict):
+            assert set(tree[section]) == set(values), section
+    assert [s.name for s in load_config(tree).stages] == ["coarse", "medium", "fine"]
+
+
+def test_stage_override_by_index_and_bad_index():
+    """--set stages.0.num_samples=4 changes one stage; an index past the end names the valid ones."""
+    config = load_config(REPO / "experiments" / "staged.yaml", ["stages.0.num_samples=4"])
+    assert config.stages[0].num_samples == 4 and config.stages[1].num_samples == 32
+    with pytest.raises(ConfigError, match="index 0..2"):
+        load_config(REPO / "experiments" / "staged.yaml", ["stages.5.epochs=1"])
+
+
+@pytest.fixture(scope="module")
+def staged(ray_session, learnable_root, tmp_path_factory):
+    """Three real stages on the learnable fixture: 4 x 1 epoch (half the data), 3 x 2 (ASHA), 2 x 2."""
+    tree = small_config(learnable_root, tmp_path_factory.mktemp("staged"), "staged")
+    tree["space"] |= {"lr": {"low": 1e-4, "high": 3e-2, "scale": "log"}, "dropout": {"low": 0.0, "high": 0.4},
+                      "optimizer": ["adam", "momentum"], "batch_size": [32, 64]}
+    tree["stages"] = [
+        {"name": "coarse", "epochs": 1, "num_samples": 4, "train_subset": 0.5, "scheduler": "random", "top": 2},
+        {"name": "medium", "epochs": 2, "num_samples": 3, "scheduler": "asha", "top": 2},
+        {"name": "fine", "epochs": 2, "num_samples": 2, "scheduler": "random"},
+    ]
+    return caviar.sweep(load_config(tree))
+
+
+def test_real_staged_run_completes_every_stage(staged):
+    """Each stage is a finished sweep folder; stages.json holds every stage's space and the rule for it."""
+    root = Path(staged.root)
+    plan = json.loads((root / "stages.json").read_text())
+    assert [s["status"] for s in plan["stages"]] == ["done"] * 3
+    assert [s["folder"] for s in plan["stages"]] == ["stage1-coarse", "stage2-medium", "stage3-fine"]
+    for entry, trials in zip(plan["stages"], (4, 3, 2)):
+        board = pd.read_csv(root / entry["folder"] / "leaderboard.csv")
+        assert len(board) == trials and board["best_val_acc"].max() > 0.2
+    assert len(staged.stages) == 3 and staged.path == str(root / "stage3-fine")
+    assert staged.best is not None and (staged.trials["epochs"] <= 2).all()
+    # Stage 2's lr range came from stage 1's top 2 trials, by the rule written next to it.
+    coarse = pd.read_csv(root / "stage1-coarse" / "leaderboard.csv")
+    rule = plan["stages"][1]["rules"]["lr"]
+    assert sorted(rule["top_values"]) == sorted(coarse["lr"].head(2))
+    assert plan["stages"][1]["space"]["lr"] == rule["to"]
+    second = pd.read_csv(root / "stage2-medium" / "leaderboard.csv")
+    if isinstance(rule["to"], dict):
+        assert second["lr"].between(rule["to"]["low"], rule["to"]["high"]).all()
+    assert set(second["optimizer"]) <= set(coarse["optimizer"].head(2))
+    assert "Stages:" in caviar.sweeper.describe(staged) and "stages.json" in caviar.sweeper.describe(staged)
+
+
+def test_staged_report_links_every_stage(staged):
+    """`caviar report` on a staged folder writes each stage's report and a top page with the rules."""
+    from caviar.report import write_report
+
+    page = write_report(staged.root).read_text()
+    for folder in ("stage1-coarse", "stage2-medium", "stage3-fine"):
+        assert f"href='{folder}/report.html'" in page
+        assert (Path(staged.root) / folder / "report" / "hparams.png").exists()
+    assert "lr: the top 2 trials span" in page
+
+
+def test_rerun_from_a_stage_keeps_earlier_stages(staged):
+    """--stage 3 on a finished run: stages 1-2 are kept as they are, stage 3 runs afresh, the old one kept aside."""
+    root = Path(staged.root)
+    before = pd.read_csv(root / "stage2-medium" / "leaderboard.csv")
+    again = caviar.sweep(resume=root, stage=3)
+    assert (root / "stage3-fine.prev1" / "leaderboard.csv").exists()
+    assert (root / "stage3-fine" / "leaderboard.csv").exists() and len(again.trials) == 2
+    assert pd.read_csv(root / "stage2-medium" / "leaderboard.csv").equals(before)
+    plan = json.loads((root / "stages.json").read_text())
+    assert [s["status"] for s in plan["stages"]] == ["kept", "kept", "done"] and plan["previous_runs"]
+    with pytest.raises(ConfigError, match="stages 1..3"):
+        caviar.sweep(resume=root, stage=4)
