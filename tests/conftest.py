@@ -8,6 +8,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+
+# One compute thread in the test process: Ray's trial processes use the other core, and two
+# oversubscribed torch thread pools on 2 cores made small models up to 60x slower.
+torch.set_num_threads(1)
 
 # Local test clusters: no token auth, our own temp dir, loopback only.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
