@@ -11,9 +11,12 @@ is reported.
 MB per extra trial is the slope of peak PSS over the number of concurrent trials. Each trial is a
 worker process, and a bare one (Python, torch with torch._dynamo, which the first optimizer
 imports, Ray Tune, caviar; no data) already holds a few hundred MB of private memory; that is
-measured too. If every trial held its own copy of the data, a trial's private memory (USS) would
-exceed the bare worker's by at least the dataset's size; caviar's trials map the one copy in the
-object store, so the difference is only the model, its optimizer state and its batches.
+measured too, and then made to map the dataset from the object store (as a trial does) and read
+every image: ``data_private_mb`` is what that added to its private memory (USS), the dataset's
+size if a worker held its own copy, about 0 when the one copy in the object store is shared. What
+a running trial holds beyond the bare worker (``trial_uss_beyond_bare_mb``) is then its model,
+optimizer state and batches: activations of training and evaluation batches and the allocator's
+cache of them.
 
     python benchmarks/bench_memory.py                  # 1, 2, 4 trials; a fresh Ray for each
 """
@@ -86,24 +89,40 @@ class Sampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def bare_worker_mb() -> dict[str, float]:
-    """USS/PSS of a Ray worker that imported what a trial imports and built an optimizer, no data:
-    the cost of one more process, whatever the dataset."""
+def bare_worker_mb(split) -> dict[str, float]:
+    """A Ray worker that imports what a trial imports and builds an optimizer, measured before and
+    after it maps the dataset from the object store (as a trial does) and reads every image.
+
+    uss_mb: the cost of one more process, whatever the dataset. data_private_mb: what reading the
+    whole dataset added to its private memory: ~0 when the object store's one copy is shared,
+    the dataset's size if the worker had its own copy.
+    """
     import ray
 
     @ray.remote(num_cpus=0)
-    def bare() -> dict[str, float]:
+    def bare(data) -> dict[str, float]:
         import psutil
         import torch
         from ray import tune  # noqa: F401
 
         import caviar.trainable  # noqa: F401
+        from caviar.trial import data_tensors
 
         torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)  # imports torch._dynamo, as trials do
-        mem = psutil.Process().memory_full_info()
-        return {"uss_mb": mem.uss / MB, "pss_mb": mem.pss / MB}
+        before = psutil.Process().memory_full_info()
+        tensors = data_tensors(data, torch.device("cpu"))
+        touched = int(tensors[0].sum()) + int(tensors[2].sum())  # every byte of every image
+        after = psutil.Process().memory_full_info()
+        return {"uss_mb": before.uss / MB, "pss_mb": before.pss / MB, "data_private_mb": (after.uss - before.uss) / MB,
+                "data_pss_mb": (after.pss - before.pss) / MB, "touched": touched}
 
-    return ray.get(bare.remote())
+    return ray.get(bare.remote(ray.put(split)))
+
+
+def load(root: Path, args):
+    from caviar.data import prepare_data
+
+    return prepare_data(root, val_size=args.val_size, train_subset=args.train_subset, download=False)
 
 
 def one_level(root: Path, storage: Path, concurrent: int, args) -> dict[str, Any]:
@@ -126,7 +145,7 @@ def one_level(root: Path, storage: Path, concurrent: int, args) -> dict[str, Any
             sampler.join()
         # After the sweep, so its process is not in the sweep's samples; in a reused Ray it would
         # stay as an idle worker and be counted in the next level's, so main() measures it last.
-        bare = bare_worker_mb() if started else {"uss_mb": float("nan")}
+        bare = bare_worker_mb(load(root, args)) if started else {"uss_mb": float("nan"), "data_private_mb": float("nan")}
     peak, running = sampler.peak, sampler.running
     trials = running.get("trials", [])
     return {
@@ -138,6 +157,7 @@ def one_level(root: Path, storage: Path, concurrent: int, args) -> dict[str, Any
         "trial_uss_mb": common.median(t["uss_mb"] for t in trials),
         "trial_pss_mb": common.median(t["pss_mb"] for t in trials),
         "bare_worker_uss_mb": bare["uss_mb"],
+        "data_private_mb": bare["data_private_mb"],
         "trial_uss_beyond_bare_mb": common.median(t["uss_mb"] for t in trials) - bare["uss_mb"],
         "pss_mb_all_trials_running": running["pss_mb"],
         "driver_pss_mb": peak.get("by_kind", {}).get("driver", {}).get("pss_mb"),
@@ -173,20 +193,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = []
     with common.workdir(args.workdir) as work:
         root = common.fixture(work, train_size=args.train_size, test_size=1000)
-        from caviar.data import prepare_data
-
-        split = prepare_data(root, val_size=args.val_size, train_subset=args.train_subset, download=False)
+        split = load(root, args)
         data_mb = sum(a.nbytes for a in (split.train_x, split.train_y, split.val_x, split.val_y)) / MB
-        del split
+        del split  # this process is the sweep's driver: hold no copy of our own while measuring
         for k in levels:
             row = one_level(root, work / "results", k, args)
             rows.append(row)
             print(f"  {k} concurrent: peak PSS {row['peak_pss_mb']:.0f} MB ({row['wall_s']:.0f} s)", flush=True)
     if any(r["bare_worker_uss_mb"] != r["bare_worker_uss_mb"] for r in rows):  # reused Ray: measure it now
         with common.ray_cluster():
-            bare = bare_worker_mb()
+            bare = bare_worker_mb(load(root, args))
         for r in rows:
-            r["bare_worker_uss_mb"] = bare["uss_mb"]
+            r["bare_worker_uss_mb"], r["data_private_mb"] = bare["uss_mb"], bare["data_private_mb"]
             r["trial_uss_beyond_bare_mb"] = r["trial_uss_mb"] - bare["uss_mb"]
     per_trial = slope([r["concurrent_trials"] for r in rows], [r["peak_pss_mb"] for r in rows])
     for r in rows:
@@ -196,14 +214,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print()
     print(common.table(rows, ["concurrent_trials", "peak_pss_mb", "peak_rss_mb", "mb_per_extra_trial",
                               "trial_processes_at_peak", "trial_uss_mb", "bare_worker_uss_mb",
-                              "trial_uss_beyond_bare_mb", "driver_pss_mb"],
+                              "trial_uss_beyond_bare_mb", "data_private_mb", "driver_pss_mb"],
                        title=f"Peak memory of the whole sweep (driver + Ray + trials), dataset {data_mb:.0f} MB "
                              f"({args.train_size - args.val_size} train + {args.val_size} val images, uint8); "
                              f"{per_trial:.0f} MB per extra trial (slope)"))
-    beyond = max(r["trial_uss_beyond_bare_mb"] for r in rows)
-    goals = {"dataset held once per node: a trial's private memory beyond a bare worker is less than the data":
-             {"mb_per_extra_trial": per_trial, "trial_uss_beyond_bare_mb": beyond, "dataset_mb": data_mb,
-              "met": bool(beyond < data_mb)}}
+    private = max(r["data_private_mb"] for r in rows)
+    goals = {"dataset held once per node: reading all of it adds < 10% of its size to a worker's private memory":
+             {"mb_per_extra_trial": per_trial, "data_private_mb": private, "dataset_mb": data_mb,
+              "met": bool(private < 0.1 * data_mb)}}
     settings = {"levels": levels, "train_size": args.train_size, "val_size": args.val_size,
                 "train_subset": args.train_subset, "batch_size": args.batch_size, "network": TINY_NET,
                 "epochs": 1, "interval_s": args.interval}

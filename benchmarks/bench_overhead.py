@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         wall = common.median(r["wall_s"] for r in runs[(variant, n)])
         ideal = pure_per_trial * n / used
         cpu = {k: common.median(r["cpu_s"].get(k, 0.0) for r in runs[(variant, n)])
-               for k in ("trial", "driver", "ray_system", "idle_worker")}
+               for k in ("trial", "driver", "ray_system", "idle_worker", "ray_task")}
         rows.append({"trial_processes": "reused" if variant == "reuse" else "new per trial", "trials": n,
                      "wall_s": wall, "ideal_s": ideal, "overhead_s": wall - ideal,
                      "overhead_per_trial_s": (wall - ideal) * used / n,
@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      # unlike wall time, other work on the machine does not inflate it.
                      "cpu_overhead_per_trial_s": (sum(cpu.values()) - pure_cpu_per_trial * n) / n,
                      "trial_cpu_per_trial_s": cpu["trial"] / n,
-                     "driver_cpu_s": cpu["driver"], "ray_system_cpu_s": cpu["ray_system"] + cpu["idle_worker"],
+                     "driver_cpu_s": cpu["driver"], "ray_system_cpu_s": cpu["ray_system"],
+                     "idle_worker_cpu_s": cpu["idle_worker"] + cpu["ray_task"],
                      "processes": runs[(variant, n)][0]["processes"],
                      "wall_runs": [round(r["wall_s"], 1) for r in runs[(variant, n)]],
                      "loadavg_1min": [r["loadavg_1min"] for r in runs[(variant, n)]]})

@@ -108,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="interleaved A/B repeats; figures are medians")
     p.add_argument("--workers", type=int, default=None, help="tutorial DataLoader workers (default min(8, cores))")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for both (default 1: what a sweep's trial with cpus_per_trial=1 uses; "
+                        "several threads on a busy machine mostly measure the scheduler)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--with-cpu-bf16", action="store_true",
                    help="also time caviar with bfloat16 autocast on CPU (an ablation: caviar uses it on CUDA only)")
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info = common.machine()
     cores = info["nproc"] or 1
     workers = args.workers if args.workers is not None else min(8, cores)
-    threads = args.threads or cores
+    threads = args.threads
     dev = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                        else "cpu")
     models = [parse_model(m) for m in args.models.split(",") if m]

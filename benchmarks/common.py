@@ -74,17 +74,20 @@ def workdir(path: Path | None) -> Iterator[Path]:
 # ---------------------------------------------------------------- the machine
 def machine() -> dict[str, Any]:
     """What the figures were measured on: CPU, cores, memory, GPU, library versions, load, date."""
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not cpu:
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     info: dict[str, Any] = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
+        # what decides oneDNN's speed (and whether bfloat16 is native) on CPU
+        "cpu_features": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}),
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -150,7 +153,12 @@ def ray_cluster(num_cpus: float | None = None, num_gpus: float | None = None) ->
 
 
 def classify(proc) -> tuple[str, str]:
-    """(kind, process title): driver, trial (a Tune trainable actor), idle_worker, ray_system."""
+    """(kind, process title) of a process in the driver's tree.
+
+    driver; trial (a Tune trainable actor); idle_worker (a Ray worker process waiting for work, or
+    starting); ray_task (a worker running another task, such as the benchmarks' own); ray_system
+    (GCS, raylet with the object store, log monitor, dashboard and runtime-env agents).
+    """
     if proc.pid == os.getpid():
         return "driver", "driver"
     try:
@@ -159,9 +167,11 @@ def classify(proc) -> tuple[str, str]:
         return "gone", ""
     if "ImplicitFunc" in title or "train_trial" in title:
         return "trial", title[:40]
-    if "ray::IDLE" in title:
+    if "ray::IDLE" in title or "default_worker.py" in title:
         return "idle_worker", title[:40]
-    return "ray_system", title.split(" ")[0][-40:]  # gcs_server, raylet, agents, log monitor
+    if title.startswith("ray::") and "Agent" not in title:
+        return "ray_task", title[:40]
+    return "ray_system", title.split(" ")[0][-40:]
 
 
 class CpuMeter:
@@ -188,8 +198,10 @@ class CpuMeter:
             except Exception:
                 continue
             old_kind = self.seen.get(proc.pid, (kind, 0.0))[0]
-            # A trial process is idle before and after a trial: keep it counted as a trial.
-            self.seen[proc.pid] = (old_kind if kind == "idle_worker" else kind, times.user + times.system)
+            # A worker is idle before and after its trials: once a trial, counted as a trial.
+            if old_kind == "trial" or kind == "idle_worker":
+                kind = old_kind
+            self.seen[proc.pid] = (kind, times.user + times.system)
         return dict(self.seen)
 
     def _run(self) -> None:

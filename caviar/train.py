@@ -71,9 +71,9 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 def prepare_inputs(images_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """(B, 3, 32, 32) uint8 -> normalised float on `device`, NHWC when asked.
 
-    On CPU too: given NHWC input, oneDNN's convolutions ran a training step 1.3-1.8x faster for
-    the convnet and ResNet-9 (benchmarks/README.md, bench_throughput.py --with-nchw). The model's
-    weights may stay NCHW; the convolution follows its input's layout.
+    On CPU too: given NHWC input, oneDNN's convolutions trained the convnet 1.5x and ResNet-9
+    1.2-1.4x faster (benchmarks/README.md, bench_throughput.py --with-nchw). The model's weights
+    may stay NCHW; the convolution follows its input's layout.
     """
     x = normalize(images_uint8.to(device, non_blocking=True))
     if channels_last:
