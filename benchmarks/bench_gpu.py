@@ -64,6 +64,20 @@ class GpuMonitor(threading.Thread):
                 "gpu_mem_max_mib": max(self.mem) if self.mem else None}
 
 
+def sweep_monitored(config: Any) -> tuple[Any, dict[str, Any]]:
+    """Run `caviar.sweep(config)` while sampling GPU utilisation; (result, utilisation summary)."""
+    import caviar
+
+    monitor = GpuMonitor()
+    monitor.start()
+    try:
+        result = caviar.sweep(config)
+    finally:
+        monitor.stop.set()
+        monitor.join()
+    return result, monitor.summary()
+
+
 def part_epoch(root: Path, families: list[tuple[str, float]], images: int, batch_size: int, dev) -> list[dict]:
     from caviar.config import load_config
     from caviar.data import prepare_data
@@ -101,7 +115,6 @@ def part_epoch(root: Path, families: list[tuple[str, float]], images: int, batch
 
 def part_share(root: Path, work: Path, shares: list[int], family: str, width: float, epochs: int, val_size: int,
                batch_size: int, gpu: bool) -> list[dict]:
-    import caviar
     from caviar.data import prepare_data
 
     train_images = len(prepare_data(root, val_size=val_size, download=False).train_y)
@@ -113,13 +126,7 @@ def part_share(root: Path, work: Path, shares: list[int], family: str, width: fl
                                       max_epochs=epochs, val_size=val_size, cpus_per_trial=min(1.0, cpus / k),
                                       gpus_per_trial=(1.0 / k) if gpu else 0, max_concurrent=k,
                                       model={"family": family, "width": width})
-        monitor = GpuMonitor()
-        monitor.start()
-        try:
-            result = caviar.sweep(config)
-        finally:
-            monitor.stop.set()
-            monitor.join()
+        result, utilisation = sweep_monitored(config)
         reports = common.trial_reports(Path(result.path))
         # time_total_s: a trial's own clock (training, validation, checkpoints), not queueing.
         per_trial: dict[str, float] = {}
@@ -131,7 +138,7 @@ def part_share(root: Path, work: Path, shares: list[int], family: str, width: fl
                      "trial_s_median": common.median(per_trial.values()),
                      # images per second summed over the trials that ran side by side
                      "img_s_total": sum(train_images * epochs_run[d] / s for d, s in per_trial.items() if s)}
-                    | monitor.summary())
+                    | utilisation)
         print(f"  share {k}: {result.summary['wall_time_s']:.1f} s", flush=True)
     return rows
 
@@ -142,19 +149,13 @@ def part_per_hour(root: Path, work: Path, samples: int, overrides: list[str]) ->
     config = caviar.load_config(REPO_EXPERIMENT, [f"data.root={root}", f"storage={work / 'results'}",
                                                   "name=per-hour", f"search.num_samples={samples}",
                                                   "data.download=false", *overrides])
-    monitor = GpuMonitor()
-    monitor.start()
-    try:
-        result = caviar.sweep(config)
-    finally:
-        monitor.stop.set()
-        monitor.join()
+    result, utilisation = sweep_monitored(config)
     counts = result.summary["counts"]
     finished = sum(counts.get(s, 0) for s in ("completed", "early-stopped", "diverged"))
     hours = result.summary["wall_time_s"] / 3600
     return {"trials": samples, "finished": finished, "counts": counts, "sweep_s": result.summary["wall_time_s"],
             "trial_epochs": result.summary["total_trial_epochs"], "trials_per_gpu_hour": finished / hours,
-            "best_val_acc": float(result.trials["best_val_acc"].max()), "overrides": overrides} | monitor.summary()
+            "best_val_acc": float(result.trials["best_val_acc"].max()), "overrides": overrides} | utilisation
 
 
 REPO_EXPERIMENT = str(common.REPO / "experiments" / "default.yaml")
