@@ -8,9 +8,9 @@ and torch thread count on the same images, with random-crop + flip augmentation:
 - tutorial: torchvision ``CIFAR10`` + ``DataLoader(num_workers=W)`` + per-image PIL transforms,
   a fresh loader iterator per epoch as in the tutorial (worker start-up is part of an epoch).
 
-Optional rows: ``--with-nchw`` times caviar with channels_last off (how caviar ran on CPU before
-channels_last was applied there), ``--with-cpu-bf16`` with bfloat16 autocast on CPU (an ablation;
-caviar ships it on CUDA only).
+Optional rows (ablations of what caviar ships): ``--with-nchw`` times caviar with
+``train.channels_last`` off (NCHW input), ``--with-fp32`` with ``train.amp`` off (float32; on CPU
+caviar autocasts to bfloat16 only where the CPU has native bf16).
 
 Runs are interleaved A/B (the order flips every repeat) and each figure is the median over the
 repeats; the ratio is caviar / tutorial. An epoch here is one pass over ``--images`` images.
@@ -21,10 +21,10 @@ repeats; the ratio is caviar / tutorial. An epoch here is one pass over ``--imag
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py; also puts the repo on sys.path)
@@ -34,10 +34,12 @@ import torch  # noqa: E402
 import tutorial  # noqa: E402
 from caviar.config import load_config  # noqa: E402
 from caviar.data import prepare_data  # noqa: E402
-from caviar.train import train_one_epoch  # noqa: E402
+from caviar.train import train_one_epoch, uses_bf16  # noqa: E402
 from caviar.trial import Trial, TrialSettings, data_tensors  # noqa: E402
 
 NAME = "throughput"
+# Ablation rows: a pipeline name and the train settings it changes from what caviar ships.
+ABLATIONS = {"caviar_nchw": {"channels_last": False}, "caviar_fp32": {"amp": False}}
 
 
 def parse_model(spec: str) -> tuple[str, float]:
@@ -54,31 +56,16 @@ def settings_for(family: str, width: float, threads: int) -> TrialSettings:
     return TrialSettings.from_config(config)
 
 
-@contextlib.contextmanager
-def cpu_bf16(enabled: bool) -> Iterator[None]:
-    """An ablation, not what caviar ships: bfloat16 autocast on CPU as well as on CUDA."""
-    import caviar.train
-
-    original = caviar.train.autocast
-    if enabled:
-        caviar.train.autocast = lambda device, amp: (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                                                     if amp else original(device, amp))
-    try:
-        yield
-    finally:
-        caviar.train.autocast = original
-
-
 def caviar_epoch(family, width, hparams, tensors, dev, threads, warmup_images: int,
-                 channels_last: bool = True) -> tuple[int, float]:
-    settings = settings_for(family, width, threads)
+                 **changes: Any) -> tuple[int, float]:
+    settings = dataclasses.replace(settings_for(family, width, threads), **changes)
     trial = Trial(hparams, settings, device=dev)
     train_x, train_y = tensors[0], tensors[1]
 
     def run(x, y) -> None:
         train_one_epoch(trial.model, trial.optimizer, x, y, batch_size=int(hparams["batch_size"]),
                         generator=trial.generator, augment=settings.augment, amp=settings.amp,
-                        channels_last=settings.channels_last and channels_last, max_loss=settings.max_loss)
+                        channels_last=settings.channels_last, max_loss=settings.max_loss)
 
     run(train_x[:warmup_images], train_y[:warmup_images])  # kernel selection, allocator warm-up
     with common.Timer() as t:
@@ -112,10 +99,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="torch threads for both (default 1: what a sweep's trial with cpus_per_trial=1 uses; "
                         "several threads on a busy machine mostly measure the scheduler)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--with-cpu-bf16", action="store_true",
-                   help="also time caviar with bfloat16 autocast on CPU (an ablation: caviar uses it on CUDA only)")
     p.add_argument("--with-nchw", action="store_true",
                    help="also time caviar with train.channels_last off (NCHW input), the layout before the fix")
+    p.add_argument("--with-fp32", action="store_true",
+                   help="also time caviar with train.amp off (float32; bfloat16 is on where the CPU has it natively)")
     args = p.parse_args(argv)
     if args.tiny:
         args.models, args.images, args.repeats, args.batch_size = "convnet,resnet:0.125", 256, 1, 64
@@ -142,14 +129,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     key = family if family == "convnet" else f"resnet:{width:g}"
                     hparams = dict(common.FIXED_HPARAMS, **common.SMALL_CONVNET, batch_size=args.batch_size)
                     order = (["caviar", "tutorial"] + (["caviar_nchw"] if args.with_nchw else [])
-                             + (["caviar_bf16"] if args.with_cpu_bf16 and dev.type == "cpu" else []))
+                             + (["caviar_fp32"] if args.with_fp32 else []))
                     order = order if rep % 2 == 0 else order[::-1]
                     for pipeline in order:
                         if pipeline.startswith("caviar"):
-                            with cpu_bf16(pipeline == "caviar_bf16"):
-                                seen, seconds = caviar_epoch(family, width, hparams, tensors, dev, threads,
-                                                             warmup_images=2 * args.batch_size,
-                                                             channels_last=pipeline != "caviar_nchw")
+                            seen, seconds = caviar_epoch(family, width, hparams, tensors, dev, threads,
+                                                         warmup_images=2 * args.batch_size,
+                                                         **ABLATIONS.get(pipeline, {}))
                         else:
                             seen, seconds = tutorial_epoch(family, width, hparams, trainset, args.images, val_size,
                                                            workers, dev, warmup_batches=2)
@@ -173,20 +159,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "caviar_runs": [round(v, 1) for v in cav],
             "tutorial_runs": [round(v, 1) for v in tut],
         })
-        if (key, "caviar_nchw") in runs:
-            nchw = runs[(key, "caviar_nchw")]
-            rows[-1].update(caviar_nchw_img_s=common.median(nchw), nchw_ratio=common.median(nchw) / common.median(tut),
-                            caviar_nchw_runs=[round(v, 1) for v in nchw])
-        if (key, "caviar_bf16") in runs:
-            bf16 = runs[(key, "caviar_bf16")]
-            rows[-1].update(caviar_bf16_img_s=common.median(bf16), bf16_ratio=common.median(bf16) / common.median(tut),
-                            caviar_bf16_runs=[round(v, 1) for v in bf16])
+        for ablation in ABLATIONS:
+            if (key, ablation) in runs:
+                img_s, short = runs[(key, ablation)], ablation.removeprefix("caviar_")
+                rows[-1].update({f"{ablation}_img_s": common.median(img_s),
+                                 f"{short}_ratio": common.median(img_s) / common.median(tut),
+                                 f"{ablation}_runs": [round(v, 1) for v in img_s]})
     print()
     columns = ["model", "caviar_img_s", "tutorial_img_s", "ratio", "paired_ratio_min", "paired_ratio_max"]
-    if args.with_nchw:
-        columns += ["caviar_nchw_img_s", "nchw_ratio"]
-    if any("caviar_bf16_img_s" in row for row in rows):
-        columns += ["caviar_bf16_img_s", "bf16_ratio"]
+    for ablation, wanted in (("caviar_nchw", args.with_nchw), ("caviar_fp32", args.with_fp32)):
+        if wanted:
+            columns += [f"{ablation}_img_s", f"{ablation.removeprefix('caviar_')}_ratio"]
     print(common.table(rows, columns,
                        title=f"Trial throughput on {dev.type} ({threads} torch threads, tutorial "
                              f"num_workers={workers}, batch {args.batch_size}, {args.repeats} interleaved repeats)"))
@@ -200,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             goals[f"{row['model']}: caviar never slower on CPU"] = {"ratio": row["ratio"], "met": row["ratio"] >= 1.0}
     settings = {"device": dev.type, "models": args.models, "images_per_epoch": args.images,
                 "batch_size": args.batch_size, "repeats": args.repeats, "tutorial_workers": workers,
-                "torch_threads": threads, "with_nchw": args.with_nchw,
-                "with_cpu_bf16": args.with_cpu_bf16, "convnet": common.SMALL_CONVNET,
+                "torch_threads": threads, "with_nchw": args.with_nchw, "with_fp32": args.with_fp32,
+                "bf16": uses_bf16(dev, True), "convnet": common.SMALL_CONVNET,
                 "hparams": {k: v for k, v in common.FIXED_HPARAMS.items()}}
     return common.write_json(args.out, NAME, command, settings, rows, goals, info)
 

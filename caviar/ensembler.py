@@ -47,14 +47,14 @@ class Ensemble:
         self.weights = np.asarray(weights, dtype=np.float64)
         self.names, self.descriptions = list(names), list(descriptions)
 
-    def member_probs(self, images: Any, batch_size: int = 1024) -> np.ndarray:
+    def member_probs(self, images: Any, batch_size: int | str = "auto") -> np.ndarray:
         """(members, N, classes) softmax probabilities, float64."""
         x = _as_uint8_images(images)
         return np.stack([
             torch.softmax(predict_logits(m, x, batch_size=batch_size), dim=1).double().numpy() for m in self.models
         ])
 
-    def predict(self, images: Any, batch_size: int = 1024) -> np.ndarray:
+    def predict(self, images: Any, batch_size: int | str = "auto") -> np.ndarray:
         """(N, classes) probabilities for uint8 NCHW images (0..255) or float NCHW images (0..1)."""
         return combine(self.member_probs(images, batch_size), self.weights)
 

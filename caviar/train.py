@@ -8,6 +8,7 @@ and no per-image Python work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -18,7 +19,6 @@ from torch import nn
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS
 from caviar.data import augment_batch, normalize
-
 
 
 def make_optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -61,10 +61,39 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+# Images per forward pass when evaluating, by device, for `train.eval_batch_size: auto`. A GPU
+# wants big batches; on CPU a batch whose activations fit in cache ran 1.5-3x faster than 1024
+# (benchmarks/README.md, section 1).
+AUTO_EVAL_BATCH_SIZE = {"cuda": 1024, "cpu": 64}
+
+
+def eval_batch_size(configured: int | str, device: torch.device) -> int:
+    """`configured` images per evaluation batch, or the device's default for "auto"."""
+    if configured == "auto":
+        return AUTO_EVAL_BATCH_SIZE.get(device.type, AUTO_EVAL_BATCH_SIZE["cpu"])
+    return int(configured)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX). Elsewhere bf16 is
+    emulated and slower than float32, so autocast stays off there."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name))
+    except RuntimeError:
+        return False
+
+
+def uses_bf16(device: torch.device, amp: bool) -> bool:
+    """`train.amp` means bfloat16 autocast on CUDA, and on CPUs with native bfloat16 (1.3-2x
+    faster there, see benchmarks); float32 elsewhere. bf16 needs no loss scaling."""
+    return amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()))
+
+
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if uses_bf16(device, amp):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -168,10 +197,12 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024, amp: bool = True, channels_last: bool = True
+    model: nn.Module, images: torch.Tensor, *, batch_size: int | str = "auto", amp: bool = True,
+    channels_last: bool = True,
 ) -> torch.Tensor:
     """(N, 3, 32, 32) uint8 -> (N, classes) float32 logits on CPU, in eval mode."""
     device = next(model.parameters()).device
+    batch_size = eval_batch_size(batch_size, device)
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):

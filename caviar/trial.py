@@ -16,7 +16,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from caviar.config import Config
 from caviar.data import SplitData
 from caviar.models import build_model
-from caviar.train import evaluate, make_optimizer, make_scheduler, pick_device, prepare_inputs, train_one_epoch
+from caviar.train import (
+    autocast, eval_batch_size, evaluate, make_optimizer, make_scheduler, pick_device, prepare_inputs, train_one_epoch,
+)
 
 CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
 
@@ -30,7 +32,7 @@ class TrialSettings:
     num_classes: int
     max_epochs: int
     augment: bool
-    eval_batch_size: int
+    eval_batch_size: int | str  # or "auto": by device (caviar.train.eval_batch_size)
     amp: bool
     channels_last: bool
     max_loss: float  # a batch loss above this marks the trial diverged
@@ -138,11 +140,12 @@ class Trial:
         statistics: recompute them with a pass over (part of) the training set, unaugmented."""
         s = self.settings
         images = train_x[: s.bn_images]
+        step = eval_batch_size(s.eval_batch_size, self.device)
         batches = (
-            prepare_inputs(images[i : i + s.eval_batch_size], self.device, s.channels_last)
-            for i in range(0, len(images), s.eval_batch_size)
+            prepare_inputs(images[i : i + step], self.device, s.channels_last) for i in range(0, len(images), step)
         )
-        update_bn(batches, self._average())
+        with autocast(self.device, s.amp):
+            update_bn(batches, self._average())
 
     @property
     def finished(self) -> bool:

@@ -34,12 +34,12 @@ def run(name: str, tmp_path, capsys, *extra: str) -> tuple[str, dict]:
 
 def test_throughput(tmp_path, capsys):
     """Both pipelines on each model; a table row and a ratio per model; goals named."""
-    printed, data = run("throughput", tmp_path, capsys, "--with-nchw", "--with-cpu-bf16")
+    printed, data = run("throughput", tmp_path, capsys, "--with-nchw", "--with-fp32")
     assert "Trial throughput" in printed and "tutorial_img_s" in printed
     rows = data["results"]
     assert [r["model"] for r in rows] == ["convnet", "resnet:0.125"]
     for row in rows:
-        assert {"caviar_img_s", "tutorial_img_s", "ratio", "caviar_nchw_img_s", "caviar_bf16_img_s"} <= row.keys()
+        assert {"caviar_img_s", "tutorial_img_s", "ratio", "caviar_nchw_img_s", "caviar_fp32_img_s"} <= row.keys()
         assert row["caviar_img_s"] > 0 and row["tutorial_img_s"] > 0
     assert any("convnet" in goal for goal in data["goals"])
 

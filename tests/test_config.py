@@ -84,6 +84,8 @@ def test_override_values_are_parsed_and_type_checked():
         ("search.scheduler=grid", "search.scheduler: Input should be 'asha' or 'random'"),
         ("data.train_subset=0", "data.train_subset: must be a positive count"),
         ("name=a/b", "name: must be a plain folder name"),
+        ("train.eval_batch_size=big", "train.eval_batch_size: must be a positive whole number of images (e.g. 256) or auto"),
+        ("train.eval_batch_size=0", "train.eval_batch_size: must be a positive whole number"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):

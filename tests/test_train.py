@@ -169,3 +169,41 @@ def test_resume_restores_the_average(tensors, tmp_path):
     resumed.run_epoch(*tensors)
     for a, b in zip(straight.averaged.state_dict().values(), resumed.averaged.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_amp_means_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
+    """train.amp: bf16 autocast on CUDA always; on CPU only where bf16 is native (else emulated, slower)."""
+    import caviar.train as train
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.uses_bf16(cuda, True) and not train.uses_bf16(cuda, False)
+    for native in (True, False):
+        monkeypatch.setattr(train, "cpu_has_native_bf16", lambda native=native: native)
+        assert train.uses_bf16(cpu, True) is native
+        assert not train.uses_bf16(cpu, False)
+        layer = torch.nn.Linear(4, 2)
+        with train.autocast(cpu, True):
+            out = layer(torch.ones(1, 4))
+        assert out.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_bf16_trial_on_cpu_learns_like_float32(tensors, monkeypatch):
+    """The bf16 path trains as well as float32: same data, same seed, accuracies close, both far above chance."""
+    import caviar.train as train
+
+    results = {}
+    for native in (True, False):
+        monkeypatch.setattr(train, "cpu_has_native_bf16", lambda native=native: native)
+        trial = Trial(HPARAMS, settings(2))
+        trial.run_epoch(*tensors)
+        results[native] = trial.run_epoch(*tensors)["val_acc"]
+    assert min(results.values()) > 0.3
+    assert abs(results[True] - results[False]) < 0.1
+
+
+def test_auto_eval_batch_size_follows_the_device():
+    import caviar.train as train
+
+    assert train.eval_batch_size("auto", torch.device("cpu")) == 64
+    assert train.eval_batch_size("auto", torch.device("cuda")) == 1024
+    assert train.eval_batch_size(300, torch.device("cpu")) == 300
