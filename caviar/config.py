@@ -211,7 +211,8 @@ class AverageConfig(_Strict):
     """A running average of each trial's weights, stored beside the raw weights in every checkpoint
     and used as its own ensemble member (batch-norm statistics recomputed before use)."""
 
-    method: Literal["swa", "ema", "none"] = "swa"  # swa: equal average of end-of-epoch weights
+    # swa: equal average of end-of-epoch weights (needs 2+ averaged epochs, else no average)
+    method: Literal["swa", "ema", "none"] = "swa"
     start: float = Field(0.75, ge=0, lt=1)  # averaging covers epochs after this fraction of max_epochs
     ema_decay: float = Field(0.999, gt=0, lt=1)  # ema: per-step decay of the old average
     bn_images: int = Field(10000, ge=1)  # training images used to recompute batch-norm statistics

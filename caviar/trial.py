@@ -44,6 +44,7 @@ class TrialSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> "TrialSettings":
+        average_after = int(config.average.start * config.search.max_epochs)
         return cls(
             family=config.model.family,
             width=config.model.width,
@@ -55,11 +56,20 @@ class TrialSettings:
             channels_last=config.train.channels_last,
             max_loss=config.train.diverge_factor * math.log(config.model.num_classes),
             threads=max(1, int(config.resources.cpus_per_trial)),
-            average=config.average.method,
-            average_after=int(config.average.start * config.search.max_epochs),
+            average=effective_average(config.average.method, config.search.max_epochs - average_after),
+            average_after=average_after,
             ema_decay=config.average.ema_decay,
             bn_images=config.average.bn_images,
         )
+
+
+def effective_average(method: str, averaged_epochs: int) -> str:
+    """SWA samples the weights once per epoch: over a single epoch its "average" is the trained
+    model itself, a duplicate ensemble member that costs a batch-norm pass per epoch. It needs at
+    least 2 averaged epochs (EMA averages every step, so one epoch is enough)."""
+    if method == "swa" and averaged_epochs < 2:
+        return "none"
+    return method
 
 
 def checkpoint_name(epoch: int, val_acc: float) -> str:

@@ -133,9 +133,9 @@ def test_swa_is_the_mean_of_end_of_epoch_weights(tensors):
 
 def test_averaged_batch_norm_statistics_are_recomputed(tensors):
     """The average's BN running stats come from a pass over training data, not the initial buffers."""
-    trial = Trial(HPARAMS, averaging_settings("swa", max_epochs=2))
-    trial.run_epoch(*tensors)
-    trial.run_epoch(*tensors)
+    trial = Trial(HPARAMS, averaging_settings("swa", max_epochs=3, start=0.34))
+    for _ in range(3):
+        trial.run_epoch(*tensors)
     bn_avg = [m for m in trial.averaged.module.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
     assert not torch.allclose(bn_avg.running_mean, torch.zeros_like(bn_avg.running_mean))
     assert not torch.allclose(bn_avg.running_var, torch.ones_like(bn_avg.running_var))
@@ -207,3 +207,11 @@ def test_auto_eval_batch_size_follows_the_device():
     assert train.eval_batch_size("auto", torch.device("cpu")) == 64
     assert train.eval_batch_size("auto", torch.device("cuda")) == 1024
     assert train.eval_batch_size(300, torch.device("cpu")) == 300
+
+
+@pytest.mark.parametrize("max_epochs,start,expected", [(2, 0.75, "none"), (4, 0.75, "none"), (8, 0.75, "swa"),
+                                                        (3, 0.34, "swa")])
+def test_swa_needs_two_averaged_epochs(max_epochs, start, expected):
+    """An SWA "average" of one end-of-epoch sample is the model itself: no average then; EMA still averages."""
+    assert averaging_settings("swa", max_epochs, start).average == expected
+    assert averaging_settings("ema", max_epochs, start).average == "ema"
