@@ -139,3 +139,36 @@ def test_resume_of_a_folder_without_sweep_is_an_error(tmp_path):
     """--resume on a folder that no sweep wrote names the problem."""
     with pytest.raises(ConfigError, match="no caviar.yaml"):
         caviar.sweep(resume=tmp_path)
+
+
+class _StopBeforeTraining(Exception):
+    pass
+
+
+def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path, monkeypatch):
+    """Once the dataset is in Ray's object store, the driver keeps no copy of it during the sweep."""
+    import gc
+    import weakref
+
+    from caviar import sweeper
+
+    loaded = []
+    real_prepare = sweeper.prepare_data
+
+    def spy(*args, **kwargs):
+        data = real_prepare(*args, **kwargs)
+        loaded.append(weakref.ref(data.train_x))
+        return data
+
+    alive_during_fit = []
+
+    def fit(self):
+        gc.collect()
+        alive_during_fit.append(loaded[0]() is not None)
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(sweeper, "prepare_data", spy)
+    monkeypatch.setattr(sweeper.tune.Tuner, "fit", fit)
+    with pytest.raises(_StopBeforeTraining):
+        caviar.sweep(load_config(small_config(learnable_root, tmp_path, "dropped")))
+    assert alive_during_fit == [False]
