@@ -110,6 +110,10 @@ def prepare_inputs(images_uint8: torch.Tensor, device: torch.device, channels_la
     return x
 
 
+# Steps between divergence checks on a GPU (each check waits for the GPU to catch up).
+DIVERGENCE_CHECK_STEPS = 20
+
+
 @dataclass
 class EpochStats:
     loss: float  # mean training cross-entropy over the epoch's images
@@ -118,11 +122,14 @@ class EpochStats:
     finite: bool  # False when the loss became NaN/inf or exploded: the trial diverged
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def steps_per_epoch(n: int, batch_size: int) -> int:
     # Drop the last short batch (BatchNorm cannot train on 1 image), but keep at least one step.
+    return max(1, n // batch_size)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator)
-    steps = max(1, n // batch_size)
-    for step in range(steps):
+    for step in range(steps_per_epoch(n, batch_size)):
         yield order[step * batch_size : (step + 1) * batch_size]
 
 
@@ -144,20 +151,27 @@ def train_one_epoch(
     channels_last: bool = True,
     averaged: Any = None,
     max_loss: float = math.inf,
+    check_every: int | None = None,
 ) -> EpochStats:
     """One pass over (images, labels): uint8 (N, 3, 32, 32) and int64 (N,), on CPU or device.
 
     `averaged`, if given, is a `torch.optim.swa_utils.AveragedModel` updated after every step.
     A batch loss that is NaN, inf or above `max_loss` ends the epoch at once with finite=False:
     a huge learning rate often leaves the loss finite but astronomically large (dead ReLUs,
-    exploded logits), which is as hopeless as a NaN.
+    exploded logits), which is as hopeless as a NaN. The check reads the loss on the host, which
+    makes the CPU wait for the GPU: on CUDA it runs every `check_every` steps (default
+    DIVERGENCE_CHECK_STEPS), so a diverged trial may take a few more (harmless) steps.
     """
     device = next(model.parameters()).device
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_STEPS
+    exploded = torch.zeros((), device=device, dtype=torch.bool)
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     ratios: list[float] = []
+    steps = steps_per_epoch(len(labels), batch_size)
     for step, idx in enumerate(_batches(len(labels), batch_size, generator)):
         batch = images[idx.to(images.device)]
         if augment:
@@ -167,7 +181,8 @@ def train_one_epoch(
         with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss) or loss.item() > max_loss:
+        exploded |= ~torch.isfinite(loss) | (loss > max_loss)
+        if (step % check_every == 0 or step == steps - 1) and exploded.item():
             return EpochStats(float("nan"), 0.0, float("nan"), finite=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

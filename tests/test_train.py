@@ -215,3 +215,19 @@ def test_swa_needs_two_averaged_epochs(max_epochs, start, expected):
     """An SWA "average" of one end-of-epoch sample is the model itself: no average then; EMA still averages."""
     assert averaging_settings("swa", max_epochs, start).average == expected
     assert averaging_settings("ema", max_epochs, start).average == "ema"
+
+
+@pytest.mark.parametrize("check_every", [1, 7, 1000])
+def test_divergence_is_caught_when_checked_every_few_steps(tensors, check_every):
+    """On a GPU the loss is read every few steps (reading it makes the CPU wait); a diverging run is
+    still caught, at the latest on the epoch's last step."""
+    from caviar.train import train_one_epoch
+
+    trial = Trial(HPARAMS | dict(optimizer="sgd", lr=1e6, batch_norm=False, grad_clip=0), settings())
+    stats = train_one_epoch(trial.model, trial.optimizer, tensors[0], tensors[1], batch_size=64,
+                            generator=trial.generator, max_loss=trial.settings.max_loss, check_every=check_every)
+    assert stats.finite is False
+    sane = Trial(HPARAMS, settings())
+    stats = train_one_epoch(sane.model, sane.optimizer, tensors[0], tensors[1], batch_size=64,
+                            generator=sane.generator, max_loss=sane.settings.max_loss, check_every=check_every)
+    assert stats.finite is True and stats.loss < math.log(10) + 0.5
