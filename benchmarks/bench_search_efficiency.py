@@ -10,7 +10,9 @@ best configs do not all reach 100%.
 Goal: ASHA reaches random search's best (within --tolerance) with <= 1/3 of the trial-epochs
 random search spends. Which trial comes first matters (ASHA promotes early trials easily), so the
 pair of sweeps is repeated for several search seeds (``--seeds``) and the goal is read off the
-median over seeds (each seed's figure is reported too).
+median over seeds (each seed's figure is reported too). The default budget is the default
+experiment's 64 trials; with fewer (``--trials 24``) the first trials to reach a rung are promoted
+with few rivals, and ASHA needs a larger share of random search's epochs.
 
     python benchmarks/bench_search_efficiency.py          # writes results/search_efficiency.{json,png}
 """
@@ -100,7 +102,8 @@ def compare(rand: list[tuple[int, float]], asha: list[tuple[int, float]], tolera
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = common.parser(NAME, __doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=24, help="the same trial budget for both")
+    p.add_argument("--trials", type=int, default=64,
+                   help="the same trial budget for both (default: the default experiment's search.num_samples)")
     p.add_argument("--max-epochs", type=int, default=9)
     p.add_argument("--grace-period", type=int, default=1)
     p.add_argument("--reduction-factor", type=int, default=3)

@@ -59,6 +59,11 @@ def average_members(ranked: list[Any], top_k: int) -> list[Member]:
         if r.latest is not None and not math.isnan(_val_acc(last, "avg_val_acc")):
             members.append(Member(f"avg-{r.trial_id}", "average", r.trial_id, r.latest, "averaged",
                                   int(last.get("epoch", 0)), _val_acc(last, "avg_val_acc")))
+    if ranked and not members:
+        warnings.warn("no averaged weights in the top trials, so the ensemble has no `average` members: the "
+                      "experiment ran with average.method none, or averaging never started (SWA needs 2 or more "
+                      "epochs after average.start x search.max_epochs; lower average.start or use ema)",
+                      stacklevel=2)
     return members
 
 

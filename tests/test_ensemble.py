@@ -148,3 +148,20 @@ def test_real_cli(experiment, tmp_path):
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "ensemble (test): acc" in ran.stdout and "top only" in ran.stdout
     assert json.loads((tmp_path / "ensemble.json").read_text())["settings"]["average"] is False
+
+
+def test_no_averaged_weights_is_said(recwarn):
+    """Asking for averages from trials that never averaged (e.g. SWA over 1 epoch) warns and names the fix."""
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from caviar.members import average_members
+
+    never = SimpleNamespace(trial_id="t1", latest=object(), history=pd.DataFrame([{"epoch": 2, "val_acc": 0.8}]))
+    assert average_members([never], top_k=3) == []
+    assert any("average.start" in str(w.message) for w in recwarn.list)
+    averaged = SimpleNamespace(trial_id="t2", latest=object(),
+                               history=pd.DataFrame([{"epoch": 2, "val_acc": 0.8, "avg_val_acc": 0.81}]))
+    recwarn.clear()
+    assert [m.name for m in average_members([averaged, never], top_k=3)] == ["avg-t2"]
+    assert not recwarn.list
