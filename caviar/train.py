@@ -128,7 +128,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
+    order = torch.randperm(n, generator=generator, device=generator.device)
     for step in range(steps_per_epoch(n, batch_size)):
         yield order[step * batch_size : (step + 1) * batch_size]
 

@@ -123,7 +123,9 @@ class Trial:
         self.device = device or pick_device()
         seed = trial_seed(hparams)
         torch.manual_seed(seed)  # weight init and dropout
-        self.generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+        # Shuffling and augmentation draw on the trial's device: on a GPU, random numbers made on
+        # the CPU would be copied over every step, and each such copy waits for the GPU.
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         model = build_model(settings.family, hparams, width=settings.width, num_classes=settings.num_classes)
         self.model = model.to(self.device)
         if settings.channels_last and self.device.type == "cuda":
@@ -219,7 +221,12 @@ class Trial:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
+        try:
+            self.generator.set_state(state["rng"]["generator"])
+        except RuntimeError:  # saved on another kind of device (CPU and CUDA generators differ)
+            warnings.warn(f"checkpoint of epoch {state['epoch']} was saved on another kind of device: shuffling "
+                          "and augmentation continue from a new seed, not exactly where they left off", stacklevel=2)
+            self.generator.manual_seed(trial_seed(self.hparams) + int(state["epoch"]))
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         self.epoch = int(state["epoch"])

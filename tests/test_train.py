@@ -231,3 +231,18 @@ def test_divergence_is_caught_when_checked_every_few_steps(tensors, check_every)
     stats = train_one_epoch(sane.model, sane.optimizer, tensors[0], tensors[1], batch_size=64,
                             generator=sane.generator, max_loss=sane.settings.max_loss, check_every=check_every)
     assert stats.finite is True and stats.loss < math.log(10) + 0.5
+
+
+def test_resume_from_another_device_kind_warns_and_goes_on(tensors, tmp_path):
+    """A checkpoint whose shuffling generator came from another kind of device (CUDA's state is 16
+    bytes, the CPU's 5 KB) still restores weights and epoch; shuffling restarts from a derived seed."""
+    first = Trial(HPARAMS, settings())
+    metrics = first.run_epoch(*tensors)
+    state = load_checkpoint_file(first.save(tmp_path, metrics))
+    state["rng"]["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    resumed = Trial(HPARAMS, settings())
+    with pytest.warns(UserWarning, match="another kind of device"):
+        resumed.load_state(state)
+    assert resumed.epoch == 1
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), first.model.state_dict().values()))
+    assert resumed.run_epoch(*tensors)["val_acc"] > 0.3
