@@ -236,7 +236,7 @@ class TrainConfig(_Strict):
     def _batch_size_or_auto(cls, value: Any) -> Any:
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
-        raise ValueError(f"must be a positive whole number of images (e.g. 256) or auto")
+        raise ValueError("must be a positive whole number of images (e.g. 256) or auto")
 
 
 class StageConfig(_Strict):
