@@ -13,7 +13,8 @@ import yaml
 
 import caviar
 from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
-from caviar.stages import next_space, stage_config
+from caviar.narrowing import next_space
+from caviar.stages import stage_config
 from test_sweep import SMALL_NET, small_config
 
 REPO = Path(__file__).resolve().parents[1]
