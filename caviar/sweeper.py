@@ -8,6 +8,7 @@ nothing else), ``leaderboard.csv`` (one row per trial) and ``summary.json``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,25 @@ def _tune_config(config: Config) -> tune.TuneConfig:
     )
 
 
+# Ray Tune snapshots the experiment state each time a trial has saved `checkpoint.keep` checkpoints
+# (so a resumed experiment never points at a deleted one), and warns when that happens more than
+# once in 5 s: with epochs of seconds it always does, although a local snapshot takes milliseconds
+# (benchmarks/README.md). Its warning for a *slow* snapshot (30 s) stays on.
+_SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
+
+def _fit(tuner: tune.Tuner) -> None:
+    """`tuner.fit()` without Ray's frequent-snapshot warning, unless the user set its threshold."""
+    if _SNAPSHOT_WARNING in os.environ:
+        tuner.fit()
+        return
+    os.environ[_SNAPSHOT_WARNING] = "0"
+    try:
+        tuner.fit()
+    finally:
+        del os.environ[_SNAPSHOT_WARNING]
+
+
 @dataclass
 class TrialRecord:
     """One trial of a finished or interrupted experiment, as saved on storage."""
@@ -298,7 +318,7 @@ def sweep(
         else:
             # Finished trials stay finished; interrupted ones continue from their checkpoints.
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        tuner.fit()
+        _fit(tuner)
         table = _collect(path, config)
         summary = summarize(table, config.search.num_samples) | {
             "experiment": path,
@@ -352,13 +372,13 @@ def rerun_with_seeds(
             trainable = _trainable(config, data, _check_cluster(config, experiment, joined=not started))
             del data  # in the object store now (see sweep)
             run = config.model_copy(update={"name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"})
-            tune.Tuner(
+            _fit(tune.Tuner(
                 trainable,
                 param_space={**hparams, "seed": tune.grid_search(missing)},
                 tune_config=tune.TuneConfig(metric="val_acc", mode="max", reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
                 run_config=_run_config(run, experiment),
-            ).fit()
+            ))
         finally:
             if started:
                 ray.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -172,3 +173,22 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
     with pytest.raises(_StopBeforeTraining):
         caviar.sweep(load_config(small_config(learnable_root, tmp_path, "dropped")))
     assert alive_during_fit == [False]
+
+
+def test_frequent_snapshot_warning_is_off_during_fit_only(monkeypatch):
+    """Ray's "snapshotting triggered multiple times" warning is silenced while caviar's sweeps run,
+    the environment is restored afterwards, and a threshold the user set is left alone."""
+    from caviar import sweeper
+
+    seen = []
+
+    class Tuner:
+        def fit(self):
+            seen.append(os.environ.get(sweeper._SNAPSHOT_WARNING))
+
+    monkeypatch.delenv(sweeper._SNAPSHOT_WARNING, raising=False)
+    sweeper._fit(Tuner())
+    assert seen == ["0"] and sweeper._SNAPSHOT_WARNING not in os.environ
+    monkeypatch.setenv(sweeper._SNAPSHOT_WARNING, "12")
+    sweeper._fit(Tuner())
+    assert seen[-1] == "12" and os.environ[sweeper._SNAPSHOT_WARNING] == "12"
