@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from caviar.errors import CaviarError
@@ -139,8 +140,14 @@ COMMANDS = {"sweep": _sweep, "ensemble": _ensemble, "config": _config, "check": 
             "cluster": _cluster}
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    # A warning is for the person at the terminal: what happened and what to do, not a source line.
+    return f"caviar: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         return COMMANDS[args.command](args)
     except CaviarError as error:

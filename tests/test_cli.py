@@ -119,3 +119,23 @@ def test_real_smoke_sweep(smoke_root, tmp_path, ray_temp_dir):
     assert len(board) == 4 and set(board["status"]) <= {"completed", "early-stopped"}
     assert board["best_val_acc"].max() > 0.4  # chance is 0.1
     assert "4 trials" in ran.stdout and "leaderboard.csv" in ran.stdout
+
+
+def test_warnings_print_as_one_plain_line(monkeypatch, capsys):
+    """A warning during a command reads `caviar: warning: ...`, with no source file or code line."""
+    import warnings
+
+    def warn(args):
+        warnings.warn("no averaged weights in the top trials", UserWarning)
+        return 0
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    monkeypatch.setitem(cli.COMMANDS, "config", warn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # what Python's default showwarning does (pytest records warnings in its place)
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        assert cli.main(["config", "experiments/smoke.yaml"]) == 0
+    err = capsys.readouterr().err
+    assert err == "caviar: warning: no averaged weights in the top trials\n"
