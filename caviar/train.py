@@ -63,7 +63,7 @@ def pick_device() -> torch.device:
 
 # Images per forward pass when evaluating, by device, for `train.eval_batch_size: auto`. A GPU
 # wants big batches; on CPU a batch whose activations fit in cache ran 1.5-3x faster than 1024
-# (benchmarks/README.md, section 1).
+# (benchmarks/README.md, sections 2 and 4: faster sweeps, less memory per trial).
 AUTO_EVAL_BATCH_SIZE = {"cuda": 1024, "cpu": 64}
 
 
