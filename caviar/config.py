@@ -20,6 +20,11 @@ from caviar.errors import CaviarError
 Scalar = Union[bool, int, float, str]
 
 
+# The resolved config, written into the experiment folder before any trial starts (`--resume`
+# needs nothing else).
+CONFIG_FILE = "caviar.yaml"
+
+
 class ConfigError(CaviarError):
     """A bad experiment file or override; the message names the key and the fix."""
 

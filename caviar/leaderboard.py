@@ -7,6 +7,10 @@ from typing import Any
 
 import pandas as pd
 
+# Written into the experiment folder when a sweep ends (caviar.sweeper).
+LEADERBOARD_FILE = "leaderboard.csv"
+SUMMARY_FILE = "summary.json"
+
 # Trial outcomes, beyond Ray's own statuses: a trial that stopped itself on a NaN loss is
 # "diverged", one that ASHA stopped before the budget is "early-stopped".
 STATUSES = ("completed", "early-stopped", "diverged", "error", "unfinished", "not-started")

@@ -31,9 +31,10 @@ import yaml
 from caviar import storage
 from caviar.border import border_warnings, scored
 from caviar.charts import plot_curves, plot_ensemble, plot_filters, plot_hparams, plot_rungs, plot_update_ratio
-from caviar.config import Config, ConfigError, build_config
-from caviar.leaderboard import trial_row
+from caviar.config import CONFIG_FILE, Config, ConfigError, build_config
+from caviar.leaderboard import LEADERBOARD_FILE, trial_row
 from caviar.space import searched
+from caviar.stages import STAGES_FILE
 
 REPORT_FILE = "report.html"
 IMAGES_DIR = "report"
@@ -58,7 +59,7 @@ def _history(trial_dir: Path) -> pd.DataFrame:
 def read_trials(folder: Path, config: Config) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(table best first, histories by trial_id) from the trial folders, finished or running."""
     statuses: dict[str, str] = {}
-    board = folder / "leaderboard.csv"
+    board = folder / LEADERBOARD_FILE
     if board.exists():
         saved = pd.read_csv(board)
         statuses = dict(zip(saved["trial_id"].astype(str), saved["status"]))
@@ -113,9 +114,9 @@ def _style() -> str:
 
 
 def _load_config(folder: Path) -> Config:
-    path = folder / "caviar.yaml"
+    path = folder / CONFIG_FILE
     if not path.exists():
-        raise ConfigError(f"{folder} has no caviar.yaml; pass an experiment folder that `caviar sweep` wrote")
+        raise ConfigError(f"{folder} has no {CONFIG_FILE}; pass an experiment folder that `caviar sweep` wrote")
     return build_config(yaml.safe_load(path.read_text()), str(path))
 
 
@@ -166,7 +167,7 @@ def report_experiment(folder: Path, top: int = 6) -> Path:
 
 
 def report_staged(folder: Path, top: int = 6) -> Path:
-    plan = json.loads((folder / "stages.json").read_text())
+    plan = json.loads((folder / STAGES_FILE).read_text())
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>caviar report: {html.escape(folder.name)}"
              f"</title>{_style()}</head><body><h1>caviar staged report: {html.escape(folder.name)}</h1>"]
     for entry in plan.get("stages", []):
@@ -175,7 +176,7 @@ def report_staged(folder: Path, top: int = 6) -> Path:
         score = f"best val_acc {acc:.4f}" if isinstance(acc, (int, float)) else "no score yet"
         parts.append(f"<h2>Stage {entry['index']}: {html.escape(entry['name'])}</h2><p>{entry['num_samples']} trials "
                      f"x {entry['epochs']} epochs, {score} [{html.escape(str(entry.get('status')))}]</p>")
-        if (stage_dir / "caviar.yaml").exists():
+        if (stage_dir / CONFIG_FILE).exists():
             report_experiment(stage_dir, top)
             parts.append(f"<p><a href='{entry['folder']}/{REPORT_FILE}'>report of this stage</a></p>")
             parts.append(f"<img src='{entry['folder']}/{IMAGES_DIR}/hparams.png' alt='stage {entry['index']} hparams'>")
@@ -194,6 +195,6 @@ def write_report(experiment: str | Path, top: int = 6) -> Path:
         raise ConfigError(f"{experiment}: the report reads a local folder; copy the experiment folder from object "
                           "storage first (e.g. `aws s3 sync`)")
     folder = Path(experiment).expanduser().resolve()
-    if (folder / "stages.json").exists():
+    if (folder / STAGES_FILE).exists():
         return report_staged(folder, top)
     return report_experiment(folder, top)

@@ -24,14 +24,12 @@ import yaml
 
 from caviar import storage
 from caviar.border import format_warnings
-from caviar.config import Config, ConfigError, SpaceConfig, StageConfig, build_config
+from caviar.config import CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config
+from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE
 from caviar.narrowing import next_space, param_spec
 from caviar.space import searched
 
 STAGES_FILE = "stages.json"
-CONFIG_FILE = "caviar.yaml"
-SUMMARY_FILE = "summary.json"
-LEADERBOARD_FILE = "leaderboard.csv"
 
 
 def stage_folder(index: int, stage: StageConfig) -> str:

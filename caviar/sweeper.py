@@ -24,17 +24,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from caviar import cluster, storage
-from caviar.config import Config, ConfigError, load_config
+from caviar.config import CONFIG_FILE, Config, ConfigError, load_config
 from caviar.data import SplitData, prepare_data
-from caviar.leaderboard import format_table, leaderboard, summarize, trial_row
+from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, format_table, leaderboard, summarize, trial_row
 from caviar.border import border_warnings, format_warnings
 from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.trainable import train_trial
 from caviar.trial import TrialSettings
 
-CONFIG_FILE = "caviar.yaml"
-LEADERBOARD_FILE = "leaderboard.csv"
-SUMMARY_FILE = "summary.json"
 # GPU share per trial for gpus_per_trial: auto, by family: a small convnet leaves most of a GPU
 # idle, so 4 share one; a ResNet-9 keeps half a GPU busy.
 AUTO_GPU_SHARE = {"convnet": 0.25, "resnet": 0.5}
