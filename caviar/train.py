@@ -210,6 +210,15 @@ def train_one_epoch(
     )
 
 
+def eval_batches(
+    images: torch.Tensor, device: torch.device, batch_size: int | str, channels_last: bool
+) -> Iterator[torch.Tensor]:
+    """(N, 3, 32, 32) uint8 -> model inputs in order, `batch_size` (or "auto") images at a time."""
+    step = eval_batch_size(batch_size, device)
+    for start in range(0, len(images), step):
+        yield prepare_inputs(images[start : start + step], device, channels_last)
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, *, batch_size: int | str = "auto", amp: bool = True,
@@ -217,11 +226,9 @@ def predict_logits(
 ) -> torch.Tensor:
     """(N, 3, 32, 32) uint8 -> (N, classes) float32 logits on CPU, in eval mode."""
     device = next(model.parameters()).device
-    batch_size = eval_batch_size(batch_size, device)
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = prepare_inputs(images[start : start + batch_size], device, channels_last)
+    for x in eval_batches(images, device, batch_size, channels_last):
         with autocast(device, amp):
             out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)

@@ -17,7 +17,7 @@ from caviar.config import Config
 from caviar.data import SplitData
 from caviar.models import build_model
 from caviar.train import (
-    autocast, eval_batch_size, evaluate, make_optimizer, make_scheduler, pick_device, prepare_inputs, train_one_epoch,
+    autocast, eval_batches, evaluate, make_optimizer, make_scheduler, pick_device, train_one_epoch,
 )
 
 CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
@@ -151,11 +151,7 @@ class Trial:
         """Batch-norm running statistics of the averaged weights are not the average of the
         statistics: recompute them with a pass over (part of) the training set, unaugmented."""
         s = self.settings
-        images = train_x[: s.bn_images]
-        step = eval_batch_size(s.eval_batch_size, self.device)
-        batches = (
-            prepare_inputs(images[i : i + step], self.device, s.channels_last) for i in range(0, len(images), step)
-        )
+        batches = eval_batches(train_x[: s.bn_images], self.device, s.eval_batch_size, s.channels_last)
         with autocast(self.device, s.amp):
             update_bn(batches, self._average())
 
