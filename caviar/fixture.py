@@ -70,6 +70,25 @@ class _Buffer(bytearray):
         self.extend(data)
 
 
+def write_batch(path, images: np.ndarray, labels, batch_label: str, filenames: list[str]) -> None:
+    """One batch file as the published set has it: images uint8 (N, 3072) channel-major rows."""
+    if images.ndim != 2 or images.shape[1] != 3072 or not len(images) == len(labels) == len(filenames):
+        raise ValueError(f"need images (N, 3072) with N labels and N file names, got {images.shape}")
+    # Key order as in the published files: data, labels, batch_label, filenames.
+    _dump_py2({b"data": images, b"labels": [int(v) for v in labels], b"batch_label": batch_label.encode(),
+               b"filenames": [name.encode() for name in filenames]}, Path(path))
+
+
+def write_meta(path, label_names: list[str], num_cases_per_batch: int) -> None:
+    """batches.meta: the class names (what caviar.data.read_class_names reads)."""
+    meta = {
+        b"num_cases_per_batch": int(num_cases_per_batch),
+        b"label_names": [name.encode() for name in label_names],
+        b"num_vis": 3072,
+    }
+    _dump_py2(meta, Path(path))
+
+
 def _smooth_patterns(rng: np.random.Generator, classes: int) -> np.ndarray:
     """(classes, 3, 48, 48) float patterns in about 0..1, all with the same per-channel mean/std."""
     grid = rng.uniform(0, 1, size=(classes, 3, _GRID, _GRID))
@@ -114,24 +133,17 @@ def write_cifar_fixture(
     def labels(n: int) -> np.ndarray:
         return rng.permutation(np.arange(n) % len(CIFAR10_CLASSES))
 
-    def write(path: Path, title: bytes, y: np.ndarray, start: int, prefix: str) -> None:
-        x = _images(rng, patterns, y, noise)
-        names = [f"{prefix}_{start + i:05d}.png".encode() for i in range(len(y))]
-        # Key order as in the published files: data, labels, batch_label, filenames.
-        _dump_py2({b"data": x, b"labels": [int(v) for v in y], b"batch_label": title, b"filenames": names}, path)
+    def write(path: Path, title: str, y: np.ndarray, start: int, prefix: str) -> None:
+        names = [f"{prefix}_{start + i:05d}.png" for i in range(len(y))]
+        write_batch(path, _images(rng, patterns, y, noise), y, title, names)
 
     train_y = labels(train_size)
     start = 0
     for i, part in enumerate(np.array_split(train_y, batches), start=1):
-        write(folder / f"data_batch_{i}", f"training batch {i} of {batches}".encode(), part, start, "fixture_train")
+        write(folder / f"data_batch_{i}", f"training batch {i} of {batches}", part, start, "fixture_train")
         start += len(part)
-    write(folder / "test_batch", b"testing batch 1 of 1", labels(test_size), 0, "fixture_test")
-    meta = {
-        b"num_cases_per_batch": -(-train_size // batches),
-        b"label_names": [c.encode() for c in CIFAR10_CLASSES],
-        b"num_vis": 3072,
-    }
-    _dump_py2(meta, folder / "batches.meta")
+    write(folder / "test_batch", "testing batch 1 of 1", labels(test_size), 0, "fixture_test")
+    write_meta(folder / "batches.meta", CIFAR10_CLASSES, num_cases_per_batch=-(-train_size // batches))
     return root
 
 
