@@ -307,8 +307,17 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None
     return torch.where(flip[:, None, None, None], crops.flip(3), crops)
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_stats(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std), each (3, 1, 1), made once per device and dtype: building them from Python
+    numbers copies them host-to-device, and on CUDA each such copy waits for the GPU (normalize
+    runs on every training step and evaluation batch)."""
+    mean = torch.tensor(CIFAR10_MEAN, dtype=dtype, device=device).view(3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, dtype=dtype, device=device).view(3, 1, 1)
+    return mean, std
+
+
 def normalize(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (..., 3, H, W) in 0..255 -> dtype, per-channel standardised with CIFAR-10 statistics."""
-    mean = torch.tensor(CIFAR10_MEAN, dtype=dtype, device=images_uint8.device).view(3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=dtype, device=images_uint8.device).view(3, 1, 1)
+    mean, std = _channel_stats(images_uint8.device, dtype)
     return (images_uint8.to(dtype) / 255 - mean) / std

@@ -352,6 +352,22 @@ def test_normalize():
     assert normalize(x, torch.bfloat16).dtype == torch.bfloat16
 
 
+def test_normalize_builds_its_statistics_once_per_device_and_dtype(monkeypatch):
+    """mean/std are made once per (device, dtype), not on every call: on CUDA each tensor built from
+    Python numbers is a host-to-device copy that waits for the GPU, twice per training step."""
+    D._channel_stats.cache_clear()
+    made = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(k.get("dtype")) or real_tensor(*a, **k))
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    first = normalize(x)
+    assert len(made) == 2  # mean and std, float32 on the CPU
+    for _ in range(5):
+        assert torch.equal(normalize(x), first)
+    normalize(x, torch.bfloat16)
+    assert made == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16]
+
+
 # ---------------------------------------------------------------- fixture
 def test_fixture_round_trips(fixture_root):
     """The fixture loads through load_cifar10 with the requested sizes, uint8 images and balanced labels."""
