@@ -85,10 +85,25 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+# Compute capability from which NVIDIA GPUs have bfloat16 tensor cores (Ampere: A100, A10G, RTX
+# 30xx). Older GPUs (T4 7.5, V100 7.0) report bf16 as supported but emulate it, slower than float32.
+CUDA_NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU `device` computes bfloat16 in hardware (compute capability >= 8.0)."""
+    return tuple(torch.cuda.get_device_capability(device)) >= CUDA_NATIVE_BF16_CAPABILITY
+
+
 def uses_bf16(device: torch.device, amp: bool) -> bool:
-    """`train.amp` means bfloat16 autocast on CUDA, and on CPUs with native bfloat16 (1.3-2x
-    faster there, see benchmarks); float32 elsewhere. bf16 needs no loss scaling."""
-    return amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()))
+    """`train.amp` means bfloat16 autocast where bfloat16 is native: GPUs of compute capability
+    8.0 and later, CPUs with AVX512-BF16 or AMX (1.3-2x faster there, see benchmarks); float32
+    elsewhere (emulated bf16 is slower; float16 would need a loss scaler). bf16 needs none."""
+    if not amp:
+        return False
+    if device.type == "cuda":
+        return cuda_has_native_bf16(device)
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:

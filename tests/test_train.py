@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -172,10 +173,11 @@ def test_resume_restores_the_average(tensors, tmp_path):
 
 
 def test_amp_means_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
-    """train.amp: bf16 autocast on CUDA always; on CPU only where bf16 is native (else emulated, slower)."""
+    """train.amp: bf16 autocast on CUDA from compute capability 8.0; on CPU only where bf16 is native."""
     import caviar.train as train
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert train.uses_bf16(cuda, True) and not train.uses_bf16(cuda, False)
     for native in (True, False):
         monkeypatch.setattr(train, "cpu_has_native_bf16", lambda native=native: native)
@@ -185,6 +187,20 @@ def test_amp_means_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
         with train.autocast(cpu, True):
             out = layer(torch.ones(1, 4))
         assert out.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+@pytest.mark.parametrize("capability,bf16", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)],
+                         ids=["V100", "T4", "A100", "H100"])
+def test_bf16_on_cuda_only_where_the_gpu_has_it(monkeypatch, capability, bf16):
+    """T4 and V100 report bf16 support through emulation, slower than float32: float32 there."""
+    import caviar.train as train
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    assert train.uses_bf16(torch.device("cuda", 1), True) is bf16
+    assert asked == [torch.device("cuda", 1)]  # the trial's own GPU, not the current one
+    if not bf16:
+        assert isinstance(train.autocast(torch.device("cuda", 1), True), contextlib.nullcontext)
 
 
 def test_bf16_trial_on_cpu_learns_like_float32(tensors, monkeypatch):
