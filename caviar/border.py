@@ -25,9 +25,18 @@ from caviar.space import from_sampling_scale, searched, to_sampling_scale
 
 # Statuses whose score says nothing about the hyperparameters' quality.
 UNSCORED = ("diverged", "error")
-# Bounds beyond which a hyperparameter means nothing (values, inclusive). Scales add their own:
-# linear >= 0, integers >= 1, log > 0, one_minus_log in [0, 1).
-HARD_LIMITS: dict[str, tuple[float, float]] = {"dropout": (0.0, 0.95), "conv_layers": (1, 5)}
+# Bounds beyond which a hyperparameter means nothing or nothing trains (values, inclusive).
+# Scales add their own: linear >= 0, integers >= 1, log > 0, one_minus_log in [0, 1). Momentum
+# past 0.999 averages over 1000+ steps, more than a sweep's trials take; lr 10 and weight decay
+# 0.1 are already where training diverges; dropout 0.9 keeps one unit in ten.
+HARD_LIMITS: dict[str, tuple[float, float]] = {
+    "dropout": (0.0, 0.9), "conv_layers": (1, 5), "momentum": (0.0, 0.999), "lr": (0.0, 10.0),
+    "weight_decay": (0.0, 0.1), "conv_width": (1, 1024), "fc_width": (1, 1024), "fc_layers": (1, 4),
+}
+# Evidence before an edge counts: at least this many scored trials, and at least half the top
+# trials (two at least) in the same outer zone. One lucky trial at an edge is noise: after an
+# interrupted sweep the warning fired on the evidence of one scored trial (issue 10).
+MIN_SCORED = 8
 
 
 def scored(table: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +108,26 @@ def edge_of(p: float, fraction: float) -> str | None:
     return None
 
 
+def edge_with_evidence(ranked: pd.DataFrame, name: str, param: Range, fraction: float,
+                       k: int) -> tuple[str | None, int, list[float]]:
+    """The edge ("low"/"high") where the best of `ranked` (scored, best first) sits *and* the
+    evidence backs it, with how many of the top `k` sit in that zone and their positions.
+
+    None when fewer than MIN_SCORED trials are scored, when fewer than half of the top trials (two
+    at least) share the zone, or for a two-value integer range, where every value is an edge.
+    """
+    positions = [position(float(v), param) for v in ranked[name].head(k) if pd.notna(v)]
+    if len(ranked) < MIN_SCORED or not positions:
+        return None, 0, positions
+    if param.scale in ("int", "log_int") and param.high - param.low < 2:
+        return None, 0, positions
+    edge = edge_of(position(float(ranked.loc[0, name]), param), fraction)
+    near = sum(edge_of(q, fraction) == edge for q in positions) if edge else 0
+    if edge is None or near < max(2, math.ceil(len(positions) / 2)):
+        return None, near, positions
+    return edge, near, positions
+
+
 def fmt(value: float, scale: str) -> str:
     """A value as a person reads it: 3e-04 for log scales, 0.999 for momentum, 64 for integers."""
     if scale in ("int", "log_int"):
@@ -131,12 +160,10 @@ def border_warnings(
             continue
         best = float(ranked.loc[0, name])
         p = position(best, param)
-        edge = edge_of(p, fraction)
+        edge, near, positions = edge_with_evidence(ranked, name, param, fraction, k)
         suggestion = widened(name, param, edge, widen) if edge else None
         if suggestion is None:
             continue
-        positions = [position(float(v), param) for v in ranked[name].head(k) if pd.notna(v)]
-        near = sum(edge_of(q, fraction) == edge for q in positions)
         warnings.append({
             "param": name,
             "edge": edge,

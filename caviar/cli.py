@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="experiment folder name; same as --set name=...")
     sweep.add_argument("--resume", metavar="FOLDER", help="finish an interrupted sweep in FOLDER "
                        "(completed trials are not re-run)")
+    sweep.add_argument("--budget", metavar="DURATION", help="wall-clock budget such as 30m or 2h: trials, epochs and "
+                       "stages are sized to fit it on this machine or cluster (throughput measured at the start), "
+                       "and the sweep stops at the deadline with everything saved; same as --set budget=...")
     sweep.add_argument("--stage", type=int, metavar="N", help="staged experiments: rerun from stage N (earlier "
                        "stages are kept; an interrupted stage N resumes); with an experiment file or --resume")
 
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from caviar.leaderboard import interrupted
     from caviar.sweeper import describe, sweep
 
     overrides = list(args.overrides)
@@ -81,6 +85,10 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides.append(f"storage={args.storage}")
     if args.name:
         overrides.append(f"name={args.name}")
+    if args.budget:
+        if args.resume:
+            raise CaviarError("--budget plans a new sweep; a resumed sweep finishes the trials its plan drew")
+        overrides.append(f"budget={args.budget}")
     if args.resume and args.experiment:
         raise CaviarError("--resume takes the experiment folder's own config; drop the experiment file argument")
     try:
@@ -91,8 +99,7 @@ def _sweep(args: argparse.Namespace) -> int:
               "`caviar sweep --resume <experiment folder>`.", file=sys.stderr)
         return 130
     print(describe(result))
-    counts = result.summary["counts"]
-    return 130 if counts["unfinished"] or counts["not-started"] else 0
+    return 130 if interrupted(result.summary) else 0
 
 
 def _config(args: argparse.Namespace) -> int:

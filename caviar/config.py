@@ -177,11 +177,20 @@ class ModelConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    scheduler: Literal["asha", "random"] = "asha"  # asha: early stopping; random: every trial to the end
+    # asha: early stopping (caviar.schedulers.PatientASHA); random: every trial to the end; pbt:
+    # population-based training (Ray's PopulationBasedTraining), whose population is an ensemble
+    scheduler: Literal["asha", "random", "pbt"] = "asha"
     num_samples: int = Field(64, ge=1)  # trials drawn from the space
     max_epochs: int = Field(20, ge=1)  # epoch budget of one trial; LR schedules span it
     grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = Field(3, ge=2)  # ASHA: keep the top 1/eta at each rung
+    # ASHA: a promotion at a rung that fewer trials than this have reached is provisional, taken
+    # again as rivals arrive (caviar.schedulers): with few slots the first trials are not let
+    # through unopposed. 3 = one reduction factor's worth of rivals.
+    min_rung_trials: int = Field(3, ge=1)
+    # PBT: epochs between exploit/explore steps (the bottom quarter copies the top quarter's
+    # weights and perturbs lr, weight_decay, momentum, dropout by x0.8/x1.2 or resamples them).
+    pbt_interval: int = Field(2, ge=1)
     metric: Literal["val_acc"] = "val_acc"  # what ASHA and "best" mean (maximised)
     seed: Union[int, None] = 0  # seed of the random search, so a sweep is repeatable; null = fresh
     max_concurrent: int = Field(0, ge=0)  # cap on running trials; 0 = as many as resources allow
@@ -286,6 +295,22 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     # Coarse-to-fine stages run by one `caviar sweep` (caviar.stages); empty = one plain sweep.
     stages: list[StageConfig] = Field(default_factory=list)
+    # Wall-clock budget of the sweep, e.g. 30m or 2h (caviar.budget): trials, epochs and stages
+    # are sized to fit it on the machine or cluster it runs on; null = run what the file says.
+    budget: Optional[str] = None
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_is_a_duration(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from caviar.budget import parse_duration
+
+        try:
+            parse_duration(value)
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix(f"budget {value!r}: ")) from None
+        return str(value)
 
     @field_validator("stages")
     @classmethod

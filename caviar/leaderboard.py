@@ -79,6 +79,17 @@ def summarize(table: pd.DataFrame, num_samples: int) -> dict[str, Any]:
     }
 
 
+def deadline_reached(summary: dict[str, Any]) -> bool:
+    """Whether a budgeted sweep was stopped by its deadline (a plan that ran over, not a user)."""
+    return bool((summary.get("budget") or {}).get("deadline_reached"))
+
+
+def interrupted(summary: dict[str, Any]) -> bool:
+    """Trials left unfinished or never started, and not because the budget ran out: resume it."""
+    counts = summary.get("counts", {})
+    return bool(counts.get("unfinished") or counts.get("not-started")) and not deadline_reached(summary)
+
+
 def format_table(table: pd.DataFrame, rows: int = 10) -> str:
     """A short text leaderboard for the terminal."""
     if table.empty:

@@ -9,7 +9,12 @@ The rule from stage i to stage i+1 (settings `top`, `pad`, `widen` of stage i):
   a fixed value);
 - but if the best trial sits in the outer `search.border_fraction` of the range (caviar.border),
   that side moves *past* the edge by `widen` x the old width instead;
-- a categorical entry keeps only the choices that appear among the top trials.
+- a categorical entry keeps the choices that appear among the top trials, and every choice too
+  few scored trials tried to judge (fewer than MIN_TRIES): a 1-epoch stage's top quarter dropped
+  Adam and the cosine schedule on the evidence of noise (issue 10).
+
+Nothing narrows on thin evidence: with fewer than caviar.border.MIN_SCORED scored trials the space
+is kept as it is, and an edge moves only when the evidence rule of caviar.border holds.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from caviar.border import at_position, clip_value, edge_of, fmt, fmt_range, position, scored, top_count, widened
+from caviar.border import (
+    MIN_SCORED, at_position, clip_value, edge_with_evidence, fmt, fmt_range, position, scored, top_count, widened,
+)
 from caviar.config import Choice, Range, SpaceConfig, StageConfig
 from caviar.errors import CaviarError
 from caviar.space import searched
@@ -43,25 +50,33 @@ def param_spec(param: Any) -> Any:
     return param
 
 
-def _narrow_choice(name: str, param: Choice, values: pd.Series, k: int) -> tuple[Any, dict[str, Any]]:
-    kept = [c for c in param.choices if any(_same(c, v) for v in values)]
+# A choice is dropped only if at least this many scored trials tried it and none made the top.
+MIN_TRIES = 3
+
+
+def _narrow_choice(name: str, param: Choice, values: pd.Series, k: int,
+                   tried: pd.Series | None = None) -> tuple[Any, dict[str, Any]]:
+    tried = values if tried is None else tried
+    untested = [c for c in param.choices if sum(_same(c, v) for v in tried) < MIN_TRIES]
+    kept = [c for c in param.choices if any(_same(c, v) for v in values) or c in untested]
     dropped = [c for c in param.choices if c not in kept]
     if not kept:  # the column holds nothing we recognise: leave the entry alone
         return param, {"action": "kept", "why": f"{name}: no top trial value matches a choice; kept as is"}
     new = Choice(choices=kept)
     if dropped:
-        why = f"{name}: kept {kept}, the choices among the top {k} trials; dropped {dropped}"
+        why = f"{name}: kept {kept}, the choices among the top {k} trials"
+        why += f" or tried by fewer than {MIN_TRIES} trials ({untested})" if untested else ""
+        why += f"; dropped {dropped}"
         return new, {"action": "pruned", "dropped": dropped, "why": why}
     return new, {"action": "kept", "why": f"{name}: every choice {kept} appears among the top {k} trials"}
 
 
 def _narrow_range(
-    name: str, param: Range, values: list[float], best: float, stage: StageConfig, fraction: float
+    name: str, param: Range, values: list[float], best: float, stage: StageConfig, edge: str | None, fraction: float
 ) -> tuple[Any, dict[str, Any]]:
     positions = [position(v, param) for v in values]
     lo, hi = min(positions) - stage.pad, max(positions) + stage.pad
     lo, hi = max(lo, 0.0), min(hi, 1.0)  # narrowing stays inside the old range
-    edge = edge_of(position(best, param), fraction)
     wider = widened(name, param, edge, stage.widen) if edge else None
     low, high = at_position(lo, param), at_position(hi, param)
     if param.scale == "one_minus_log":  # positions run with the value: low stays below high
@@ -102,6 +117,11 @@ def next_space(
                           "and rerun it with --stage")
     k = top_count(len(ranked), stage.top)
     top = ranked.head(k)
+    header = {"top_trials": list(top["trial_id"]) if "trial_id" in top else [], "top": k, "scored": len(ranked)}
+    if len(ranked) < MIN_SCORED:
+        why = f"only {len(ranked)} scored trials (fewer than {MIN_SCORED}): too few to narrow on; kept as is"
+        rules = {name: {"action": "kept", "why": f"{name}: {why}"} for name in searched(space)}
+        return space, {"header": header, "params": rules}
     entries = space.model_dump()
     rules: dict[str, Any] = {}
     for name, param in searched(space).items():
@@ -110,13 +130,13 @@ def next_space(
             continue
         column = top[name].dropna()
         if isinstance(param, Choice):
-            new, rule = _narrow_choice(name, param, column, k)
+            new, rule = _narrow_choice(name, param, column, k, ranked[name].dropna())
         else:
+            edge = edge_with_evidence(ranked, name, param, fraction, k)[0]
             new, rule = _narrow_range(name, param, [float(v) for v in column], float(top[name].iloc[0]), stage,
-                                      fraction)
+                                      edge, fraction)
         entries[name] = param_spec(new)
         rules[name] = {"from": param_spec(param), "to": param_spec(new), **rule}
         if isinstance(param, Range):
             rules[name]["top_values"] = [float(v) for v in column]
-    header = {"top_trials": list(top["trial_id"]) if "trial_id" in top else [], "top": k, "scored": len(ranked)}
     return SpaceConfig.model_validate(entries), {"header": header, "params": rules}

@@ -25,7 +25,7 @@ import yaml
 from caviar import storage
 from caviar.border import format_warnings
 from caviar.config import CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config
-from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE
+from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, interrupted
 from caviar.narrowing import next_space, param_spec
 from caviar.space import searched
 
@@ -42,6 +42,7 @@ def stage_config(config: Config, index: int, space: SpaceConfig, root: str) -> C
     stage = config.stages[index - 1]
     tree = config.to_dict()
     tree["stages"] = []
+    tree["budget"] = None  # the staged run planned every stage; each one gets the run's deadline
     tree["storage"] = root
     tree["name"] = stage_folder(index, stage)
     tree["space"] = space.model_dump(mode="json")
@@ -100,8 +101,8 @@ def _stage_state(path: str) -> str:
         return "absent"
     if not storage.exists(storage.join(path, SUMMARY_FILE)):
         return "partial"
-    counts = json.loads(storage.read_text(storage.join(path, SUMMARY_FILE))).get("counts", {})
-    return "partial" if counts.get("unfinished") or counts.get("not-started") else "done"
+    summary = json.loads(storage.read_text(storage.join(path, SUMMARY_FILE)))
+    return "partial" if interrupted(summary) else "done"
 
 
 def _move_aside(path: str, log: Callable[[str], None]) -> None:
@@ -140,6 +141,7 @@ def run_staged(
     address: str | None = None,
     resume: bool = False,
     start: int | None = None,
+    begun: float | None = None,
     log: Callable[[str], None] = print,
 ) -> StagedResult:
     """Run the stages of `config` (resolved) in ``storage/name/``.
@@ -148,6 +150,8 @@ def run_staged(
     start: rerun from stage `start` (1-based): earlier stages must be done and are kept; that stage
     resumes if it was interrupted, else it and every later stage run afresh (old folders are kept
     as ``<folder>.prev<k>``).
+    With `budget` in the config (a new run), every stage is sized to fit it (caviar.budget) and
+    the stages share its deadline, counted from `begun`.
     """
     from caviar import sweeper
 
@@ -159,14 +163,19 @@ def run_staged(
         raise ConfigError(f"experiment folder {root} already holds a staged sweep; continue it with "
                           f"`caviar sweep --resume {root}`, rerun from a stage with --stage N, or start another "
                           "with --set name=<new name>")
+    started = sweeper._start_ray(address)
+    deadline, budget_plan = None, None
+    if config.budget and not resume and start is None:
+        config, budget_plan, deadline = _plan_stages(config, begun or time.time(), address_started=started, log=log)
     storage.write_text(storage.join(root, CONFIG_FILE), config.to_yaml())
     previous = {}  # a rerun keeps the rules of the run it replaces in stages.json ("previous_runs")
     if start is not None and storage.exists(storage.join(root, STAGES_FILE)):
         previous = json.loads(storage.read_text(storage.join(root, STAGES_FILE)))
     plan: dict[str, Any] = {"experiment": root, "border_fraction": config.search.border_fraction, "stages": []}
+    if budget_plan is not None:
+        plan["budget"] = budget_plan.to_dict()
     result = StagedResult(root=root, plan=plan)
     first = start or 1
-    started = sweeper._start_ray(address)
     try:
         space = config.space
         for index, stage in enumerate(stages, start=1):
@@ -202,20 +211,27 @@ def run_staged(
             if state == "done" or (state == "partial" and start is not None and index > start):
                 _move_aside(path, log)
                 state = "absent"
+            if deadline is not None and deadline - time.time() < 5:
+                log(f"The budget is spent: stage {index} ({stage.name}) and later ones do not run.")
+                break
             _announce(log, index, stages, entry, state)
             plan["stages"].append(entry | {"status": "running"})
             _write_plan(root, _with_history(plan, previous))
             if state == "partial":
                 stage_result = sweeper.sweep(resume=path, address=address)
             else:
-                stage_result = sweeper.sweep(stage_config(config, index, space, root), address=address)
+                stage_result = sweeper.sweep(stage_config(config, index, space, root), address=address,
+                                             deadline=deadline, log=log)
             result.stages.append(stage_result)
             entry["space"] = _space_spec(stage_result.config.space)  # a resumed stage keeps its own
             counts = stage_result.summary["counts"]
-            finished = not (counts.get("unfinished") or counts.get("not-started"))
+            finished = not interrupted(stage_result.summary)
             plan["stages"][-1] = entry | {"status": "done" if finished else "interrupted", **_outcome(stage_result)}
             _write_plan(root, _with_history(plan, previous))
             log(_stage_report(index, stage, stage_result))
+            if deadline_reached(stage_result.summary):
+                log(f"The budget ran out during stage {index} ({stage.name}); its trials and checkpoints are kept.")
+                break
             if not finished:
                 log(f"Stage {index} was interrupted. Continue with: caviar sweep --resume {root}")
                 break
@@ -225,6 +241,27 @@ def run_staged(
 
             ray.shutdown()
     return result
+
+
+def _plan_stages(config: Config, begun: float, *, address_started: bool,
+                 log: Callable[[str], None]) -> tuple[Config, Any, float]:
+    """Size every stage to the budget (one throughput probe for the whole run): the planned
+    config, the plan, and the deadline the stages share."""
+    from caviar import budget, sweeper
+    from caviar.data import prepare_data
+
+    budget_s = budget.parse_duration(config.budget)
+    data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
+                        split_seed=config.data.split_seed, download=config.data.download)
+    resources = sweeper._check_cluster(config, storage.resolve(config.storage), joined=not address_started)
+    total = len(data.train_y)
+    images = [total if s.train_subset is None or s.train_subset == 1.0
+              else min(total, int(s.train_subset) if isinstance(s.train_subset, int) else int(s.train_subset * total))
+              for s in config.stages]
+    planned = sweeper.plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begun,
+                                  stage_train_images=images)
+    log(planned.describe())
+    return budget.apply(config, planned), planned, begun + budget_s
 
 
 def _with_history(plan: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
@@ -262,8 +299,7 @@ def _announce(log: Callable[[str], None], index: int, stages: list[StageConfig],
 def _stage_report(index: int, stage: StageConfig, result: Any) -> str:
     best = result.summary.get("best_trial") or {}
     acc = best.get("best_val_acc")
-    counts = result.summary.get("counts", {})
-    state = "interrupted" if counts.get("unfinished") or counts.get("not-started") else "done"
+    state = "interrupted" if interrupted(result.summary) else "done"
     text = f"== Stage {index} {stage.name!r} {state}: best val_acc {acc:.4f} ({best.get('trial_id')})" \
         if acc is not None else f"== Stage {index} {stage.name!r} {state}: no trial scored"
     warnings = result.summary.get("border_warnings") or []

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import pyarrow.fs
@@ -20,14 +20,18 @@ import ray
 import yaml
 from ray import tune
 from ray.tune import ExperimentAnalysis
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from caviar import budget as budgets
 from caviar import cluster, storage
 from caviar.config import CONFIG_FILE, Config, ConfigError, load_config
 from caviar.data import SplitData, prepare_data
-from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, format_table, leaderboard, summarize, trial_row
+from caviar.leaderboard import (
+    LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, format_table, interrupted, leaderboard, summarize, trial_row,
+)
 from caviar.border import border_warnings, format_warnings
+from caviar.schedulers import PatientASHA, pbt_scheduler
 from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.trainable import train_trial
 from caviar.trial import TrialSettings
@@ -143,26 +147,38 @@ def _param_space(config: Config) -> dict[str, Any]:
     return to_param_space(config.space) if config.search.algorithm == "random" else fixed_values(config.space)
 
 
-def _tune_config(config: Config) -> tune.TuneConfig:
+def _scheduler(config: Config) -> Any:
     search = config.search
     if search.scheduler == "asha":
-        scheduler = ASHAScheduler(
+        return PatientASHA(
             time_attr="epoch",
             max_t=search.max_epochs,
             grace_period=min(search.grace_period, search.max_epochs),
             reduction_factor=search.reduction_factor,
+            min_rung_trials=search.min_rung_trials,
         )
-    else:
-        scheduler = FIFOScheduler()
+    if search.scheduler == "pbt":
+        if search.algorithm != "random":
+            raise ConfigError("search.scheduler: pbt draws its population at random and mutates it; use "
+                              "search.algorithm: random with it")
+        return pbt_scheduler(to_param_space(config.space), search.pbt_interval, search.seed)
+    return FIFOScheduler()
+
+
+def _tune_config(config: Config, time_budget_s: float | None = None) -> tune.TuneConfig:
+    search = config.search
     return tune.TuneConfig(
         metric="val_acc",
         mode="max",
         num_samples=search.num_samples,
-        scheduler=scheduler,
+        scheduler=_scheduler(config),
         search_alg=_search_alg(config),
         # One process per slot, reused by trial after trial: a fresh process costs seconds.
         reuse_actors=True,
         trial_dirname_creator=trial_dirname,
+        # The planner (caviar.budget) sizes the sweep to fit; this is the safety net that stops
+        # every trial at the deadline (checkpoints kept) if the estimate was off.
+        time_budget_s=time_budget_s,
     )
 
 
@@ -255,16 +271,21 @@ def sweep(
     address: str | None = None,
     resume: str | Path | None = None,
     stage: int | None = None,
+    deadline: float | None = None,
+    log: Callable[[str], None] = print,
     **values: Any,
 ) -> SweepResult:
     """Run (or with `resume`, finish) a sweep and return its leaderboard.
 
     An experiment with `stages` runs them all (caviar.stages) and returns a StagedResult whose
     path, trials and summary are the last stage's; `stage` reruns (or resumes) from stage N.
+    With `budget` in the config, the sweep is planned to fit it (caviar.budget) and stopped at
+    its deadline; `deadline` (seconds since the epoch) is how a staged run passes its own down.
 
     `config` is a Config or an experiment file; `overrides` are "key=value" strings and `values`
     keyword overrides (``search__num_samples=8``), applied on top, in that order.
     """
+    begin = time.time()
     if resume is not None:
         path = storage.resolve(str(resume))
         if not storage.exists(storage.join(path, CONFIG_FILE)):
@@ -277,7 +298,7 @@ def sweep(
     if config.stages:
         from caviar.stages import run_staged
 
-        return run_staged(config, address=address, resume=resume is not None, start=stage)
+        return run_staged(config, address=address, resume=resume is not None, start=stage, begun=begin, log=log)
     if stage is not None:
         raise ConfigError("--stage needs an experiment with `stages` (see experiments/staged.yaml)")
 
@@ -297,19 +318,27 @@ def sweep(
     )
 
     started = _start_ray(address)
+    plan: budgets.Plan | None = None
     try:
         resources = _check_cluster(config, storage_path, joined=not started)
+        # A resumed sweep finishes what its plan drew; the budget was that of the first run.
+        if config.budget and resume is None and deadline is None:
+            budget_s = budgets.parse_duration(config.budget)
+            deadline = begin + budget_s
+            plan = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begin)
+            config = budgets.apply(config, plan)
+            log(plan.describe())
         trainable = _trainable(config, data, resources)
         # The object store holds the dataset now; the driver's own copy would sit idle for the
         # whole sweep (147 MB for CIFAR-10, on the head node).
         del data
-        begin = time.time()
+        fit_begin = time.time()
         if resume is None:
             storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
             tuner = tune.Tuner(
                 trainable,
                 param_space=_param_space(config),
-                tune_config=_tune_config(config),
+                tune_config=_tune_config(config, time_left(deadline)),
                 run_config=_run_config(config, storage_path),
             )
         else:
@@ -319,12 +348,17 @@ def sweep(
         table = _collect(path, config)
         summary = summarize(table, config.search.num_samples) | {
             "experiment": path,
-            "wall_time_s": round(time.time() - begin, 1),
+            "wall_time_s": round(time.time() - fit_begin, 1),
             "resources_per_trial": resources,
             "config": config.to_dict(),
             # numeric ranges whose best trial sits at an edge (caviar.border), with wider ranges
             "border_warnings": border_warnings(table, config.space, config.search.border_fraction),
         }
+        if deadline is not None:
+            summary["budget"] = (plan.to_dict() if plan else {}) | {
+                "deadline_reached": time.time() >= deadline - 1.0,
+                "command_wall_time_s": round(time.time() - begin, 1),
+            }
         _write_results(path, table, summary)
     finally:
         if started:
@@ -332,11 +366,41 @@ def sweep(
     return SweepResult(path=path, trials=table, summary=summary, config=config)
 
 
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until `deadline` for Ray's time_budget_s (at least 1: Ray reads 0 as no budget)."""
+    return None if deadline is None else max(1.0, deadline - time.time())
+
+
+def cluster_slots(config: Config, resources: dict[str, float]) -> int:
+    """How many trials of `resources` the Ray cluster runs at once now (search.max_concurrent caps it)."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 0) / resources["cpu"] + 1e-9)
+    if resources["gpu"] > 0:
+        slots = min(slots, int(total.get("GPU", 0) / resources["gpu"] + 1e-9))
+    if config.search.max_concurrent:
+        slots = min(slots, config.search.max_concurrent)
+    return max(1, slots)
+
+
+def plan_budget(config: Config, data: SplitData, resources: dict[str, float], *, budget_s: float, spent_s: float,
+                stage_train_images: list[int] | None = None) -> budgets.Plan:
+    """Measure a trial's speed where trials run (a Ray task with one trial's resources, on the
+    sweep's own data), then size the sweep to the budget (caviar.budget.plan)."""
+    probe = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(budgets.measure)
+    throughput = ray.get(probe.remote(config, data))
+    return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, slots=cluster_slots(config, resources),
+                        throughput=throughput, train_images=len(data.train_y), val_images=len(data.val_y),
+                        stage_train_images=stage_train_images)
+
+
 def describe(result: SweepResult) -> str:
     """The short report printed at the end of `caviar sweep`."""
     counts = ", ".join(f"{n} {status}" for status, n in result.summary["counts"].items() if n)
     lines = [format_table(result.trials), "", f"{result.summary['trials']} trials: {counts}"]
-    if result.summary["counts"].get("unfinished") or result.summary["counts"].get("not-started"):
+    if deadline_reached(result.summary):
+        lines.append(f"Stopped at the budget's deadline ({result.summary['budget'].get('command_wall_time_s')} s); "
+                     "every trial's results and checkpoints are kept.")
+    elif interrupted(result.summary):
         # a staged sweep resumes from its experiment folder, which holds every stage
         lines.append(f"Interrupted. Finish it with: caviar sweep --resume {getattr(result, 'root', result.path)}")
     lines.append(f"Results: {result.path} ({LEADERBOARD_FILE}, {SUMMARY_FILE})")

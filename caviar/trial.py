@@ -228,6 +228,29 @@ class Trial:
         self.epoch = int(state["epoch"])
         if "averaged" in state:
             self._average().load_state_dict(state["averaged"])
+        if state.get("hparams", self.hparams) != self.hparams:
+            self._adopt_hparams(state["hparams"])
+
+    def _adopt_hparams(self, saved: dict[str, Any]) -> None:
+        """Continue another config's state with this trial's optimisation hyperparameters: PBT
+        copies a better trial's checkpoint and perturbs lr, weight decay, momentum and dropout. The
+        loaded optimizer and schedule hold the saved values, so they are rescaled here: the LR
+        keeps its place on the schedule (new base x the schedule's current factor)."""
+        new_lr, old_lr = float(self.hparams["lr"]), float(saved.get("lr", self.hparams["lr"]))
+        scale = new_lr / old_lr if old_lr > 0 else 1.0
+        self.scheduler.base_lrs = [new_lr for _ in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= scale
+            group["initial_lr"] = new_lr
+            group["weight_decay"] = float(self.hparams["weight_decay"])
+            if "momentum" in group and group["momentum"]:
+                group["momentum"] = float(self.hparams["momentum"])
+            if "betas" in group:
+                group["betas"] = (float(self.hparams["momentum"]), group["betas"][1])
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = float(self.hparams["dropout"])
 
     def save(self, folder: str | Path, metrics: dict[str, Any]) -> Path:
         path = Path(folder) / checkpoint_name(self.epoch, metrics.get("val_acc", 0.0))

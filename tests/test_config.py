@@ -81,7 +81,7 @@ def test_override_values_are_parsed_and_type_checked():
         ("space.optimizer=[adam, adma]", "space.optimizer: 'adma' is not one of"),
         ("space.conv_width.scale=log", "space.conv_width: takes whole numbers"),
         ("resources.gpus_per_trial=-1", "resources.gpus_per_trial: must be >= 0"),
-        ("search.scheduler=grid", "search.scheduler: Input should be 'asha' or 'random'"),
+        ("search.scheduler=grid", "search.scheduler: Input should be 'asha', 'random' or 'pbt'"),
         ("data.train_subset=0", "data.train_subset: must be a positive count"),
         ("name=a/b", "name: must be a plain folder name"),
         ("train.eval_batch_size=big", "train.eval_batch_size: must be a positive whole number of images (e.g. 256) or auto"),

@@ -29,6 +29,11 @@ def results(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
+def filled(rows: list[dict], **filler) -> list[dict]:
+    """`rows` plus low-scoring trials at `filler` values, up to 8 scored trials (MIN_SCORED)."""
+    return rows + [{"best_val_acc": 0.05 - 0.001 * i, **filler} for i in range(8 - len(rows))]
+
+
 def space(**entries) -> SpaceConfig:
     return SpaceConfig(**(dict(SMALL_NET) | entries))
 
@@ -36,10 +41,10 @@ def space(**entries) -> SpaceConfig:
 def test_log_range_narrows_around_the_top_trials_in_log10():
     """lr 1e-6..1 (6 decades): top 3 at 1e-4..1e-2 -> 10^(-4 - 0.6)..10^(-2 + 0.6), the rule in stages.json."""
     s = space(lr={"low": 1e-6, "high": 1.0, "scale": "log"})
-    table = results([
+    table = results(filled([
         {"best_val_acc": 0.9, "lr": 1e-3}, {"best_val_acc": 0.8, "lr": 1e-2}, {"best_val_acc": 0.7, "lr": 1e-4},
         {"best_val_acc": 0.2, "lr": 0.5}, {"best_val_acc": 0.1, "lr": 2e-6},
-    ])
+    ], lr=1e-5))
     new, rules = next_space(s, table, STAGE)
     assert new.lr.scale == "log"
     assert math.log10(new.lr.low) == pytest.approx(-4.6) and math.log10(new.lr.high) == pytest.approx(-1.4)
@@ -49,12 +54,13 @@ def test_log_range_narrows_around_the_top_trials_in_log10():
 
 
 def test_best_on_the_edge_widens_instead_of_narrowing():
-    """lr 1e-4..1e-1 with the best at 9e-2 (outer 10%): the high edge moves 1.5 decades out; the low side narrows."""
+    """lr 1e-4..1e-1 with the best two at 9e-2, 8e-2 (outer 10%): the high edge moves 1.5 decades out;
+    the low side narrows."""
     s = space(lr={"low": 1e-4, "high": 1e-1, "scale": "log"})
-    table = results([
-        {"best_val_acc": 0.9, "lr": 9e-2}, {"best_val_acc": 0.8, "lr": 3e-2}, {"best_val_acc": 0.7, "lr": 1e-2},
+    table = results(filled([
+        {"best_val_acc": 0.9, "lr": 9e-2}, {"best_val_acc": 0.8, "lr": 8e-2}, {"best_val_acc": 0.7, "lr": 1e-2},
         {"best_val_acc": 0.1, "lr": 1e-4},
-    ])
+    ], lr=1e-3))
     new, rules = next_space(s, table, STAGE)
     assert math.log10(new.lr.high) == pytest.approx(-1 + 1.5)
     assert math.log10(new.lr.low) == pytest.approx(-2 - 0.3)  # top span starts at 1e-2, pad 0.1 x 3 decades
@@ -64,28 +70,52 @@ def test_best_on_the_edge_widens_instead_of_narrowing():
 def test_momentum_narrows_in_one_minus_beta():
     """momentum 0.9..0.999: top at 0.99 and 0.995 narrow in log10(1 - beta), padded by 0.2 decades."""
     s = space(momentum={"low": 0.9, "high": 0.999, "scale": "one_minus_log"})
-    table = results([{"best_val_acc": 0.9, "momentum": 0.99}, {"best_val_acc": 0.8, "momentum": 0.995},
-                     {"best_val_acc": 0.7, "momentum": 0.99}, {"best_val_acc": 0.1, "momentum": 0.9}])
+    table = results(filled([{"best_val_acc": 0.9, "momentum": 0.99}, {"best_val_acc": 0.8, "momentum": 0.995},
+                            {"best_val_acc": 0.7, "momentum": 0.99}, {"best_val_acc": 0.1, "momentum": 0.9}],
+                           momentum=0.95))
     new, _ = next_space(s, table, STAGE)
     assert math.log10(1 - new.momentum.high) == pytest.approx(math.log10(0.005) - 0.2)
     assert math.log10(1 - new.momentum.low) == pytest.approx(-2 + 0.2)
 
 
 def test_choices_are_pruned_and_agreeing_integers_fixed():
-    """Only choices seen among the top survive (CSV round trip included); 2 layers everywhere on top -> fixed 2."""
-    s = space(optimizer=["adam", "momentum", "sgd"], batch_norm=[True, False], conv_layers={"low": 1, "high": 3,
-              "scale": "int"})
-    table = results([
+    """Choices seen among the top survive, and those too few trials tried to judge (CSV round trip
+    included); 2 layers everywhere on top -> fixed 2."""
+    s = space(optimizer=["adam", "momentum", "sgd", "rmsprop"], batch_norm=[True, False],
+              conv_layers={"low": 1, "high": 3, "scale": "int"})
+    table = results(filled([
         {"best_val_acc": 0.9, "optimizer": "adam", "batch_norm": True, "conv_layers": 2},
         {"best_val_acc": 0.8, "optimizer": "momentum", "batch_norm": True, "conv_layers": 2},
         {"best_val_acc": 0.7, "optimizer": "adam", "batch_norm": True, "conv_layers": 2},
-        {"best_val_acc": 0.1, "optimizer": "sgd", "batch_norm": False, "conv_layers": 1},
-    ])
+        {"best_val_acc": 0.1, "optimizer": "rmsprop", "batch_norm": False, "conv_layers": 1},
+    ], optimizer="sgd", batch_norm=False, conv_layers=1))
     table = pd.read_csv(pd.io.common.StringIO(table.to_csv(index=False)))  # as read back from leaderboard.csv
     new, rules = next_space(s, table, STAGE)
-    assert new.optimizer == Choice(choices=["adam", "momentum"]) and new.batch_norm == Choice(choices=[True])
+    # sgd: 4 trials, none on top -> dropped; rmsprop: 1 trial -> too few to judge, kept
+    assert new.optimizer == Choice(choices=["adam", "momentum", "rmsprop"])
+    assert new.batch_norm == Choice(choices=[True])
     assert new.conv_layers == 2 and rules["params"]["conv_layers"]["action"] == "fixed"
     assert rules["params"]["optimizer"]["dropped"] == ["sgd"]
+
+
+def test_thin_evidence_keeps_the_space():
+    """Fewer than 8 scored trials (MIN_SCORED): every entry is kept as it was, and the rule says why."""
+    s = space(lr={"low": 1e-6, "high": 1.0, "scale": "log"}, optimizer=["adam", "sgd"])
+    table = results([{"best_val_acc": 0.9, "lr": 1e-3, "optimizer": "adam"},
+                     {"best_val_acc": 0.8, "lr": 2e-3, "optimizer": "adam"},
+                     {"best_val_acc": 0.1, "lr": 1e-6, "optimizer": "sgd"}])
+    new, rules = next_space(s, table, STAGE)
+    assert new == s
+    assert rules["params"]["lr"]["action"] == "kept" and "too few" in rules["params"]["lr"]["why"]
+
+
+def test_momentum_widening_stops_at_its_limit():
+    """Best momentum at 0.999 (the high edge of 0.9..0.999): narrowing keeps 0.999, never 0.9999."""
+    s = space(momentum={"low": 0.9, "high": 0.999, "scale": "one_minus_log"})
+    table = results(filled([{"best_val_acc": 0.9, "momentum": 0.9989}, {"best_val_acc": 0.85, "momentum": 0.9988},
+                            {"best_val_acc": 0.8, "momentum": 0.9985}], momentum=0.95))
+    new, _ = next_space(s, table, STAGE)
+    assert new.momentum.high <= 0.999
 
 
 def test_no_scored_trial_is_an_error():
