@@ -19,6 +19,7 @@ from torch import nn
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS
 from caviar.data import augment_batch, normalize
+from caviar.devices import default_device
 
 
 def make_optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -58,7 +59,8 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, max_epochs: int)
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The device outside Ray (predictions, checks); a trial's comes from Ray (caviar.devices)."""
+    return default_device()
 
 
 # Images per forward pass when evaluating, by device, for `train.eval_batch_size: auto`. A GPU

@@ -9,18 +9,40 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
+from caviar import devices
 from caviar.babysit import Babysitter
 from caviar.data import SplitData
 from caviar.trial import Trial, TrialSettings, data_tensors, find_checkpoint_file, load_checkpoint_file
 
 
+def assigned_gpus() -> tuple[list[str], float]:
+    """The GPUs Ray gave this trial (ids) and its share of one (0.25 when four trials share it)."""
+    share = float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0))
+    return [str(gpu) for gpu in ray.get_gpu_ids()], share
+
+
+def trial_device() -> tuple[torch.device, float]:
+    """The trial's device, from what Ray assigned, with its memory bounded to the trial's share."""
+    gpu_ids, share = assigned_gpus()
+    device = devices.trial_device(gpu_ids)
+    devices.bound_gpu_memory(device, share)
+    return device, share
+
+
 def train_trial(hparams: dict[str, Any], data: SplitData, settings: TrialSettings) -> None:
     """Ray Tune function trainable: run one trial, resuming from its last checkpoint if any."""
     torch.set_num_threads(settings.threads)
-    trial = Trial(hparams, settings)
+    device, share = trial_device()
+    model = devices.describe_model(settings.family, settings.width, hparams)
+    with devices.explain_oom(hparams.get("batch_size"), model, device, share):
+        _run(Trial(hparams, settings, device=device), data)
+
+
+def _run(trial: Trial, data: SplitData) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

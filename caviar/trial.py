@@ -199,8 +199,8 @@ class Trial:
     def state(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything that rebuilds this trial exactly, loadable with weights_only=True."""
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
+        if self.device.type == "cuda":  # only then: on a CPU trial it would create a CUDA context
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
