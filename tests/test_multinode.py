@@ -34,10 +34,11 @@ def _env(temp_dir: str) -> dict[str, str]:
 
 
 class LocalCluster:
-    def __init__(self) -> None:
+    def __init__(self, workers: int = WORKERS, own_temp_dirs: bool = False) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="cvc-", dir="/tmp")  # short: AF_UNIX paths < 107 bytes
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "multinode_cluster.py"), self.temp_dir, str(WORKERS)],
+            [sys.executable, str(REPO / "tests" / "multinode_cluster.py"), self.temp_dir, str(workers)]
+            + (["own-temp-dirs"] if own_temp_dirs else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(self.temp_dir), start_new_session=True,
         )
         line = self.process.stdout.readline()
@@ -61,9 +62,9 @@ class LocalCluster:
             return None
         return self.raylets.get(ppid)
 
-    def sweep(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "caviar", "sweep", *args, "--address", self.address],
-                                cwd=REPO, env=_env(self.temp_dir), stdout=subprocess.PIPE,
+    def sweep(self, *args: str, driver: list[str] | None = None) -> subprocess.Popen:
+        command = driver + [*args, self.address] if driver else ["-m", "caviar", "sweep", *args, "--address", self.address]
+        return subprocess.Popen([sys.executable, *command], cwd=REPO, env=_env(self.temp_dir), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
     def close(self) -> None:
@@ -197,3 +198,56 @@ def test_dead_driver_leaves_a_sweep_that_resume_finishes(cluster, tmp_path, data
     assert list(board["status"]) == ["completed"] * 2
     for trial_dir in folder.glob("trial_*"):
         assert sorted({row["epoch"] for row in results(trial_dir)}) == list(range(1, EPOCHS + 1))  # no gap
+
+
+# A driver whose trials are caviar's own, except that each trial's first attempt dies right after
+# its epoch-2 checkpoint, taking its node's local working folder with it (a reclaimed spot node).
+CRASH_ONCE_DRIVER = """
+import shutil, sys
+import caviar, caviar.sweeper, caviar.trainable
+from ray import tune
+
+def crash_once(hparams, data, settings):
+    if tune.get_checkpoint() is not None:  # the retry
+        return caviar.trainable.train_trial(hparams, data, settings)
+    report = tune.report
+
+    def report_then_die(metrics, checkpoint=None):
+        report(metrics, checkpoint=checkpoint)
+        if metrics["epoch"] == 2:
+            shutil.rmtree(tune.get_context().get_storage().trial_working_directory, ignore_errors=True)
+            raise RuntimeError("node lost (simulated)")
+
+    tune.report = report_then_die
+    try:
+        caviar.trainable.train_trial(hparams, data, settings)
+    finally:
+        tune.report = report
+
+caviar.sweeper.train_trial = crash_once
+caviar.sweep(sys.argv[1], address=sys.argv[2])
+"""
+
+
+def test_babysitting_files_from_a_worker_node_reach_storage_and_survive_a_retry(tmp_path, data_root):
+    """On a worker whose local folders are its own (not the driver's /tmp), a trial's babysit.jsonl
+    and TensorBoard events land in its folder on storage; after its first attempt dies with the
+    node's folder, the retry appends its probes to the first attempt's instead of replacing them."""
+    from caviar.babysit import TENSORBOARD_DIR, read_babysit
+
+    cluster = LocalCluster(workers=1, own_temp_dirs=True)
+    try:
+        path = experiment(tmp_path, data_root, "worker-files", trials=1, search={
+            "scheduler": "random", "num_samples": 1, "max_epochs": 4, "seed": 0})
+        driver = cluster.sweep(str(path), driver=["-c", CRASH_ONCE_DRIVER])
+        output, _ = driver.communicate(timeout=240)
+    finally:
+        cluster.close()
+    assert driver.returncode == 0, output
+    folder = tmp_path / "results" / "worker-files"
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert list(board["status"]) == ["completed"] and list(board["retries"]) == [1]
+    trial_dir = folder / f"trial_{board['trial_id'][0]}"
+    assert [record["epoch"] for record in read_babysit(trial_dir)] == [0, 1, 2, 4]  # probe points of 4 epochs
+    events = list((trial_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    assert len(events) == 2  # one file per attempt, neither written over
