@@ -262,6 +262,15 @@ def table(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> st
     return "\n".join(lines)
 
 
+def markdown(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> str:
+    """The same table as `table`, as a Markdown table (to paste into a README)."""
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def write_json(path: Path, benchmark: str, command: str, settings: dict[str, Any], results: Any,
                goals: dict[str, Any] | None = None, machine_info: dict[str, Any] | None = None) -> dict[str, Any]:
     machine_info = dict(machine_info or machine())

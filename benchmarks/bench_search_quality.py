@@ -1,0 +1,435 @@
+"""Search quality on real data: caviar's one-command flows against a hand-picked baseline, each
+given the same wall-clock budget.
+
+Each flow is what a user types, run as a subprocess of the CLI:
+
+    caviar sweep EXPERIMENT --budget <B x (1 - share)> --set data.root=... --set storage=... --name FLOW
+    caviar ensemble <its folder> --budget <B x share>
+
+(for a staged experiment the ensemble is built from its last stage's folder). The baseline is the
+issue's hand-picked network and recipe (Adam 1e-3, cosine, batch 128, 3 conv blocks x 64 with
+batch norm, ReLU and He init, one hidden layer of 128, dropout 0.2, weight decay 1e-4), trained
+with caviar's own Trial on the same train/validation split, `--slots` seeds in parallel (one
+process each), for as many epochs as fit in the same budget B: epoch 1 is timed, then the cosine
+schedule is set to span floor(time left / epoch time) epochs, and training stops at the deadline
+whatever happens. Its seeds are ensembled by the mean of their softmax probabilities. Every
+figure is test accuracy; the test set is read only at the end.
+
+    python benchmarks/bench_search_quality.py --budget 30m --workdir benchmarks/.data/sq-30m
+    python benchmarks/bench_search_quality.py --data cifar-sample --budget 90s     # a smoke run
+    python benchmarks/bench_search_quality.py --dry-run                           # the plan only
+    python benchmarks/bench_search_quality.py --tiny                              # what the tests run
+
+Wall time of a run: (flows + 1) x the budget, plus data preparation.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+NAME = "search_quality"
+REPO = common.REPO
+FLOWS = {"default": "experiments/default.yaml", "staged": "experiments/staged.yaml",
+         "budget": "experiments/cpu-budget.yaml"}
+SAMPLE = REPO.parent / "shared" / "data" / "cifar10-sample"
+DATA_CACHE = REPO / "benchmarks" / ".data"
+# The issue's hand-picked model and recipe (momentum = Adam's beta1).
+BASELINE = dict(optimizer="adam", lr=1e-3, lr_schedule="cosine", batch_size=128, conv_layers=3, conv_width=64,
+                batch_norm=True, activation="relu", init="he", fc_layers=1, fc_width=128, dropout=0.2,
+                weight_decay=1e-4, grad_clip=0, momentum=0.9)
+TINY_FIXTURE = dict(train_size=400, test_size=200)  # epochs of ~1 s: the budget planner needs 3 in the budget
+
+
+# ---------------------------------------------------------------- data
+def prepare(args: Any, cache: Path) -> tuple[Path, str]:
+    """(data.root, a name for it); Fashion-MNIST is converted once into the cache."""
+    if args.data_root:
+        return Path(args.data_root).resolve(), f"custom ({args.data_root})"
+    if args.data == "fashion":
+        from caviar.fashion_mnist import convert
+
+        return convert(cache / "fashion-mnist", args.idx_dir).resolve(), "fashion-mnist"
+    if args.data == "cifar-sample":
+        if not SAMPLE.is_dir():
+            raise SystemExit(f"{SAMPLE} is absent; use --data fashion, --data fixture or --data-root")
+        return SAMPLE.resolve(), "cifar10-sample (200 real CIFAR-10 images)"
+    return common.fixture(cache, **TINY_FIXTURE).resolve(), "fixture (caviar.fixture, learnable)"
+
+
+def default_val_size(train_images: int) -> int:
+    """caviar's 5000 for the full sets; a tenth of a smaller set (at least a quarter, up to 40)."""
+    return min(5000, max(train_images // 10, min(40, train_images // 4)))
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{max(1, int(round(seconds)))}s"
+
+
+# ---------------------------------------------------------------- the flows
+def _run(cmd: list[str], log: Path, timeout_s: float, env: dict[str, str]) -> dict[str, Any]:
+    """Run `cmd` with its output in `log`; past timeout_s: Ctrl-C (caviar saves what it has), then stop."""
+    begin = time.perf_counter()
+    with open(log, "w") as out:
+        out.write("$ " + shlex.join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        killed = False
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            killed = True
+            for sig, wait in ((signal.SIGINT, 90), (signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+                try:
+                    os.killpg(proc.pid, sig)  # the process group of the command we started
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            rc = proc.wait()
+    tail = log.read_text().splitlines()[-15:]
+    return {"rc": rc, "wall_s": round(time.perf_counter() - begin, 1), "killed_at_timeout": killed,
+            "log": str(log), "log_tail": tail if rc else []}
+
+
+def read_sweep(folder: Path) -> dict[str, Any]:
+    """Trial counts and trial-epochs from summary.json (each stage's, for a staged experiment)."""
+    plan = folder / "stages.json"
+    if plan.exists():
+        dirs = [folder / s["folder"] for s in json.loads(plan.read_text()).get("stages", [])]
+    else:
+        dirs = [folder]
+    counts: Counter = Counter()
+    stages, last = [], None
+    for d in dirs:
+        if not (d / "summary.json").exists():
+            continue
+        summary = json.loads((d / "summary.json").read_text())
+        counts.update(summary.get("counts", {}))
+        search = (summary.get("config") or {}).get("search", {})
+        stages.append({"folder": d.name, "trials": summary.get("trials"), "counts": summary.get("counts"),
+                       "trial_epochs": summary.get("total_trial_epochs"), "num_samples": search.get("num_samples"),
+                       "max_epochs": search.get("max_epochs"), "scheduler": search.get("scheduler"),
+                       "wall_time_s": summary.get("wall_time_s"),
+                       "best_val_acc": (summary.get("best_trial") or {}).get("best_val_acc")}
+                      | {k: summary[k] for k in ("budget", "plan") if k in summary})
+        last = d
+    return {"folder": str(folder), "ensemble_folder": str(last) if last else None, "stages": stages,
+            "counts": dict(counts), "trials": sum(n for k, n in counts.items() if k != "not-started"),
+            "trial_epochs": sum(s["trial_epochs"] or 0 for s in stages),
+            "best_val_acc": stages[-1]["best_val_acc"] if stages else None}
+
+
+def read_ensemble(folder: Path) -> dict[str, Any]:
+    doc = json.loads((folder / "ensemble" / "ensemble.json").read_text())
+    best = doc.get("best_member") or {}
+    reruns = [row for d in folder.glob("seeds-*") if d.is_dir() for row in common.trial_reports(d)]
+    return {"ensemble_acc": doc.get("accuracy"), "best_single_acc": best.get("accuracy"),
+            "best_member": best.get("name"), "gain": doc.get("gain_over_best_member"),
+            "members": sum(1 for m in doc.get("members", []) if m.get("weight", 0) > 0),
+            "seed_rerun_epochs": len(reruns)}
+
+
+def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, sweep_s: float, ens_s: float,
+             env: dict[str, str], dry_run: bool) -> dict[str, Any]:
+    sweep_cmd = [sys.executable, "-m", "caviar", "sweep", experiment, "--budget", seconds_text(sweep_s),
+                 "--set", f"data.root={root}", "--set", f"storage={storage}", "--name", flow,
+                 "--set", f"data.val_size={val_size}", "--set", "data.download=false"]
+    target = storage / flow
+    ens_cmd = [sys.executable, "-m", "caviar", "ensemble", "<its folder>", "--budget", seconds_text(ens_s)]
+    record: dict[str, Any] = {"flow": flow, "experiment": experiment, "sweep_budget_s": sweep_s,
+                              "ensemble_budget_s": ens_s, "sweep_command": shlex.join(sweep_cmd[2:])}
+    if dry_run:
+        return record | {"ensemble_command": shlex.join(ens_cmd[2:])}
+    print(f"[{time.strftime('%H:%M:%S')}] {flow}: caviar sweep {experiment} --budget {seconds_text(sweep_s)}",
+          flush=True)
+    sweep = _run(sweep_cmd, storage / f"{flow}-sweep.log", 1.25 * sweep_s + 120, env)
+    record |= {"sweep_rc": sweep["rc"], "sweep_wall_s": sweep["wall_s"], "sweep_killed": sweep["killed_at_timeout"],
+               "sweep_log": sweep["log"]} | read_sweep(target)
+    if sweep["log_tail"]:
+        record["sweep_log_tail"] = sweep["log_tail"]
+    if not record["ensemble_folder"]:
+        print(f"  {flow}: no finished sweep (exit {sweep['rc']}); see {sweep['log']}", flush=True)
+        return record | {"error": "sweep left no summary.json"}
+    ens_cmd[4] = record["ensemble_folder"]
+    record["ensemble_command"] = shlex.join(ens_cmd[2:])
+    print(f"[{time.strftime('%H:%M:%S')}] {flow}: caviar ensemble --budget {seconds_text(ens_s)}", flush=True)
+    ens = _run(ens_cmd, storage / f"{flow}-ensemble.log", 1.25 * ens_s + 120, env)
+    record |= {"ensemble_rc": ens["rc"], "ensemble_wall_s": ens["wall_s"], "ensemble_killed": ens["killed_at_timeout"],
+               "ensemble_log": ens["log"]}
+    try:
+        record |= read_ensemble(Path(record["ensemble_folder"]))
+    except (OSError, ValueError) as e:
+        record |= {"error": f"no ensemble.json ({e})", "ensemble_log_tail": ens["log_tail"]}
+    record["wall_s"] = round(record["sweep_wall_s"] + record["ensemble_wall_s"], 1)
+    return record
+
+
+# ---------------------------------------------------------------- the hand-picked baseline
+def respan(trial: Any, max_epochs: int) -> None:
+    """Rebuild the trial's LR schedule for `max_epochs` and replay the epochs already run, so each
+    epoch gets the LR a trial created with that max_epochs would have had."""
+    from dataclasses import replace
+
+    from caviar.train import make_scheduler
+
+    for group in trial.optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    trial.scheduler = make_scheduler(trial.hparams["lr_schedule"], trial.optimizer, max_epochs)
+    for _ in range(trial.epoch):
+        trial.scheduler.step()
+    trial.settings = replace(trial.settings, max_epochs=max_epochs)
+
+
+def baseline_seed(root: str, val_size: int, seed: int, deadline: float, threads: int) -> dict[str, Any]:
+    """One seed of the baseline, in its own process: train until `deadline` (time.time()), then test."""
+    import numpy as np
+    import torch
+
+    from caviar.config import load_config
+    from caviar.data import load_test_set, prepare_data
+    from caviar.train import predict_logits
+    from caviar.trial import Trial, TrialSettings, data_tensors
+
+    begin = time.time()
+    torch.set_num_threads(threads)
+    config = load_config(str(REPO / FLOWS["default"]), [f"data.root={root}", f"data.val_size={val_size}",
+                         "data.download=false", "average.method=none", f"resources.cpus_per_trial={threads}"])
+    data = prepare_data(root, val_size=val_size, split_seed=config.data.split_seed, download=False)
+    test_x, test_y = load_test_set(root, download=False)
+    trial = Trial(BASELINE | {"seed": seed}, TrialSettings.from_config(config))
+    train_x, train_y, val_x, val_y = data_tensors(data, trial.device)
+    test_x = torch.from_numpy(test_x)
+    s = trial.settings
+    kw = dict(batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last)
+    probe = min(512, len(test_x))
+    t = time.perf_counter()
+    predict_logits(trial.model, test_x[:probe], **kw)
+    reserve = 1.5 * (time.perf_counter() - t) * len(test_x) / probe + 1.0  # the final test pass, and a margin
+    history, stopped = [], False
+    t = time.perf_counter()
+    history.append(trial.run_epoch(train_x, train_y, val_x, val_y) | {"s": time.perf_counter() - t})
+    first_s = epoch_s = history[-1]["s"]
+    # cosine over as many epochs as fit: epoch 1 done, floor(time left / epoch time) more
+    respan(trial, max(1, 1 + int((deadline - time.time() - reserve) / epoch_s)))
+    while not trial.finished and not history[-1]["diverged"]:
+        if time.time() + epoch_s + reserve > deadline:
+            stopped = True
+            break
+        t = time.perf_counter()
+        history.append(trial.run_epoch(train_x, train_y, val_x, val_y) | {"s": time.perf_counter() - t})
+        epoch_s = history[-1]["s"]
+    probs = torch.softmax(predict_logits(trial.model, test_x, **kw), 1).numpy().astype(np.float32)
+    return {"seed": seed, "epochs": trial.epoch, "max_epochs": trial.settings.max_epochs,
+            "stopped_at_deadline": stopped, "diverged": bool(history[-1]["diverged"]),
+            "first_epoch_s": round(first_s, 2), "last_epoch_s": round(epoch_s, 2),
+            "val_acc": history[-1].get("val_acc"), "val_acc_by_epoch": [h.get("val_acc") for h in history],
+            "test_acc": float((probs.argmax(1) == test_y).mean()), "wall_s": round(time.time() - begin, 1),
+            "probs": probs}
+
+
+def estimate_epoch_s(root: Path, val_size: int, threads: int) -> float:
+    """Seconds per baseline epoch from timing a few batches here (for --dry-run; one process, so
+    an underestimate when the seeds share the cores)."""
+    import torch
+
+    from caviar.config import load_config
+    from caviar.data import prepare_data
+    from caviar.train import evaluate, train_one_epoch
+    from caviar.trial import Trial, TrialSettings, data_tensors
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        config = load_config(str(REPO / FLOWS["default"]), [f"data.root={root}", f"data.val_size={val_size}",
+                             "data.download=false", "average.method=none"])
+        data = prepare_data(root, val_size=val_size, download=False)
+        trial = Trial(BASELINE | {"seed": 0}, TrialSettings.from_config(config))
+        train_x, train_y, val_x, val_y = data_tensors(data, trial.device)
+        s, n = trial.settings, min(len(train_y), 1024)
+        run = lambda: train_one_epoch(trial.model, trial.optimizer, train_x[:n], train_y[:n],  # noqa: E731
+                                      batch_size=BASELINE["batch_size"], generator=trial.generator,
+                                      augment=s.augment, amp=s.amp, channels_last=s.channels_last)
+        run()  # warm-up
+        t = time.perf_counter()
+        run()
+        train_s = (time.perf_counter() - t) / n
+        m = min(len(val_y), 512)
+        t = time.perf_counter()
+        evaluate(trial.model, val_x[:m], val_y[:m], batch_size=s.eval_batch_size, amp=s.amp,
+                 channels_last=s.channels_last)
+        return train_s * len(train_y) + (time.perf_counter() - t) / max(1, m) * len(val_y)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def flow_outline(experiment: str) -> str:
+    """The experiment's own sizes, which the budget planner scales at the start of the sweep."""
+    from caviar.config import load_config
+
+    config = load_config(str(REPO / experiment), ["data.download=false"])
+    if config.stages:
+        return "stages " + " -> ".join(f"{st.num_samples} x {st.epochs} ep" for st in config.stages)
+    return f"{config.search.scheduler}, {config.search.num_samples} trials x up to {config.search.max_epochs} epochs"
+
+
+def run_baseline(root: Path, val_size: int, budget_s: float, slots: int, threads: int) -> dict[str, Any]:
+    import numpy as np
+
+    from caviar.data import load_test_set
+
+    print(f"[{time.strftime('%H:%M:%S')}] baseline: {slots} seeds in parallel, {seconds_text(budget_s)}", flush=True)
+    begin = time.time()
+    deadline = begin + budget_s
+    seeds: list[dict[str, Any]] = []
+    error = None
+    # spawn: a fresh interpreter per seed (no forked Ray or torch thread state)
+    with mp.get_context("spawn").Pool(slots) as pool:
+        jobs = [pool.apply_async(baseline_seed, (str(root), val_size, seed, deadline, threads)) for seed in range(slots)]
+        for job in jobs:
+            try:
+                seeds.append(job.get(timeout=max(1.0, deadline + 60 + 0.1 * budget_s - time.time())))
+            except mp.TimeoutError:
+                error = "a seed ran past the deadline and was stopped"
+            except Exception as e:  # a seed that failed: report it, keep the others
+                error = f"a seed failed: {type(e).__name__}: {e}"
+    _, test_y = load_test_set(root, download=False)
+    record: dict[str, Any] = {"hparams": BASELINE, "slots": slots, "threads_per_seed": threads, "budget_s": budget_s}
+    if seeds:
+        probs = np.mean([s.pop("probs") for s in seeds], axis=0)
+        best = max(seeds, key=lambda s: s["val_acc"] or 0)  # chosen on validation, like ensemble.json's best_member
+        record |= {"ensemble_acc": float((probs.argmax(1) == test_y).mean()), "best_single_acc": best["test_acc"],
+                   "best_member": f"seed {best['seed']}", "gain": float((probs.argmax(1) == test_y).mean()) - best["test_acc"],
+                   "trials": len(seeds), "trial_epochs": sum(s["epochs"] for s in seeds), "seeds": seeds}
+    record["wall_s"] = round(time.time() - begin, 1)
+    return record | ({"error": error} if error else {})
+
+
+# ---------------------------------------------------------------- main
+def _rows(flows: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for r in flows + [base | {"flow": f"baseline ({base.get('slots')} seeds)"}]:
+        acc = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), float) else None  # noqa: E731
+        rows.append({"flow": r["flow"], "best single": acc("best_single_acc"), "ensemble": acc("ensemble_acc"),
+                     "gain": f"{r['gain']:+.4f}" if isinstance(r.get("gain"), float) else None,
+                     "trials": r.get("trials"), "trial-epochs": r.get("trial_epochs"),
+                     "re-run epochs": r.get("seed_rerun_epochs"),
+                     "sweep s": r.get("sweep_wall_s"), "ensemble s": r.get("ensemble_wall_s"), "total s": r.get("wall_s"),
+                     "note": r.get("error")})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    p = common.parser(NAME, __doc__.split("\n")[0])
+    p.add_argument("--budget", default=None, help="wall-clock budget per flow and for the baseline: 30m, 1h, 90s "
+                   "(default 30m; 30s with --tiny)")
+    p.add_argument("--ensemble-share", type=float, default=0.15, help="share of the budget for `caviar ensemble`")
+    p.add_argument("--flows", default=",".join(FLOWS), help=f"comma-separated, of {', '.join(FLOWS)} (none: the baseline only)")
+    p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
+                   help="fashion (default): Fashion-MNIST converted once; cifar-sample: 200 real CIFAR-10 images "
+                   "(smoke run); fixture: caviar.fixture (the default with --tiny)")
+    p.add_argument("--data-root", type=Path, help="any folder holding cifar-10-batches-py/ (overrides --data)")
+    p.add_argument("--idx-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--val-size", type=int, help="data.val_size (default: 5000 for the full sets, scaled for less)")
+    p.add_argument("--slots", type=int, default=None, help="baseline seeds trained in parallel (default: cores)")
+    p.add_argument("--tag", help="results go to benchmarks/results/search_quality-TAG.json")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (commands, budgets) without training")
+    args = p.parse_args(argv)
+    from caviar.budget import parse_duration
+
+    budget_s = parse_duration(args.budget or ("30s" if args.tiny else "30m"))
+    if args.tag and args.out == common.RESULTS / f"{NAME}.json":
+        args.out = common.RESULTS / f"{NAME}-{args.tag}.json"
+    args.data = args.data or ("fixture" if args.tiny else "fashion")
+    flows = [f.strip() for f in args.flows.split(",") if f.strip() and f.strip() != "none"]
+    unknown = [f for f in flows if f not in FLOWS]
+    if unknown:
+        raise SystemExit(f"--flows: unknown {unknown}; expected some of {list(FLOWS)}")
+    missing = [FLOWS[f] for f in flows if not (REPO / FLOWS[f]).exists()]
+    if missing and not args.dry_run:
+        raise SystemExit(f"experiment files missing: {missing}")
+    if not 0 < args.ensemble_share < 1:
+        raise SystemExit("--ensemble-share must be in (0, 1)")
+    info = common.machine()
+    cores = info["nproc"] or 1
+    slots = args.slots or max(1, min(cores, 2) if args.tiny else cores)
+    threads = max(1, cores // slots)
+    ens_s = budget_s * args.ensemble_share
+    sweep_s = budget_s - ens_s
+
+    from caviar.data import load_cifar10
+
+    cache = (args.workdir / "data") if args.workdir else DATA_CACHE
+    with common.workdir(args.workdir) as work:
+        root, data_name = prepare(args, cache if not args.tiny else work / "data")
+        full = load_cifar10(root, download=False)
+        n_train, n_test = len(full.train_labels), len(full.test_labels)
+        del full
+        val_size = args.val_size or default_val_size(n_train)
+        storage = (work / f"runs-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        storage.mkdir(parents=True, exist_ok=True)
+        settings = {"budget_s": budget_s, "sweep_budget_s": sweep_s, "ensemble_budget_s": ens_s,
+                    "ensemble_share": args.ensemble_share, "flows": {f: FLOWS[f] for f in flows}, "data": data_name,
+                    "data_root": str(root), "train_images": n_train - val_size, "val_size": val_size,
+                    "test_images": n_test, "baseline": BASELINE, "slots": slots, "threads_per_seed": threads,
+                    "storage": str(storage), "tiny": args.tiny}
+        print(f"Data: {data_name} at {root}: {n_train - val_size} train / {val_size} validation / {n_test} test; "
+              f"budget {seconds_text(budget_s)} per flow ({seconds_text(sweep_s)} sweep + {seconds_text(ens_s)} "
+              f"ensemble) and for the baseline; about {seconds_text(budget_s * (len(flows) + 1))} in all", flush=True)
+        ray_tmp = tempfile.mkdtemp(prefix="cvsq-", dir="/tmp")  # short: Ray's socket paths < 107 bytes
+        env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        try:
+            results = [run_flow(f, FLOWS[f], root, storage, val_size, sweep_s, ens_s, env, args.dry_run)
+                       for f in flows]
+            if args.dry_run:
+                for r in results:
+                    outline = flow_outline(r["experiment"]) if (REPO / r["experiment"]).exists() else "file missing"
+                    print(f"\n{r['flow']} ({outline}; the budget planner sizes it):\n  {r['sweep_command']}\n"
+                          f"  {r['ensemble_command']}")
+                epoch_s = estimate_epoch_s(root, val_size, threads)
+                print(f"\nbaseline: {slots} seeds in parallel x {threads} thread(s), {BASELINE}\n  epoch ~{epoch_s:.1f} s "
+                      f"(timed here, alone): ~{int((budget_s - 10) / epoch_s)} epochs; in the run epoch 1 is timed, "
+                      f"then cosine over floor(time left / epoch time) epochs, stopped at {seconds_text(budget_s)}")
+                return None
+            base = run_baseline(root, val_size, budget_s, slots, threads)
+        finally:
+            import shutil
+
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    rows = _rows(results, base)
+    columns = list(rows[0])
+    title = (f"Search quality: test accuracy on {data_name}, {seconds_text(budget_s)} per flow "
+             f"({cores} cores{', ' + info['gpu'] if info.get('gpu') else ''})")
+    print("\n" + common.markdown(rows, columns, title))
+    for r in results:
+        for stage in r.get("stages", []):
+            print(f"  {r['flow']}/{stage['folder']}: {stage['trials']} trials ({stage['counts']}), "
+                  f"{stage['trial_epochs']} trial-epochs, max_epochs {stage['max_epochs']}")
+    for s in base.get("seeds", []):
+        print(f"  baseline seed {s['seed']}: test {s['test_acc']:.4f}, {s['epochs']} of {s['max_epochs']} epochs "
+              f"(epoch 1 {s['first_epoch_s']} s, last {s['last_epoch_s']} s)")
+    goals = {f"{r['flow']}: ensemble beats the hand-picked baseline's ensemble":
+             (r.get("ensemble_acc") or 0) > (base.get("ensemble_acc") or 0) for r in results}
+    return common.write_json(args.out, NAME, common.command_line(argv, f"bench_{NAME}.py"), settings,
+                             {"flows": {r["flow"]: r for r in results}, "baseline": base, "rows": rows},
+                             goals, info)
+
+
+if __name__ == "__main__":
+    main()
