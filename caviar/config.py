@@ -204,13 +204,18 @@ class SearchConfig(_Strict):
 
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)  # CPU slots per trial; torch uses that many threads
-    gpus_per_trial: Union[float, Literal["auto"]] = "auto"  # fraction allowed; auto = share per family
+    # GPU share per trial, at most 1 (a trial trains on one GPU); a fraction such as 0.25 puts 4
+    # trials on each GPU; auto = a share per model family; 0 = CPU only.
+    gpus_per_trial: Union[float, Literal["auto"]] = "auto"
 
     @field_validator("gpus_per_trial")
     @classmethod
     def _gpus_nonnegative(cls, value: Any) -> Any:
         if value != "auto" and value < 0:
             raise ValueError("must be >= 0 (a fraction such as 0.25 shares one GPU among 4 trials) or 'auto'")
+        if value != "auto" and value > 1:
+            raise ValueError("must be at most 1: a trial trains on one GPU, so more would hold GPUs that sit idle; "
+                             "use 1 for a whole GPU per trial, or a fraction such as 0.25 to share one")
         return value
 
 
@@ -240,8 +245,8 @@ class TrainConfig(_Strict):
     # Images per forward pass when evaluating; auto: 1024 on CUDA, 64 on CPU (cache-sized batches
     # were 1.5-3x faster there, see benchmarks).
     eval_batch_size: Union[Literal["auto"], int] = "auto"
-    # bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AVX512-BF16 or AMX); float32
-    # on other CPUs, where bf16 is emulated and slower.
+    # bfloat16 autocast where bf16 is native: GPUs of compute capability >= 8.0 (A100, A10G, L4,
+    # H100) and CPUs with AVX512-BF16 or AMX; float32 elsewhere (T4, V100, other CPUs emulate it).
     amp: bool = True
     channels_last: bool = True  # NHWC inputs: faster convolutions on CUDA and on CPU (oneDNN), see benchmarks
 

@@ -81,6 +81,8 @@ def test_override_values_are_parsed_and_type_checked():
         ("space.optimizer=[adam, adma]", "space.optimizer: 'adma' is not one of"),
         ("space.conv_width.scale=log", "space.conv_width: takes whole numbers"),
         ("resources.gpus_per_trial=-1", "resources.gpus_per_trial: must be >= 0"),
+        ("resources.gpus_per_trial=2", "resources.gpus_per_trial: must be at most 1: a trial trains on one GPU"),
+        ("resources.gpus_per_trial=1.5", "resources.gpus_per_trial: must be at most 1"),
         ("search.scheduler=grid", "search.scheduler: Input should be 'asha', 'random' or 'pbt'"),
         ("data.train_subset=0", "data.train_subset: must be a positive count"),
         ("name=a/b", "name: must be a plain folder name"),
@@ -94,6 +96,11 @@ def test_bad_values_name_the_key(override, needle):
         load_config(None, [override])
     assert needle in str(error.value)
     assert "Traceback" not in str(error.value)
+
+
+def test_gpu_shares_up_to_one_gpu_are_accepted():
+    for share in (0, 0.25, 1, "auto"):
+        assert load_config(None, [f"resources.gpus_per_trial={share}"]).resources.gpus_per_trial == share
 
 
 def test_bad_files(tmp_path):
