@@ -58,6 +58,19 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, max_epochs: int)
     raise ValueError(f"unknown lr_schedule {name!r}; expected one of {LR_SCHEDULES}")
 
 
+# Batch size at which `average.ema_decay` is the per-step decay (torchvision's reference scales
+# its EMA decay with the batch size likewise).
+EMA_REFERENCE_BATCH = 128
+
+
+def ema_decay(decay: float, batch_size: int) -> float:
+    """Per-step EMA decay at `batch_size` for `decay` at EMA_REFERENCE_BATCH: decay ** (B / 128).
+    The average then spans the same number of images whatever the batch size; unscaled, 0.999 at
+    batch 1024 would span 8x more images, so over a few epochs it stays mostly the weights that
+    averaging started from."""
+    return decay ** (batch_size / EMA_REFERENCE_BATCH)
+
+
 def pick_device() -> torch.device:
     """The device outside Ray (predictions, checks); a trial's comes from Ray (caviar.devices)."""
     return default_device()

@@ -17,7 +17,7 @@ from caviar.config import Config
 from caviar.data import SplitData
 from caviar.models import build_model
 from caviar.train import (
-    autocast, eval_batches, evaluate, make_optimizer, make_scheduler, pick_device, train_one_epoch,
+    autocast, ema_decay, eval_batches, evaluate, make_optimizer, make_scheduler, pick_device, train_one_epoch,
 )
 
 CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
@@ -140,7 +140,8 @@ class Trial:
     def _average(self) -> AveragedModel:
         if self.averaged is None:
             ema = self.settings.average == "ema"
-            multi_avg_fn = get_ema_multi_avg_fn(self.settings.ema_decay) if ema else None
+            decay = ema_decay(self.settings.ema_decay, int(self.hparams["batch_size"]))
+            multi_avg_fn = get_ema_multi_avg_fn(decay) if ema else None
             self.averaged = AveragedModel(self.model, multi_avg_fn=multi_avg_fn, use_buffers=False)
         return self.averaged
 

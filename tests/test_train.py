@@ -154,6 +154,23 @@ def test_ema_updates_every_step(tensors):
     assert not torch.allclose(raw["classifier.2.weight"], avg["classifier.2.weight"])
 
 
+@pytest.mark.parametrize("batch_size", [64, 128, 1024])
+def test_ema_decay_is_per_128_images_and_scales_with_batch_size(batch_size):
+    """average.ema_decay is the decay per step of 128 images; at batch size B a step decays the old
+    average by ema_decay ** (B / 128), so one step of 1024 images weighs what 8 steps of 128 do."""
+    settings = TrialSettings.from_config(load_config(None, average__method="ema", average__ema_decay=0.9))
+    trial = Trial(HPARAMS | {"batch_size": batch_size}, settings)
+    average = trial._average()
+    weight = next(trial.model.parameters())
+    with torch.no_grad():
+        weight.zero_()
+        average.update_parameters(trial.model)  # the first update copies: the average is 0
+        weight.fill_(1.0)
+        average.update_parameters(trial.model)  # one step: moves by 1 - decay toward 1
+    moved = next(average.module.parameters()).mean().item()
+    assert moved == pytest.approx(1 - 0.9 ** (batch_size / 128), rel=1e-5)
+
+
 def test_resume_restores_the_average(tensors, tmp_path):
     """A checkpoint carries the averaged weights; a resumed trial continues the same average."""
     straight = Trial(HPARAMS, averaging_settings("swa"))
