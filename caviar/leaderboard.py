@@ -57,12 +57,20 @@ def trial_row(
     return row
 
 
+# Trials that sort below all others whatever their score: a diverged trial's best_val_acc is from
+# before it blew up, an errored one's from before it crashed; neither is a result to build on.
+SINKING = ("diverged", "error")
+
+
 def leaderboard(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows sorted best first; diverged and errored trials sink to the bottom."""
+    """Rows sorted best first; diverged and errored trials sink below all others."""
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
+    sinks = table["status"].isin(SINKING) if "status" in table else False
+    ranked = table.assign(_sinks=sinks).sort_values(["_sinks", "best_val_acc"], ascending=[True, False],
+                                                    na_position="last", kind="stable")
+    return ranked.drop(columns="_sinks").reset_index(drop=True)
 
 
 def summarize(table: pd.DataFrame, num_samples: int) -> dict[str, Any]:
