@@ -34,6 +34,10 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min|m|h|d)")
 # idle, and process start-up between trials (measured: 0.2-0.6 s per trial, 4-5 s per sweep).
 UTILISATION = 0.85
 STARTUP_S = 15.0  # Ray start, data into the object store, the throughput probe
+# Seconds a trial costs besides its epochs: the trial's start in a reused process, its first
+# babysitting probe, the checkpoint of every epoch and Ray's bookkeeping. Measured 2.5 s on the
+# 2-core CPU with 1-second epochs (a 100 s budget on the smoke experiment ran 40 trials).
+TRIAL_OVERHEAD_S = 2.5
 # The longest trial must finish within this fraction of the time: it cannot start at second 0
 # (ASHA promotes it only after rivals reached its rungs).
 LONGEST_TRIAL_SHARE = 0.6
@@ -181,27 +185,29 @@ def _trial_epochs_available(seconds: float, slots: int, epoch_s: float) -> float
     return slots * seconds * UTILISATION / epoch_s
 
 
-def _single(scheduler: str, trial_epochs: float, longest: int, config: Config, slots: int) -> tuple[int, int]:
-    """(num_samples, max_epochs) for one sweep that uses `trial_epochs` trial-epochs."""
+def _single(scheduler: str, trial_epochs: float, longest: int, config: Config, slots: int,
+            overhead: float) -> tuple[int, int]:
+    """(num_samples, max_epochs) for one sweep that uses `trial_epochs` trial-epochs, each trial
+    costing `overhead` epochs' worth of time besides its own epochs."""
     search = config.search
     cap = max(1, min(search.max_epochs, longest))
     if scheduler == "asha":
         grace, eta = search.grace_period, search.reduction_factor
         for epochs in range(cap, 0, -1):
             g = min(grace, epochs)
-            n = int(trial_epochs / asha_epochs_per_trial(epochs, g, eta))
+            n = int(trial_epochs / (asha_epochs_per_trial(epochs, g, eta) + overhead))
             # every rung below max_epochs should see at least min_rung_trials trials
             needed = max(2 * slots, search.min_rung_trials * eta ** (len(rungs(epochs, g, eta)) - 1))
             if n >= needed:
                 return n, epochs
-        return max(slots, int(trial_epochs)), 1
-    population = max(4, 2 * slots) if scheduler == "pbt" else None
-    if population is not None:
-        return population, max(1, min(cap, int(trial_epochs / population)))
+        return max(slots, int(trial_epochs / (1 + overhead))), 1
+    if scheduler == "pbt":
+        population = max(4, 2 * slots)
+        return population, max(1, min(cap, int(trial_epochs / population - overhead)))
     for epochs in range(cap, 0, -1):  # random search: at least 2 trials per slot
-        if trial_epochs / epochs >= 2 * slots:
-            return int(trial_epochs / epochs), epochs
-    return max(slots, int(trial_epochs)), 1
+        if trial_epochs / (epochs + overhead) >= 2 * slots:
+            return int(trial_epochs / (epochs + overhead)), epochs
+    return max(slots, int(trial_epochs / (1 + overhead))), 1
 
 
 def _stage_cost(config: Config, stage: Any, epochs: int, train_fraction: float) -> float:
@@ -227,11 +233,12 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
                   scheduler=config.search.scheduler, expected_trial_epochs=available,
                   throughput=asdict(throughput))
     if not config.stages:
-        result.num_samples, result.max_epochs = _single(config.search.scheduler, available, longest, config, slots)
+        result.num_samples, result.max_epochs = _single(config.search.scheduler, available, longest, config, slots,
+                                                        TRIAL_OVERHEAD_S / epoch_s)
         return result
     fractions = [n / max(1, train_images) for n in (stage_train_images or [train_images] * len(config.stages))]
     epochs = [max(1, min(stage.epochs, int(longest / max(f, 1e-9)))) for stage, f in zip(config.stages, fractions)]
-    cost = sum(stage.num_samples * _stage_cost(config, stage, e, f)
+    cost = sum(stage.num_samples * (_stage_cost(config, stage, e, f) + TRIAL_OVERHEAD_S / epoch_s)
                for stage, e, f in zip(config.stages, epochs, fractions))
     scale = available / cost
     result.stages = [{"num_samples": max(slots, int(stage.num_samples * scale)), "epochs": e}

@@ -23,6 +23,8 @@ def trial_status(ray_status: str, diverged: bool, epochs: int, max_epochs: int) 
         return "diverged"
     if ray_status != "TERMINATED":
         return "unfinished"
+    if epochs == 0:  # stopped before its first epoch ended: by a budget's deadline or the end of a run
+        return "not-started"
     return "completed" if epochs >= max_epochs else "early-stopped"
 
 
@@ -76,7 +78,7 @@ def leaderboard(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def summarize(table: pd.DataFrame, num_samples: int) -> dict[str, Any]:
     """Counts per status (trials the search had not drawn yet count as not-started), best trial."""
     counts = {status: int((table["status"] == status).sum()) if len(table) else 0 for status in STATUSES}
-    counts["not-started"] = max(0, num_samples - len(table))
+    counts["not-started"] += max(0, num_samples - len(table))
     best = table.iloc[0].to_dict() if len(table) and pd.notna(table.iloc[0]["best_val_acc"]) else None
     return {
         "trials": max(len(table), num_samples),

@@ -103,7 +103,9 @@ def _run_config(config: Config, storage_path: str) -> tune.RunConfig:
         name=config.name,
         storage_path=storage_path,
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=config.checkpoint.keep,
+            # PBT copies other trials' recent checkpoints: keeping fewer than 4 per trial lets Ray
+            # delete one that an exploit is about to restore (Ray warns at 2 or fewer).
+            num_to_keep=max(config.checkpoint.keep, 4) if config.search.scheduler == "pbt" else config.checkpoint.keep,
             checkpoint_score_attribute="val_acc",
             checkpoint_score_order="max",
         ),
@@ -233,7 +235,7 @@ def read_trials(path: str) -> list[TrialRecord]:
                 ray_status=trial.status,
                 hparams=dict(trial.config),
                 history=result.metrics_dataframe,
-                path=result.path,
+                path=storage.uri(result.path, path),  # Ray's path has no s3:// (see storage.uri)
                 retries=trial.run_metadata.num_failures,
                 checkpoints=kept,
                 latest=result.checkpoint,
@@ -252,7 +254,7 @@ def _collect(path: str, config: Config) -> pd.DataFrame:
             max_epochs=config.search.max_epochs,
             retries=record.retries,
             path=record.path,
-            best_checkpoint=record.checkpoints[0][0].path if record.checkpoints else "",
+            best_checkpoint=storage.uri(record.checkpoints[0][0].path, path) if record.checkpoints else "",
         )
         for record in read_trials(path)
     ]

@@ -1,0 +1,215 @@
+"""caviar.budget: a wall-clock budget maps to trials and epochs that fit; a budgeted sweep stops on
+time with everything saved; caviar.schedulers: ASHA waits for rivals, PBT exploits."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import caviar
+from caviar import budget
+from caviar.budget import Throughput, asha_epochs_per_trial, parse_duration, plan, rungs
+from caviar.config import ConfigError, load_config
+from caviar.schedulers import PatientASHA
+from test_sweep import SMALL_NET, small_config
+
+# ~25 s per epoch of one trial on 55,000 images: Fashion-MNIST on one CPU core.
+SPEED = Throughput(train_s_per_image=4e-4, eval_s_per_image=1e-4, configs=3, device="cpu")
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("1h30m", 5400), ("90s", 90), ("1.5h", 5400), (45, 45),
+                                           ("2d", 172800), (" 10 min ", 600)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "-5m", "0", "30x", "", "m"])
+def test_bad_duration_is_a_clear_error(text):
+    with pytest.raises(ConfigError, match="budget .*(duration|positive)"):
+        parse_duration(text)
+
+
+def test_budget_in_a_file_is_checked():
+    assert load_config(budget="30m").budget == "30m"
+    with pytest.raises(ConfigError, match="budget: .*30m"):
+        load_config(budget="half an hour")
+
+
+def test_asha_expected_epochs():
+    """Rungs 1, 3, 9 then 20; a third of the trials go on at each rung."""
+    assert rungs(20, 1, 3) == [1, 3, 9, 20]
+    assert asha_epochs_per_trial(20, 1, 3) == pytest.approx(1 + 2 / 3 + 6 / 9 + 11 / 27)
+    assert asha_epochs_per_trial(1, 1, 3) == 1
+
+
+def _plan(config, seconds, slots=2, **kwargs):
+    return plan(config, budget_s=seconds, spent_s=0, slots=slots, throughput=SPEED, train_images=55000,
+                val_images=5000, **kwargs)
+
+
+@pytest.mark.parametrize("seconds", [1800, 3600, 4 * 3600])
+@pytest.mark.parametrize("slots", [2, 8])
+def test_asha_plan_fits_the_budget(seconds, slots):
+    """The planned trials' expected cost fits the slots' time; the longest trial fits the time;
+    every rung below the top has min_rung_trials rivals; the file's max_epochs is the cap."""
+    config = load_config(search__scheduler="asha", search__max_epochs=40, average__method="none")
+    p = _plan(config, seconds, slots)
+    per_trial = asha_epochs_per_trial(p.max_epochs, 1, 3) + budget.TRIAL_OVERHEAD_S / p.epoch_s
+    assert p.num_samples * per_trial * p.epoch_s <= slots * p.seconds * budget.UTILISATION
+    assert p.max_epochs * p.epoch_s <= budget.LONGEST_TRIAL_SHARE * p.seconds
+    assert p.num_samples >= 3 * 3 ** (len(rungs(p.max_epochs, 1, 3)) - 1)
+    assert 1 <= p.max_epochs <= 40
+    assert p.epoch_s == pytest.approx(55000 * 4e-4 + 5000 * 1e-4)
+
+
+def test_more_budget_buys_more():
+    config = load_config(search__max_epochs=30)
+    plans = [_plan(config, s) for s in (900, 1800, 3600, 7200)]
+    assert [p.max_epochs for p in plans] == sorted(p.max_epochs for p in plans)
+    assert all(later.num_samples * asha_epochs_per_trial(later.max_epochs, 1, 3) >
+               earlier.num_samples * asha_epochs_per_trial(earlier.max_epochs, 1, 3)
+               for earlier, later in zip(plans, plans[1:]))
+
+
+def test_random_and_pbt_plans():
+    """random: 2+ trials per slot, each to max_epochs; pbt: a population of 2 per slot shares the time."""
+    rand = _plan(load_config(search__scheduler="random", search__max_epochs=50, average__method="none"), 3600)
+    assert rand.num_samples >= 4 and rand.num_samples * (rand.max_epochs + 0.1) * rand.epoch_s <= 2 * 3600
+    pbt = _plan(load_config(search__scheduler="pbt", search__max_epochs=100, average__method="none"), 3600, slots=4)
+    assert pbt.num_samples == 8 and pbt.num_samples * pbt.max_epochs * pbt.epoch_s <= 4 * 3600
+
+
+def test_staged_plan_scales_every_stage():
+    """Three stages sized by one factor; epochs capped where a trial could not finish; total fits."""
+    config = load_config("experiments/staged.yaml")
+    images = [11000, 55000, 55000]  # stage 1 trains on a fifth
+    p = _plan(config, 1800, stage_train_images=images)
+    assert len(p.stages) == 3
+    assert all(s["epochs"] * p.epoch_s * n / 55000 <= budget.LONGEST_TRIAL_SHARE * p.seconds
+               for s, n in zip(p.stages, images))
+    cost = sum(s["num_samples"] * ((asha_epochs_per_trial(s["epochs"], 1, 3) if (st.scheduler or "asha") == "asha"
+                                    else s["epochs"]) * n / 55000 + budget.TRIAL_OVERHEAD_S / p.epoch_s)
+               for s, st, n in zip(p.stages, config.stages, images))
+    assert cost * p.epoch_s <= 2 * p.seconds * budget.UTILISATION * 1.05  # floors of `slots` trials aside
+    planned = budget.apply(config, p)
+    assert [s.num_samples for s in planned.stages] == [s["num_samples"] for s in p.stages]
+
+
+def test_too_small_a_budget_says_so():
+    with pytest.raises(ConfigError, match="too small: one epoch of one trial takes"):
+        _plan(load_config(), 40)
+
+
+# ---------------------------------------------------------------- PatientASHA
+def _result(epoch, acc):
+    return {"epoch": epoch, "val_acc": acc}
+
+
+def test_patient_asha_takes_an_early_promotion_back():
+    """The first trial reaches rung 1 alone with a poor score: plain ASHA lets it through for good;
+    PatientASHA lets it go on only until 3 trials reached the rung, then stops it."""
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    for scheduler_type, kwargs in ((PatientASHA, {"min_rung_trials": 3}), (caviar.schedulers.ASHAScheduler, {})):
+        scheduler = scheduler_type(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1,
+                                   reduction_factor=3, **kwargs)
+        for trial in trials:
+            scheduler.on_trial_add(None, trial)
+        first = trials[0]
+        assert scheduler.on_trial_result(None, first, _result(1, 0.15)) == "CONTINUE"  # alone at rung 1
+        assert scheduler.on_trial_result(None, first, _result(2, 0.16)) == "CONTINUE"
+        scheduler.on_trial_result(None, trials[1], _result(1, 0.80))
+        scheduler.on_trial_result(None, trials[2], _result(1, 0.70))
+        verdict = scheduler.on_trial_result(None, first, _result(3, 0.17))
+        if scheduler_type is PatientASHA:
+            assert verdict == "STOP"
+        else:
+            assert verdict == "CONTINUE"  # what issue 10 saw: the first trial runs on unopposed
+
+
+def test_patient_asha_keeps_a_good_early_trial():
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    scheduler = PatientASHA(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1,
+                            reduction_factor=3, min_rung_trials=3)
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, trials[0], _result(1, 0.9)) == "CONTINUE"
+    scheduler.on_trial_result(None, trials[1], _result(1, 0.3))
+    scheduler.on_trial_result(None, trials[2], _result(1, 0.4))
+    assert scheduler.on_trial_result(None, trials[0], _result(2, 0.91)) == "CONTINUE"
+    assert scheduler.on_trial_result(None, trials[0], _result(3, 0.92)) == "CONTINUE"  # its rung 3 is provisional
+
+
+# ---------------------------------------------------------------- PBT's hyperparameters on a copied checkpoint
+def test_trial_adopts_perturbed_hyperparameters_from_a_copied_checkpoint():
+    """PBT restores a better trial's checkpoint into a trial with perturbed lr/dropout/wd/momentum:
+    the weights are the donor's, the optimisation settings the new ones (lr at the schedule's place)."""
+    from caviar.trial import Trial, TrialSettings
+
+    settings = TrialSettings(family="convnet", width=1.0, num_classes=10, max_epochs=4, augment=False,
+                             eval_batch_size=64, amp=False, channels_last=False, max_loss=100.0, threads=1)
+    donor_hparams = dict(SMALL_NET, lr_schedule="cosine", optimizer="nesterov", seed=1)
+    donor = Trial(donor_hparams, settings)
+    donor.scheduler.step()  # one epoch into the cosine schedule
+    donor.epoch = 1
+    perturbed = dict(donor_hparams, lr=donor_hparams["lr"] * 1.2, dropout=0.4, weight_decay=2e-4, momentum=0.95)
+    trial = Trial(perturbed, settings)
+    trial.load_state(donor.state())
+    for a, b in zip(donor.model.state_dict().values(), trial.model.state_dict().values()):
+        assert torch.equal(a, b)
+    group = trial.optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(donor.optimizer.param_groups[0]["lr"] * 1.2)
+    assert group["weight_decay"] == 2e-4 and group["momentum"] == 0.95
+    assert all(m.p == 0.4 for m in trial.model.modules() if isinstance(m, torch.nn.Dropout))
+    trial.scheduler.step()  # the schedule continues from the new base
+    expected = perturbed["lr"] * (1 + math.cos(math.pi * 2 / 4)) / 2
+    assert trial.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def budgeted(ray_session, learnable_root, tmp_path_factory):
+    tree = small_config(learnable_root, tmp_path_factory.mktemp("results"), "budgeted", max_epochs=3)
+    tree["space"]["lr"] = {"low": 1e-3, "high": 1e-2, "scale": "log"}
+    tree["budget"] = "50s"
+    return caviar.sweep(load_config(tree), log=lambda line: None)
+
+
+def test_budgeted_sweep_plans_and_stops_on_time(budgeted):
+    """The plan is written (throughput, trials, epochs); the sweep ran what it planned and ended by
+    the deadline (a few seconds for Ray's shutdown aside); it learned."""
+    summary = json.loads((Path(budgeted.path) / "summary.json").read_text())
+    planned = summary["budget"]
+    assert planned["budget_s"] == 50 and planned["slots"] == 2 and planned["epoch_s"] > 0
+    assert budgeted.config.search.num_samples == planned["num_samples"] >= 2
+    assert planned["command_wall_time_s"] <= 50 + 15
+    assert budgeted.best is not None and budgeted.best["best_val_acc"] > 0.3
+
+
+def test_budgeted_sweep_keeps_every_result(budgeted):
+    """Every trial that trained an epoch has its checkpoint and its leaderboard row; caviar.yaml holds the plan."""
+    import yaml
+
+    table = budgeted.trials
+    trained = table[table["epochs"] > 0]
+    assert len(trained) >= 2
+    assert all(Path(p).exists() for p in trained["best_checkpoint"])
+    saved = yaml.safe_load((Path(budgeted.path) / "caviar.yaml").read_text())
+    assert saved["search"]["num_samples"] == budgeted.config.search.num_samples and saved["budget"] == "50s"
+
+
+def test_pbt_population_exploits(ray_session, learnable_root, tmp_path):
+    """search.scheduler: pbt: 4 trials, interval 1 epoch; PBT's log shows exploits, the copied trials
+    carry their checkpoints on (epochs continue to max_epochs), and the population learns."""
+    tree = small_config(learnable_root, tmp_path, "pbt", scheduler="pbt", num_samples=4, max_epochs=4,
+                        pbt_interval=1)
+    tree["space"]["lr"] = [1e-4, 5e-3]  # two clearly different groups: the slow half copies the fast half
+    result = caviar.sweep(load_config(tree))
+    exploits = [json.loads(line) for line in (Path(result.path) / "pbt_global.txt").read_text().splitlines()]
+    assert exploits, "PBT never exploited"
+    assert (result.trials["epochs"] == 4).all(), result.trials[["trial_id", "status", "epochs", "retries"]]
+    assert result.best["best_val_acc"] > 0.5
