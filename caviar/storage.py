@@ -17,6 +17,20 @@ def resolve(location: str) -> str:
     return location if is_uri(location) else str(Path(location).expanduser().resolve())
 
 
+def uri(path: str, like: str) -> str:
+    """`path`, a path within the filesystem of the location `like`, as a location of the same kind.
+
+    Ray reports trial and checkpoint paths within the storage filesystem: "bucket/caviar/exp/trial_1"
+    for an experiment at "s3://bucket/caviar/exp". Given that experiment, this gives back
+    "s3://bucket/caviar/exp/trial_1" (with the experiment's query, e.g. ?endpoint_override=...).
+    """
+    if not path or not is_uri(like) or is_uri(path):
+        return path
+    scheme, rest = like.split("://", 1)
+    query = "?" + rest.split("?", 1)[1] if "?" in rest else ""
+    return f"{scheme}://{path}{query}"
+
+
 def join(location: str, *parts: str) -> str:
     if is_uri(location):
         return "/".join([location.rstrip("/"), *parts])
