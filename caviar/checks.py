@@ -54,6 +54,9 @@ def centre_hparams(space: SpaceConfig) -> dict[str, Any]:
     hparams: dict[str, Any] = {}
     for name in SpaceConfig.model_fields:
         param = getattr(space, name)
+        if isinstance(param, dict):  # lr per optimizer: the first optimizer's
+            first = space.optimizer.choices[0] if isinstance(space.optimizer, Choice) else space.optimizer
+            param = param[first]
         if isinstance(param, Range):
             middle = (to_sampling_scale(param.low, param.scale) + to_sampling_scale(param.high, param.scale)) / 2
             value = from_sampling_scale(middle, param.scale)

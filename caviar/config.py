@@ -125,11 +125,32 @@ def _as_param(name: str, value: Any) -> Any:
     return value
 
 
+def _lr_by_optimizer(value: dict[str, Any]) -> dict[str, Any]:
+    """`lr: {adam: {low: 1e-4, high: 1e-2, scale: log}, nesterov: {...}}`: a range per optimizer."""
+    unknown = [name for name in value if name not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is neither a range key (low, high, scale, choices) nor an optimizer "
+                         f"{list(OPTIMIZERS)}; give one range, or one per optimizer")
+    entries = {}
+    for name, entry in value.items():
+        try:
+            entries[name] = _as_param("lr", entry)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    return entries
+
+
+# A range per optimizer: SGD's useful step sizes sit ~2 decades above Adam's, so one shared range
+# spends most of each optimizer's trials where it cannot train.
+ByOptimizer = dict[str, Union[Range, Choice, float]]
+
+
 class SpaceConfig(_Strict):
     """The search space. Defaults follow the notes: log scale for rates, linear for dropout.
-    Each entry is a fixed value, a list of choices, or {low, high, scale} (scales: caviar.space)."""
+    Each entry is a fixed value, a list of choices, or {low, high, scale} (scales: caviar.space);
+    `lr` may also give one of those per optimizer ({adam: {...}, nesterov: {...}})."""
 
-    lr: Param = Range(low=1e-6, high=10, scale="log")  # step size; 10 ** uniform(-6, 1)
+    lr: Union[Param, ByOptimizer] = Range(low=1e-6, high=10, scale="log")  # step size; 10 ** uniform(-6, 1)
     weight_decay: Param = Range(low=1e-6, high=1e-1, scale="log")  # L2 strength per step, log scale
     dropout: Param = Range(low=0.1, high=0.7, scale="linear")  # drop probability (keep 0.3..0.9)
     momentum: Param = Range(low=0.9, high=0.999, scale="one_minus_log")  # SGD momentum / Adam beta1
@@ -148,7 +169,19 @@ class SpaceConfig(_Strict):
     @field_validator("*", mode="before")
     @classmethod
     def _entry(cls, value: Any, info: Any) -> Any:
+        if info.field_name == "lr" and isinstance(value, dict) and not {"low", "high", "scale", "choices"} & set(value):
+            return _lr_by_optimizer(value)
         return _as_param(info.field_name, value)
+
+    @model_validator(mode="after")
+    def _lr_for_every_optimizer(self) -> "SpaceConfig":
+        if isinstance(self.lr, dict):
+            optimizers = self.optimizer.choices if isinstance(self.optimizer, Choice) else [self.optimizer]
+            missing = [name for name in optimizers if name not in self.lr]
+            if missing:
+                raise ValueError(f"lr: no learning-rate range for optimizer {missing[0]!r}; add lr.{missing[0]}: "
+                                 f"{{low: ..., high: ..., scale: log}} or drop it from space.optimizer")
+        return self
 
 
 # ---------------------------------------------------------------- sections

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.search.sample import Domain
+
+from caviar.space import DEPENDENT_SAMPLERS
 
 
 class PatientASHA(ASHAScheduler):
@@ -72,7 +76,7 @@ def pbt_scheduler(domains: dict[str, Any], interval: int, seed: int | None) -> P
     `domains` are the Ray Tune domains of the space (caviar.space.to_param_space): PBT resamples
     from them with probability `resample_probability`, else perturbs the current value.
     """
-    mutations = {name: domains[name] for name in PBT_MUTABLE if hasattr(domains.get(name), "sample")}
+    mutations = {name: _independent(domains[name]) for name in PBT_MUTABLE if isinstance(domains.get(name), Domain)}
     return PopulationBasedTraining(
         time_attr="epoch",
         perturbation_interval=interval,
@@ -82,6 +86,15 @@ def pbt_scheduler(domains: dict[str, Any], interval: int, seed: int | None) -> P
         synch=False,
         custom_explore_fn=_clip_to_meaning,
     )
+
+
+def _independent(domain: Domain) -> Domain:
+    """PBT resamples without the rest of the config: an lr drawn per optimizer (caviar.space) is
+    resampled log-uniformly over all its ranges instead (a mismatch is selected out like any
+    bad value); perturbing x0.8/x1.2 keeps it near the copied trial's value."""
+    if isinstance(domain.get_sampler(), DEPENDENT_SAMPLERS):
+        return tune.loguniform(domain.lower, domain.upper)
+    return domain
 
 
 def _clip_to_meaning(config: dict[str, Any]) -> dict[str, Any]:

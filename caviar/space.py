@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 from ray.tune.search.sample import Domain, Float, Sampler, _BackwardsCompatibleNumpyRng
+from ray.tune.search.variant_generator import RecursiveDependencyError
 
 from caviar.config import Choice, Range, SpaceConfig
 
@@ -46,8 +47,45 @@ def one_minus_loguniform(low: float, high: float) -> Float:
     return domain
 
 
+class _ByOptimizer(Sampler):
+    """Samples the trial's learning rate from the range of the optimizer it drew (space.lr given per
+    optimizer). Ray resolves the optimizer first: reading it while unresolved raises Ray's
+    RecursiveDependencyError, and Ray's variant generator tries again after the other entries."""
+
+    def __init__(self, domains: dict[str, Any]):
+        self.domains = domains  # optimizer -> Ray domain or fixed value
+
+    def sample(self, domain: Float, config: Any = None, size: int = 1, random_state: Any = None):
+        spec = config if isinstance(config, dict) else {}
+        optimizer = dict.get(spec.get("config", spec) if isinstance(spec.get("config"), dict) else spec, "optimizer")
+        if optimizer is None or isinstance(optimizer, Domain):
+            raise RecursiveDependencyError("lr depends on the optimizer, which is not drawn yet")
+        entry = self.domains[optimizer]
+        value = entry.sample(random_state=random_state) if isinstance(entry, Domain) else entry
+        return value if size == 1 else [value] * size
+
+    def __str__(self) -> str:
+        return "ByOptimizer"
+
+
+# Samplers that read other entries of the trial's config (Ray resolves them after those).
+DEPENDENT_SAMPLERS = (_ByOptimizer,)
+
+
+def lr_by_optimizer(ranges: dict[str, Any]) -> Float:
+    """A Ray Tune domain for a learning rate with one range (or value) per optimizer."""
+    domains = {name: to_domain(param) for name, param in ranges.items()}
+    bounds = [v for param in ranges.values() for v in ((param.low, param.high) if isinstance(param, Range) else
+                                                         (param.choices if isinstance(param, Choice) else [param]))]
+    domain = copy(Float(min(bounds), max(bounds)))
+    domain.set_sampler(_ByOptimizer(domains))
+    return domain
+
+
 def to_domain(param: Range | Choice | Any) -> Domain | Any:
     """One space entry -> a Ray Tune domain (or the fixed value itself)."""
+    if isinstance(param, dict):  # lr per optimizer
+        return lr_by_optimizer(param)
     if isinstance(param, Choice):
         return tune.choice(list(param.choices))
     if not isinstance(param, Range):
@@ -99,7 +137,8 @@ def from_sampling_scale(position: float, scale: str) -> float:
 
 
 def searched(space: SpaceConfig) -> dict[str, Range | Choice]:
-    """The entries that are actually searched (fixed values excluded)."""
+    """The entries that are actually searched (fixed values excluded). An lr given per optimizer is
+    left out here: narrowing and the border check read one range per entry (it stays as it is)."""
     return {
         name: param
         for name in SpaceConfig.model_fields
@@ -107,20 +146,31 @@ def searched(space: SpaceConfig) -> dict[str, Range | Choice]:
     }
 
 
+def by_optimizer(space: SpaceConfig) -> dict[str, Any]:
+    """The per-optimizer lr ranges, or {} when lr is one range or value."""
+    return space.lr if isinstance(space.lr, dict) else {}
+
+
 def sample(space: SpaceConfig, count: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Draw `count` configs with Ray Tune's own samplers (for tests, previews and stage planning)."""
+    """Draw `count` configs with Ray Tune's own samplers (for tests, previews and stage planning);
+    entries that depend on others (lr per optimizer) are drawn after them."""
     rng = np.random.default_rng(seed)
     param_space = to_param_space(space)
-    return [
-        {name: d.sample(random_state=rng) if isinstance(d, Domain) else d for name, d in param_space.items()}
-        for _ in range(count)
-    ]
+    configs = []
+    for _ in range(count):
+        drawn: dict[str, Any] = {}
+        for name, d in sorted(param_space.items(), key=lambda item: isinstance(item[1].get_sampler(), DEPENDENT_SAMPLERS)
+                              if isinstance(item[1], Domain) else False):
+            drawn[name] = d.sample(config=drawn, random_state=rng) if isinstance(d, Domain) else d
+        configs.append({name: drawn[name] for name in param_space})
+    return configs
 
 
 # ---------------------------------------------------------------- Bayesian search (TPE)
 def fixed_values(space: SpaceConfig) -> dict[str, Any]:
     """The entries that are not searched, as Ray's `param_space` when a searcher owns the space."""
-    return {name: getattr(space, name) for name in SpaceConfig.model_fields if name not in searched(space)}
+    return {name: getattr(space, name) for name in SpaceConfig.model_fields
+            if name not in searched(space) and not (name == "lr" and by_optimizer(space))}
 
 
 class OptunaDefineByRun:
@@ -135,19 +185,31 @@ class OptunaDefineByRun:
 
     def __init__(self, space: SpaceConfig, seed: int | None = None):
         self.params = searched(space)
+        self.lr_by_optimizer = by_optimizer(space)  # suggested as lr_<optimizer>, after the optimizer
+        self.fixed_optimizer = space.optimizer if not isinstance(space.optimizer, Choice) else None
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         extra: dict[str, Any] = {}
+        chosen: dict[str, Any] = {}
         for name, param in self.params.items():
-            if isinstance(param, Choice):
-                trial.suggest_categorical(name, list(param.choices))
-            elif param.scale in ("linear", "log"):
-                trial.suggest_float(name, param.low, param.high, log=param.scale == "log")
-            elif param.scale in ("int", "log_int"):
-                trial.suggest_int(name, int(param.low), int(param.high), log=param.scale == "log_int")
-            else:  # one_minus_log
-                gap = trial.suggest_float(f"one_minus_{name}", 1.0 - param.high, 1.0 - param.low, log=True)
-                extra[name] = 1.0 - gap
+            chosen[name] = self._suggest(trial, name, param, extra)
+        if self.lr_by_optimizer:
+            optimizer = chosen.get("optimizer", self.fixed_optimizer)
+            param = self.lr_by_optimizer[optimizer]
+            extra["lr"] = self._suggest(trial, f"lr_{optimizer}", param, extra) if isinstance(param, (Range, Choice)) \
+                else param
         extra["seed"] = int(self.rng.integers(*SEED_RANGE))
         return extra
+
+    @staticmethod
+    def _suggest(trial: Any, name: str, param: Range | Choice, extra: dict[str, Any]) -> Any:
+        if isinstance(param, Choice):
+            return trial.suggest_categorical(name, list(param.choices))
+        if param.scale in ("linear", "log"):
+            return trial.suggest_float(name, param.low, param.high, log=param.scale == "log")
+        if param.scale in ("int", "log_int"):
+            return trial.suggest_int(name, int(param.low), int(param.high), log=param.scale == "log_int")
+        gap = trial.suggest_float(f"one_minus_{name}", 1.0 - param.high, 1.0 - param.low, log=True)  # one_minus_log
+        extra[name] = 1.0 - gap
+        return extra[name]

@@ -92,3 +92,54 @@ def test_range_model_rules():
         Range(low=0, high=1, scale="log")
     with pytest.raises(ValueError, match="whole-number"):
         Range(low=1.5, high=3, scale="int")
+
+
+BY_OPTIMIZER = {"adam": {"low": 1e-4, "high": 1e-2, "scale": "log"}, "nesterov": {"low": 1e-2, "high": 1.0,
+                                                                                  "scale": "log"}}
+
+
+def test_lr_per_optimizer_through_rays_generator():
+    """Ray's own variant generator (what a sweep uses) draws each trial's lr from its optimizer's
+    range, log-uniform there; both optimizers are drawn; the same seed gives the same trials."""
+    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = SpaceConfig(lr=BY_OPTIMIZER, optimizer=["adam", "nesterov"])
+
+    def draws(seed: int) -> list[tuple[str, float]]:
+        rng = _BackwardsCompatibleNumpyRng(np.random.default_rng(seed))
+        return [(spec["config"]["optimizer"], spec["config"]["lr"]) for _ in range(400)
+                for _, spec in generate_variants({"config": to_param_space(space)}, random_state=rng)]
+
+    drawn = draws(3)
+    adam = np.log10([lr for opt, lr in drawn if opt == "adam"])
+    nesterov = np.log10([lr for opt, lr in drawn if opt == "nesterov"])
+    assert len(adam) > 100 and len(nesterov) > 100
+    assert adam.min() >= -4 and adam.max() <= -2 and nesterov.min() >= -2 and nesterov.max() <= 0
+    assert stats.kstest((adam + 4) / 2, "uniform").pvalue > 0.01
+    assert draws(3) == drawn
+
+
+def test_lr_per_optimizer_in_tpe():
+    """Optuna's define-by-run space suggests lr_<optimizer> within that optimizer's range."""
+    optuna = pytest.importorskip("optuna")
+    from caviar.space import OptunaDefineByRun
+
+    define = OptunaDefineByRun(SpaceConfig(lr=BY_OPTIMIZER, optimizer=["adam", "nesterov"]), seed=0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        extra = define(trial)
+        low, high = {"adam": (1e-4, 1e-2), "nesterov": (1e-2, 1.0)}[trial.params["optimizer"]]
+        assert low <= extra["lr"] <= high and f"lr_{trial.params['optimizer']}" in trial.params
+        study.tell(trial, 0.5)
+
+
+def test_lr_per_optimizer_needs_every_optimizer():
+    from caviar.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="no learning-rate range for optimizer 'sgd'"):
+        load_config(space__lr=BY_OPTIMIZER, space__optimizer=["adam", "sgd"])
+    with pytest.raises(ConfigError, match="'adma' is neither a range key"):
+        load_config(space__lr={"adma": BY_OPTIMIZER["adam"]}, space__optimizer="adam")
+    assert load_config(space__lr=BY_OPTIMIZER, space__optimizer="adam").space.lr["adam"].high == 1e-2
