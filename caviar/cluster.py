@@ -237,14 +237,58 @@ def describe_cluster(prepared: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- a running cluster
-def autoscaler_config() -> dict[str, Any] | None:
-    """The config `ray up` left on this (head) node, or None off a launcher-made cluster."""
-    path = Path(BOOTSTRAP_CONFIG).expanduser()
+HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives the head node alone
+HEAD_READ_TIMEOUT_S = 60  # a task on the head answers in well under a second; a busy head, slower
+
+
+def _parse_config(text: str | None) -> dict[str, Any] | None:
     try:
-        loaded = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
+        loaded = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
         return None
     return loaded if isinstance(loaded, dict) else None
+
+
+def _read_on_head(path: str) -> str | None:
+    """The text of `path` (with ~ expanded there) on the connected cluster's head node, or None when
+    it has no such file or cannot be asked. Read by a zero-CPU task pinned to the head, so it
+    works from a driver on a laptop or through Ray Client, whose own disk is not the head's."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    heads = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and HEAD_RESOURCE in node.get("Resources", {})]
+    if not heads:
+        return None
+
+    def read(file: str) -> str | None:  # standard library only: the head needs nothing of caviar's
+        import os
+
+        try:
+            with open(os.path.expanduser(file)) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    task = ray.remote(num_cpus=0)(read).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=heads[0], soft=False))
+    try:
+        return ray.get(task.remote(path), timeout=HEAD_READ_TIMEOUT_S)
+    except ray.exceptions.RayError:  # timed out, or the head is gone
+        return None
+
+
+def autoscaler_config() -> dict[str, Any] | None:
+    """The config `ray up` left on the cluster's head node (its node types, with the GPUs each can
+    bring), or None off a launcher-made cluster. Asked of the head itself; this machine's copy is
+    read only when the head cannot be asked (then this machine is most likely the head)."""
+    found = _read_on_head(BOOTSTRAP_CONFIG)
+    if found is None:
+        path = Path(BOOTSTRAP_CONFIG).expanduser()
+        try:
+            found = path.read_text() if path.is_file() else None
+        except OSError:
+            found = None
+    return _parse_config(found)
 
 
 def _max_workers(autoscaler: dict[str, Any] | None) -> int:
@@ -253,7 +297,8 @@ def _max_workers(autoscaler: dict[str, Any] | None) -> int:
 
 def cluster_gpus(joined: bool = True) -> float:
     """GPUs the trials may count on: those in the cluster now or, on an autoscaling cluster that
-    starts with no GPU worker (cluster/aws.yaml), those its worker types can bring."""
+    starts with no GPU worker (cluster/aws.yaml), those its worker types can bring. Both are asked
+    of the cluster (its resources, its head's autoscaler config), wherever the driver runs."""
     import ray
 
     now = float(ray.cluster_resources().get("GPU", 0))

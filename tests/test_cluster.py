@@ -281,3 +281,32 @@ def test_autoscaling_cluster_counts_the_gpus_it_can_add(head_node):
     assert _check_cluster(config, "s3://bucket/caviar", joined=True) == {"cpu": 1.0, "gpu": 0.25}
     with pytest.raises(ConfigError, match="can add up to 10 workers"):
         _check_cluster(config, "/tmp/caviar-results", joined=True)
+
+
+def test_gpus_a_cluster_can_add_are_asked_of_its_head(ray_session, monkeypatch, tmp_path):
+    """A driver on a laptop or behind Ray Client has no ray_bootstrap_config.yaml of its own: the
+    head's copy is read by a task on the head, so gpus_per_trial=auto still means GPU shares on a
+    cluster with no GPU worker yet. (Here the head is this machine's Ray; the driver's own view of
+    the file is hidden, the task in Ray's worker process still reads it.)"""
+    from pathlib import Path
+
+    from caviar.sweeper import _check_cluster
+
+    config = filled(load(AWS))
+    config["available_node_types"]["gpu_1x"]["resources"] = {"CPU": 4, "GPU": 1}
+    config["available_node_types"]["gpu_4x"]["resources"] = {"CPU": 48, "GPU": 4}
+    on_head = tmp_path / "head-home" / "ray_bootstrap_config.yaml"
+    on_head.parent.mkdir()
+    on_head.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(cluster, "BOOTSTRAP_CONFIG", str(on_head))
+    is_file, read_text = Path.is_file, Path.read_text
+    monkeypatch.setattr(Path, "is_file", lambda self: False if self == on_head else is_file(self))
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(FileNotFoundError(self))
+                        if self == on_head else read_text(self, *a, **k))
+
+    assert ray_session.cluster_resources().get("GPU", 0) == 0
+    assert cluster.cluster_gpus(joined=True) == 16
+    resources = load_config({"resources": {"gpus_per_trial": "auto"}})
+    assert _check_cluster(resources, "s3://bucket/caviar", joined=True) == {"cpu": 1.0, "gpu": 0.25}
+    with pytest.raises(ConfigError, match="can add up to 10 workers"):
+        _check_cluster(resources, str(tmp_path / "results"), joined=True)
