@@ -175,6 +175,65 @@ def _dashboard_problems(config: dict[str, Any]) -> list[str]:
     return []
 
 
+# AWS instance families with NVIDIA GPUs (g4dn, g5, g6, p3, p4d, p5, ...).
+AWS_GPU_FAMILY = re.compile(r"^(g\d|p\d)")
+DEVICE_CHECK = "caviar.devices"  # `python -m caviar.devices`: fails on a GPU node PyTorch cannot use
+PYTORCH_INDEX = re.compile(r"download\.pytorch\.org/whl/cu(\d{2})(\d)")
+STATED_DRIVER = re.compile(r"driver\b[^>\n]*(?:\n#[^>\n]*)?>=\s*(\d{3})", re.IGNORECASE)
+
+
+def wheel_cuda(config: dict[str, Any]) -> str | None:
+    """The CUDA version of the PyTorch wheel the cluster's nodes install: the one of a
+    download.pytorch.org/whl/cuXYZ index named in its commands, else PyPI's (the build installed
+    here, when it is a CUDA build); None when unknown."""
+    for where, text in _strings(config):
+        match = PYTORCH_INDEX.search(text) if "commands" in where else None
+        if match:
+            return f"{int(match.group(1))}.{match.group(2)}"
+    import torch
+
+    return torch.version.cuda
+
+
+def _has_gpu_nodes(config: dict[str, Any]) -> bool:
+    kind = (config.get("provider") or {}).get("type")
+    if kind == "local":
+        return True  # workstations: caviar's cluster/local.yaml is for machines with GPUs
+    for node_type in (config.get("available_node_types") or {}).values():
+        if float((node_type.get("resources") or {}).get("GPU", 0)) > 0:
+            return True
+        if kind == "aws" and AWS_GPU_FAMILY.match(str((node_type.get("node_config") or {}).get("InstanceType", ""))):
+            return True
+    return False
+
+
+def _driver_problems(config: dict[str, Any], text: str) -> list[str]:
+    """The NVIDIA driver the file asks for (in its comments, for the image or AMI) against the one
+    the PyTorch wheel needs; and a setup check so that a node where they disagree fails at `ray up`."""
+    from caviar.devices import MIN_DRIVER, required_driver
+
+    if not _has_gpu_nodes(config):
+        return []
+    cuda = wheel_cuda(config)
+    need = required_driver(cuda)
+    problems = []
+    stated = sorted({int(v) for v in STATED_DRIVER.findall(text)})
+    if need and stated and stated[0] < int(need.split(".")[0]):
+        problems.append(
+            f"the comments ask for an NVIDIA driver >= {stated[0]}, but the PyTorch wheel the nodes install is a "
+            f"CUDA {cuda} build, which needs >= {need}: use an image or AMI with driver >= {need} and say so, or "
+            f"install a CUDA 12 wheel in setup_commands (pip install torch torchvision --index-url "
+            f"https://download.pytorch.org/whl/cu126; driver >= {MIN_DRIVER[12]})")
+    commands = " ".join(text for where, text in _strings(config) if "setup_commands" in where)
+    if DEVICE_CHECK not in commands:
+        requirement = f" (CUDA {cuda}: driver >= {need})" if need else ""
+        problems.append(
+            f"no setup command runs `python -m {DEVICE_CHECK}`: add it after caviar's install (worker_setup_commands, or "
+            f"setup_commands), so that a GPU node whose driver cannot run the PyTorch wheel{requirement} fails at "
+            "`ray up` instead of failing every trial it is given")
+    return problems
+
+
 @contextlib.contextmanager
 def _quiet(name: str) -> Iterator[None]:
     logger = logging.getLogger(name)
@@ -212,7 +271,8 @@ def check_cluster_file(path: str | Path, root: str | Path | None = None) -> dict
     """
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        config = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"cluster file {path}: {error}") from None
     if not isinstance(config, dict):
@@ -222,6 +282,7 @@ def check_cluster_file(path: str | Path, root: str | Path | None = None) -> dict
                  for where, value in _strings(config) if PLACEHOLDER in value]
     problems += _ray_version_problems(config, pinned_ray_version())
     problems += _mount_problems(config, Path(root) if root else Path.cwd())
+    problems += _driver_problems(config, text)
     ray_problems, prepared = _ray_problems(config)
     problems += ray_problems + _dashboard_problems(prepared or config)
     if problems:
@@ -231,9 +292,14 @@ def check_cluster_file(path: str | Path, root: str | Path | None = None) -> dict
 
 def describe_cluster(prepared: dict[str, Any]) -> str:
     """One line about a checked cluster file, for `caviar cluster check`."""
+    from caviar.devices import required_driver
+
+    cuda = wheel_cuda(prepared) if _has_gpu_nodes(prepared) else None
+    need = required_driver(cuda) if cuda else None
+    driver = f"; GPU nodes need NVIDIA driver >= {need} (PyTorch CUDA {cuda} wheel)" if need else ""
     return (f"{prepared['provider']['type']} cluster '{prepared['cluster_name']}': node types "
             f"{', '.join(prepared['available_node_types'])} (head: {prepared['head_node_type']}), "
-            f"up to {prepared['max_workers']} workers, Ray {pinned_ray_version()}")
+            f"up to {prepared['max_workers']} workers, Ray {pinned_ray_version()}{driver}")
 
 
 # ---------------------------------------------------------------- a running cluster

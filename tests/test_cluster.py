@@ -256,6 +256,55 @@ def test_filesystem_type_reads_the_mount_table(tmp_path):
 
 
 @pytest.fixture
+def cuda13_wheel(monkeypatch):
+    """The PyTorch wheel from PyPI, as the nodes install it: a CUDA 13 build (whatever is installed here)."""
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+
+
+def test_driver_in_the_comments_must_run_the_wheel(cuda13_wheel, tmp_path, capsys):
+    """A file whose comments ask for driver >= 535 (what CUDA 12 images need) while its nodes install
+    PyPI's CUDA 13 wheel (driver >= 580) is refused, saying both; with a CUDA 12 wheel installed
+    first in setup_commands, 535 is right and the file passes."""
+    text = AWS.read_text().replace("CHANGE-ME", "set")
+    assert cluster.check_cluster_file(write_text(tmp_path, text, "shipped.yaml"))  # says >= 580: fine
+    assert cli.main(["cluster", "check", str(tmp_path / "shipped.yaml")]) == 0
+    assert "GPU nodes need NVIDIA driver >= 580.65.06 (PyTorch CUDA 13.0 wheel)" in capsys.readouterr().out
+    old = write_text(tmp_path, text.replace("driver >= 580", "driver >= 535"), "old.yaml")
+    with pytest.raises(ConfigError) as error:
+        cluster.check_cluster_file(old)
+    assert "the comments ask for an NVIDIA driver >= 535, but the PyTorch wheel the nodes install is a CUDA 13.0 " \
+           "build, which needs >= 580.65.06" in str(error.value)
+    cu126 = "    - pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cu126\n"
+    fixed = old.read_text().replace("setup_commands:\n", "setup_commands:\n" + cu126, 1)
+    prepared = cluster.check_cluster_file(write_text(tmp_path, fixed, "cu126.yaml"))
+    assert cluster.wheel_cuda(prepared) == "12.6" and "driver >= 525.60.13" in cluster.describe_cluster(prepared)
+
+
+@pytest.mark.parametrize("path", [AWS, LOCAL], ids=["aws", "local"])
+def test_gpu_nodes_check_their_driver_at_setup(path, cuda13_wheel, tmp_path):
+    """Without `python -m caviar.devices` in the setup commands, a GPU node with too old a driver
+    would join and fail every trial: the check asks for it."""
+    config = filled(load(path))
+    for key in ("setup_commands", "worker_setup_commands"):
+        config[key] = [c for c in config.get(key, []) if "caviar.devices" not in c]
+    with pytest.raises(ConfigError, match=r"no setup command runs `python -m caviar.devices`.*driver >= 580.65.06"):
+        cluster.check_cluster_file(write(tmp_path, config))
+    config["available_node_types"] = {name: t for name, t in config.get("available_node_types", {}).items()
+                                      if name == config.get("head_node_type")}
+    if path == AWS:  # a CPU-only cluster needs no driver check
+        config["max_workers"] = 0
+        cluster.check_cluster_file(write(tmp_path, config))
+
+
+def write_text(tmp_path, text: str, name: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
 def head_node(monkeypatch, tmp_path):
     """A head node as `ray up cluster/aws.yaml` leaves it: HOME holds the prepared config, the
     cluster has only the head so far (no GPU), its worker types can bring 8 x 1 + 2 x 4 GPUs."""
