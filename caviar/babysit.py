@@ -77,7 +77,7 @@ def probe_step(
     saved_model = copy.deepcopy(model.state_dict())
     saved_optimizer = copy.deepcopy(optimizer.state_dict())
     rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state() if device.type == "cuda" else None
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None  # the trial's GPU
     was_training = model.training
     activations: dict[str, torch.Tensor] = {}
 
@@ -114,7 +114,7 @@ def probe_step(
         optimizer.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)
         if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng)
+            torch.cuda.set_rng_state(cuda_rng, device)
         model.train(was_training)
     return {"loss": loss.item(), "activations": activations, "gradients": gradients, "update_ratio": ratio,
             "weight_norm": weight_norm, "grad_norm": grad_norm}

@@ -72,3 +72,22 @@ def test_resume_on_the_gpu_continues_from_the_checkpoint(tensors, tmp_path):
     for a, b in zip(resumed.model.state_dict().values(), first.model.state_dict().values()):
         assert torch.equal(a.cpu(), b.cpu())
     assert resumed.run_epoch(*tensors)["epoch"] == 2
+
+
+def test_a_trial_share_bounds_its_gpu_memory_and_oom_names_the_trial(monkeypatch):
+    """Ray's GPU 0 is the trial's device; its 0.25 share caps the allocator, and going past it is a
+    TrialOutOfMemory naming batch size and model (the neighbours' memory is untouched)."""
+    from caviar import devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    device = devices.trial_device(["0"])
+    assert device == torch.device("cuda", 0) and devices.cuda_problem() is None
+    total = torch.cuda.get_device_properties(device).total_memory
+    try:
+        fraction = devices.bound_gpu_memory(device, 0.25)
+        assert 0.2 < fraction < 0.25
+        with pytest.raises(devices.TrialOutOfMemory, match="batch_size 1024 and model convnet"):
+            with devices.explain_oom(1024, "convnet", device, 0.25):
+                torch.empty(int(total * 0.3), dtype=torch.uint8, device=device)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
