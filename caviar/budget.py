@@ -237,12 +237,19 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
                                                         TRIAL_OVERHEAD_S / epoch_s)
         return result
     fractions = [n / max(1, train_images) for n in (stage_train_images or [train_images] * len(config.stages))]
-    epochs = [max(1, min(stage.epochs, int(longest / max(f, 1e-9)))) for stage, f in zip(config.stages, fractions)]
-    cost = sum(stage.num_samples * (_stage_cost(config, stage, e, f) + TRIAL_OVERHEAD_S / epoch_s)
-               for stage, e, f in zip(config.stages, epochs, fractions))
+    caps = [max(1, int(longest / max(f, 1e-9))) for f in fractions]
+    epochs = [min(stage.epochs, cap) for stage, cap in zip(config.stages, caps)]
+    counts = [stage.from_top or stage.num_samples for stage in config.stages]
+    cost = sum(n * (_stage_cost(config, stage, e, f) + TRIAL_OVERHEAD_S / epoch_s)
+               for stage, n, e, f in zip(config.stages, counts, epochs, fractions))
+    # One factor for every stage, as the file proportions them: a stage that draws trials gets
+    # more (or fewer) of them; a `from_top` stage, whose trials are the winners, more epochs.
     scale = available / cost
-    result.stages = [{"num_samples": max(slots, int(stage.num_samples * scale)), "epochs": e}
-                     for stage, e in zip(config.stages, epochs)]
+    result.stages = [
+        {"num_samples": n, "epochs": max(1, min(cap, int(e * scale)))} if stage.from_top else
+        {"num_samples": max(slots, int(n * scale)), "epochs": e}
+        for stage, n, e, cap in zip(config.stages, counts, epochs, caps)
+    ]
     return result
 
 

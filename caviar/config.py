@@ -227,6 +227,9 @@ class SearchConfig(_Strict):
     metric: Literal["val_acc"] = "val_acc"  # what ASHA and "best" mean (maximised)
     seed: Union[int, None] = 0  # seed of the random search, so a sweep is repeatable; null = fresh
     max_concurrent: int = Field(0, ge=0)  # cap on running trials; 0 = as many as resources allow
+    # Configs tried first, exactly (Ray's points_to_evaluate): e.g. known good settings, or a
+    # staged run's top configs (stage `from_top`). Each is a mapping of space entries; the rest drawn.
+    points: list[dict[str, Any]] = Field(default_factory=list)
     # random: the notes' advice for convnets; tpe: Bayesian (Optuna's TPE via Ray Tune), needs
     # `pip install caviar[bayes]`. Same space, same schedulers.
     algorithm: Literal["random", "tpe"] = "random"
@@ -285,6 +288,16 @@ class TrainConfig(_Strict):
     # H100) and CPUs with AVX512-BF16 or AMX; float32 elsewhere (T4, V100, other CPUs emulate it).
     amp: bool = True
     channels_last: bool = True  # NHWC inputs: faster convolutions on CUDA and on CPU (oneDNN), see benchmarks
+    # Images per epoch: a count, a fraction of the training set, or null for one whole pass. Each
+    # epoch draws a fresh random order of the whole set, so a smaller epoch is a finer fidelity in
+    # images seen (ASHA's rungs, LR schedules, checkpoints and the leaderboard count these epochs),
+    # not a fixed subset: a first rung of 1/4 pass ranks trials on 4x cheaper evidence.
+    epoch_size: Union[int, float, None] = None
+
+    @field_validator("epoch_size")
+    @classmethod
+    def _epoch_size(cls, value: Any) -> Any:
+        return DataConfig._subset_positive(value)
 
     @field_validator("eval_batch_size", mode="before")
     @classmethod
@@ -306,6 +319,11 @@ class StageConfig(_Strict):
     top: Union[int, float] = Field(0.25, gt=0)  # trials whose values set the next ranges: fraction or count
     pad: float = Field(0.1, ge=0)  # margin around the top trials' span, x this range's width (sampling scale)
     widen: float = Field(0.5, gt=0)  # past an edge where the best sits, x this range's width
+    # Train the previous stage's best N configs (their exact hyperparameters, new seeds) for this
+    # stage's epochs, instead of drawing new ones from narrowed ranges: the last step of a search,
+    # where the winners get the epochs (and weight averages) the search could not give them all.
+    # num_samples is then N and the scheduler random (every trial to the end).
+    from_top: Optional[int] = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod

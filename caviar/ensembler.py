@@ -11,6 +11,7 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 
 import caviar
 from caviar import storage
+from caviar.budget import parse_duration
 from caviar.config import Config, ConfigError, load_config
 from caviar.data import load_test_set, prepare_data
 from caviar.members import (
@@ -176,11 +178,14 @@ def ensemble(
     out: str | Path | None = None,
     address: str | None = None,
     overrides: list[str] | None = None,
+    budget: str | float | None = None,
 ) -> EnsembleResult:
     """Build, evaluate and save the ensemble of an experiment folder (local path or URI).
 
     Weights are chosen on the validation split; the test set is read only after that.
-    `overrides` ("key=value") adjust the saved config, e.g. ``data.root=/elsewhere``.
+    `overrides` ("key=value") adjust the saved config, e.g. ``data.root=/elsewhere``. A staged
+    experiment's folder draws members from every stage. `budget` (e.g. "5m") caps the seed
+    re-runs at as many as fit in it, with time kept for evaluating the members.
     """
     if select not in SELECTORS:
         raise ConfigError(f"--select {select!r}: expected one of {sorted(SELECTORS)}")
@@ -190,8 +195,15 @@ def ensemble(
     if not storage.exists(storage.join(path, CONFIG_FILE)):
         raise ConfigError(f"{experiment} is not a caviar experiment folder (no {CONFIG_FILE}); pass the folder "
                           f"`caviar sweep` wrote, e.g. ~/caviar_results/cifar10-asha")
+    begin = time.time()
     config: Config = load_config(yaml.safe_load(storage.read_text(storage.join(path, CONFIG_FILE))), overrides)
-    ranked = rank_trials(read_trials(path))
+    sweeps = experiment_sweeps(path, config, overrides)
+    records, home = [], {}  # home: trial id -> the sweep (folder, config) it ran in
+    for sweep_path, sweep_config in sweeps:
+        for record in read_trials(sweep_path):
+            records.append(record)
+            home[record.trial_id] = (sweep_path, sweep_config)
+    ranked = rank_trials(records)
     if not ranked:
         raise ConfigError(f"no trial in {path} has a checkpoint (all diverged, failed or never ran)")
 
@@ -199,10 +211,13 @@ def ensemble(
     if average:
         members += average_members(ranked, top_k)
     members += snapshot_members(ranked[0], snapshots)
+    best = ranked[0]
+    best_path, best_config = home.get(best.trial_id, (path, config))
+    if budget is not None:
+        seeds = seeds_that_fit(best, best_config, seeds, parse_duration(budget) - (time.time() - begin), address)
     if seeds:
-        best = ranked[0]
         hparams = {k: v for k, v in best.hparams.items() if k != "seed"}
-        reruns = rerun_with_seeds(path, config, hparams, _seeds_for(int(best.hparams.get("seed", 0)), seeds),
+        reruns = rerun_with_seeds(best_path, best_config, hparams, _seeds_for(int(best.hparams.get("seed", 0)), seeds),
                                   prefix=f"seeds-{best.trial_id}", address=address)
         members += seed_members(reruns)
 
@@ -258,6 +273,49 @@ def ensemble(
     result = EnsembleResult(overall["accuracy"], overall["nll"], overall["ece"], table, by_kind, ens, info)
     result.save(str(out) if out is not None else storage.join(path, "ensemble"))
     return result
+
+
+def experiment_sweeps(path: str, config: Config, overrides: list[str] | None = None) -> list[tuple[str, Config]]:
+    """(folder, config) of every sweep in the experiment: the folder itself, or each stage run so far."""
+    if not config.stages:
+        return [(path, config)]
+    from caviar.stages import stage_folder
+
+    sweeps = []
+    for index, stage in enumerate(config.stages, start=1):
+        folder = storage.join(path, stage_folder(index, stage))
+        if storage.exists(storage.join(folder, CONFIG_FILE)) and storage.exists(storage.join(folder, "tuner.pkl")):
+            saved = yaml.safe_load(storage.read_text(storage.join(folder, CONFIG_FILE)))
+            sweeps.append((folder, load_config(saved, overrides)))
+    if not sweeps:
+        raise ConfigError(f"{path} is a staged experiment with no stage run yet; run it with "
+                          f"`caviar sweep --resume {path}`")
+    return sweeps
+
+
+# Part of an ensemble budget kept for loading and evaluating the members (and Ray's start).
+ENSEMBLE_RESERVE = 0.15
+ENSEMBLE_RESERVE_S = 20.0
+
+
+def seeds_that_fit(best: Any, config: Config, wanted: int, seconds: float, address: str | None) -> int:
+    """How many of `wanted` seed re-runs of the best trial's config fit in `seconds`, from how long
+    that trial took per epoch, running as many at once as this machine has trial slots (on a
+    cluster, `address`, all at once)."""
+    import os
+
+    history = best.history
+    if not wanted or history is None or "time_this_iter_s" not in history or not len(history):
+        return wanted
+    one_run = float(history["time_this_iter_s"].mean()) * config.search.max_epochs
+    slots = wanted if address else max(1, int((os.cpu_count() or 1) / config.resources.cpus_per_trial))
+    usable = seconds * (1 - ENSEMBLE_RESERVE) - ENSEMBLE_RESERVE_S
+    waves = int(usable // one_run) if one_run > 0 else wanted
+    fit = max(0, min(wanted, waves * slots))
+    if fit < wanted:
+        warnings.warn(f"ensemble budget: {fit} of {wanted} seed re-runs fit (one takes ~{one_run:.0f} s, "
+                      f"{slots} at a time, in {seconds:.0f} s less time for evaluation)", stacklevel=2)
+    return fit
 
 
 def _ray_version() -> str:

@@ -25,6 +25,7 @@ import yaml
 from caviar import storage
 from caviar.border import format_warnings
 from caviar.config import CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config
+from caviar.errors import CaviarError
 from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, interrupted
 from caviar.narrowing import next_space, param_spec
 from caviar.space import searched
@@ -37,8 +38,10 @@ def stage_folder(index: int, stage: StageConfig) -> str:
 
 
 # ---------------------------------------------------------------- one stage's config
-def stage_config(config: Config, index: int, space: SpaceConfig, root: str) -> Config:
-    """A plain sweep config for stage `index` (1-based) with `space`, in the folder `root`."""
+def stage_config(config: Config, index: int, space: SpaceConfig, root: str,
+                 points: list[dict[str, Any]] | None = None) -> Config:
+    """A plain sweep config for stage `index` (1-based) with `space`, in the folder `root`;
+    `points` are the configs a `from_top` stage trains."""
     stage = config.stages[index - 1]
     tree = config.to_dict()
     tree["stages"] = []
@@ -57,7 +60,29 @@ def stage_config(config: Config, index: int, space: SpaceConfig, root: str) -> C
     if stage.train_subset is not None:
         whole = isinstance(stage.train_subset, float) and stage.train_subset == 1.0
         tree["data"]["train_subset"] = None if whole else stage.train_subset
+    if points is not None:
+        search["points"], search["num_samples"], search["scheduler"] = points, len(points), "random"
     return build_config(tree, f"stage {index} ({stage.name})")
+
+
+def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index: int) -> list[dict[str, Any]]:
+    """The best `count` scored trials' hyperparameters as configs to train again, each with a new
+    seed (derived from its own and the stage, so a rerun draws the same): independent
+    initialisations of the winners are what an ensemble gains most from."""
+    from caviar.border import scored
+    from caviar.space import SEED_RANGE
+
+    points = []
+    for _, row in scored(table).head(count).iterrows():
+        point = {name: _plain(row[name]) for name in SpaceConfig.model_fields if name in row and pd.notna(row[name])}
+        point["seed"] = (int(row.get("seed", 0)) * 7919 + 104729 * stage_index) % SEED_RANGE[1]
+        points.append(point)
+    return points
+
+
+def _plain(value: Any) -> Any:
+    """A leaderboard cell as the plain Python value a config holds (numpy scalars unwrapped)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 # ---------------------------------------------------------------- the runner
@@ -185,7 +210,17 @@ def run_staged(
                 "index": index, "name": stage.name, "folder": stage_folder(index, stage), "epochs": stage.epochs,
                 "num_samples": stage.num_samples, "train_subset": stage.train_subset,
             }
-            if index > 1:
+            points = None
+            if index > 1 and stage.from_top:
+                prior = result.stages[-1]
+                space = prior.config.space
+                points = top_points(prior.trials, space, stage.from_top, index)
+                if not points:
+                    raise CaviarError(f"stage {index - 1} ({stages[index - 2].name}) has no scored trial to train "
+                                      f"further; fix its space and rerun it with --stage {index - 1}")
+                entry |= {"from_stage": index - 1, "num_samples": len(points), "top": len(points),
+                          "points": points}
+            elif index > 1:
                 prior = result.stages[-1]
                 space, rules = next_space(prior.config.space, prior.trials, stages[index - 2],
                                           config.search.border_fraction)
@@ -220,7 +255,7 @@ def run_staged(
             if state == "partial":
                 stage_result = sweeper.sweep(resume=path, address=address)
             else:
-                stage_result = sweeper.sweep(stage_config(config, index, space, root), address=address,
+                stage_result = sweeper.sweep(stage_config(config, index, space, root, points), address=address,
                                              deadline=deadline, log=log)
             result.stages.append(stage_result)
             entry["space"] = _space_spec(stage_result.config.space)  # a resumed stage keeps its own
@@ -249,15 +284,17 @@ def _plan_stages(config: Config, begun: float, *, address_started: bool,
     config, the plan, and the deadline the stages share."""
     from caviar import budget, sweeper
     from caviar.data import prepare_data
+    from caviar.train import images_per_epoch
 
     budget_s = budget.parse_duration(config.budget)
     data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
                         split_seed=config.data.split_seed, download=config.data.download)
     resources = sweeper._check_cluster(config, storage.resolve(config.storage), joined=not address_started)
     total = len(data.train_y)
-    images = [total if s.train_subset is None or s.train_subset == 1.0
-              else min(total, int(s.train_subset) if isinstance(s.train_subset, int) else int(s.train_subset * total))
-              for s in config.stages]
+    subsets = [total if s.train_subset is None or s.train_subset == 1.0
+               else min(total, int(s.train_subset) if isinstance(s.train_subset, int) else int(s.train_subset * total))
+               for s in config.stages]
+    images = [images_per_epoch(n, config.train.epoch_size) for n in subsets]
     planned = sweeper.plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begun,
                                   stage_train_images=images)
     log(planned.describe())
@@ -289,7 +326,10 @@ def _announce(log: Callable[[str], None], index: int, stages: list[StageConfig],
     subset = "the training set" if whole else f"train_subset {stage.train_subset}"
     verb = "resuming" if state == "partial" else "running"
     epochs = f"{stage.epochs} epoch{'s' if stage.epochs != 1 else ''}"
-    lines = [f"== Stage {index}/{len(stages)} {stage.name!r} ({verb}): {stage.num_samples} trials x {epochs} on {subset}"]
+    lines = [f"== Stage {index}/{len(stages)} {stage.name!r} ({verb}): {entry['num_samples']} trials x {epochs} on "
+             f"{subset}"]
+    if "points" in entry:
+        lines.append(f"   training stage {index - 1}'s top {len(entry['points'])} configs again, with new seeds")
     if "rules" in entry:
         lines.append(f"   ranges from stage {index - 1}'s top {entry['top']} of {entry['scored']} scored trials:")
         lines += [f"   - {rule['why']}" for rule in entry["rules"].values()]

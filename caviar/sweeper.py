@@ -33,6 +33,7 @@ from caviar.leaderboard import (
 from caviar.border import border_warnings, format_warnings
 from caviar.schedulers import PatientASHA, pbt_scheduler
 from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
+from caviar.train import images_per_epoch
 from caviar.trainable import train_trial
 from caviar.trial import TrialSettings
 
@@ -128,7 +129,8 @@ def _search_alg(config: Config) -> Any:
     caviar.space.OptunaDefineByRun for how the scales map), behind a ConcurrencyLimiter if asked."""
     search = config.search
     if search.algorithm == "random":
-        return BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent)
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent,
+                                     points_to_evaluate=search.points or None)
     try:
         import optuna  # noqa: F401
         from ray.tune.search.optuna import OptunaSearch
@@ -136,7 +138,7 @@ def _search_alg(config: Config) -> Any:
         raise ConfigError("search.algorithm: tpe needs Optuna; install it with `pip install 'caviar[bayes]'` "
                           "(or use search.algorithm: random)") from None
     searcher = OptunaSearch(OptunaDefineByRun(config.space, search.seed), metric="val_acc", mode="max",
-                            seed=search.seed)
+                            seed=search.seed, points_to_evaluate=search.points or None)
     if search.max_concurrent:
         from ray.tune.search import ConcurrencyLimiter
 
@@ -391,7 +393,8 @@ def plan_budget(config: Config, data: SplitData, resources: dict[str, float], *,
     probe = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(budgets.measure)
     throughput = ray.get(probe.remote(config, data))
     return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, slots=cluster_slots(config, resources),
-                        throughput=throughput, train_images=len(data.train_y), val_images=len(data.val_y),
+                        throughput=throughput, train_images=images_per_epoch(len(data.train_y), config.train.epoch_size),
+                        val_images=len(data.val_y),
                         stage_train_images=stage_train_images)
 
 

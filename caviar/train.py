@@ -157,9 +157,20 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def images_per_epoch(n: int, epoch_size: int | float | None) -> int:
+    """Images an epoch trains on: all `n`, a count, or a fraction of `n` (train.epoch_size)."""
+    if epoch_size is None:
+        return n
+    if isinstance(epoch_size, float) and epoch_size <= 1.0:
+        return max(1, min(n, round(epoch_size * n)))
+    return max(1, min(n, int(epoch_size)))
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator, limit: int | None = None) -> Iterator[torch.Tensor]:
+    """Batches of a fresh random order of the n images; with `limit`, the epoch stops after that
+    many images (the next epoch draws a new order: images seen, not a fixed subset)."""
     order = torch.randperm(n, generator=generator, device=generator.device)
-    for step in range(steps_per_epoch(n, batch_size)):
+    for step in range(steps_per_epoch(limit or n, batch_size)):
         yield order[step * batch_size : (step + 1) * batch_size]
 
 
@@ -182,6 +193,7 @@ def train_one_epoch(
     averaged: Any = None,
     max_loss: float = math.inf,
     check_every: int | None = None,
+    epoch_size: int | float | None = None,
 ) -> EpochStats:
     """One pass over (images, labels): uint8 (N, 3, 32, 32) and int64 (N,), on CPU or device.
 
@@ -191,6 +203,7 @@ def train_one_epoch(
     exploded logits), which is as hopeless as a NaN. The check reads the loss on the host, which
     makes the CPU wait for the GPU: on CUDA it runs every `check_every` steps (default
     DIVERGENCE_CHECK_STEPS), so a diverged trial may take a few more (harmless) steps.
+    `epoch_size` (train.epoch_size) makes the epoch a count or fraction of the images.
     """
     device = next(model.parameters()).device
     if check_every is None:
@@ -201,8 +214,9 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     ratios: list[float] = []
-    steps = steps_per_epoch(len(labels), batch_size)
-    for step, idx in enumerate(_batches(len(labels), batch_size, generator)):
+    limit = images_per_epoch(len(labels), epoch_size)
+    steps = steps_per_epoch(limit, batch_size)
+    for step, idx in enumerate(_batches(len(labels), batch_size, generator, limit)):
         batch = images[idx.to(images.device)]
         if augment:
             batch = augment_batch(batch, generator=generator)

@@ -40,6 +40,7 @@ class TrialSettings:
     average: str = "none"  # running average of weights: swa, ema or none
     average_after: int = 0  # epochs after this one are averaged
     ema_decay: float = 0.999
+    epoch_size: int | float | None = None  # images per epoch (count or fraction); None = all
     bn_images: int = 10000  # training images used to recompute batch-norm statistics of the average
 
     @classmethod
@@ -59,6 +60,7 @@ class TrialSettings:
             average=effective_average(config.average.method, config.search.max_epochs - average_after),
             average_after=average_after,
             ema_decay=config.average.ema_decay,
+            epoch_size=config.train.epoch_size,
             bn_images=config.average.bn_images,
         )
 
@@ -174,6 +176,7 @@ class Trial:
             batch_size=int(self.hparams["batch_size"]), generator=self.generator, augment=s.augment,
             grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
             max_loss=s.max_loss, averaged=self._average() if averaging and s.average == "ema" else None,
+            epoch_size=s.epoch_size,
         )
         metrics: dict[str, Any] = {"epoch": self.epoch, "lr": lr, "diverged": not stats.finite}
         if not stats.finite:

@@ -156,14 +156,15 @@ def test_stage_override_by_index_and_bad_index():
 
 @pytest.fixture(scope="module")
 def staged(ray_session, learnable_root, tmp_path_factory):
-    """Three real stages on the learnable fixture: 4 x 1 epoch (half the data), 3 x 2 (ASHA), 2 x 2."""
+    """Three real stages on the learnable fixture: 8 x 1 epoch (half the data), 3 x 2 (ASHA), then
+    stage 2's top 2 configs trained again for 2 epochs (from_top)."""
     tree = small_config(learnable_root, tmp_path_factory.mktemp("staged"), "staged")
     tree["space"] |= {"lr": {"low": 1e-4, "high": 3e-2, "scale": "log"}, "dropout": {"low": 0.0, "high": 0.4},
                       "optimizer": ["adam", "momentum"], "batch_size": [32, 64]}
     tree["stages"] = [
-        {"name": "coarse", "epochs": 1, "num_samples": 4, "train_subset": 0.5, "scheduler": "random", "top": 2},
+        {"name": "coarse", "epochs": 1, "num_samples": 8, "train_subset": 0.5, "scheduler": "random", "top": 2},
         {"name": "medium", "epochs": 2, "num_samples": 3, "scheduler": "asha", "top": 2},
-        {"name": "fine", "epochs": 2, "num_samples": 2, "scheduler": "random"},
+        {"name": "fine", "epochs": 2, "num_samples": 1, "from_top": 2},
     ]
     return caviar.sweep(load_config(tree))
 
@@ -174,7 +175,7 @@ def test_real_staged_run_completes_every_stage(staged):
     plan = json.loads((root / "stages.json").read_text())
     assert [s["status"] for s in plan["stages"]] == ["done"] * 3
     assert [s["folder"] for s in plan["stages"]] == ["stage1-coarse", "stage2-medium", "stage3-fine"]
-    for entry, trials in zip(plan["stages"], (4, 3, 2)):
+    for entry, trials in zip(plan["stages"], (8, 3, 2)):
         board = pd.read_csv(root / entry["folder"] / "leaderboard.csv")
         assert len(board) == trials and board["best_val_acc"].max() > 0.2
     assert len(staged.stages) == 3 and staged.path == str(root / "stage3-fine")
@@ -187,8 +188,26 @@ def test_real_staged_run_completes_every_stage(staged):
     second = pd.read_csv(root / "stage2-medium" / "leaderboard.csv")
     if isinstance(rule["to"], dict):
         assert second["lr"].between(rule["to"]["low"], rule["to"]["high"]).all()
-    assert set(second["optimizer"]) <= set(coarse["optimizer"].head(2))
+    kept = plan["stages"][1]["space"]["optimizer"]
+    assert set(second["optimizer"]) <= set(kept["choices"] if isinstance(kept, dict) else [kept])
+    # Stage 3 trained stage 2's best two configs again, each with a new seed.
+    third = pd.read_csv(root / "stage3-fine" / "leaderboard.csv")
+    best_two = second[second["status"] != "diverged"].head(2)
+    assert sorted(third["lr"]) == pytest.approx(sorted(best_two["lr"]))
+    assert sorted(third["batch_size"]) == sorted(best_two["batch_size"])
+    assert not set(third["seed"]) & set(best_two["seed"])
+    assert (third["epochs"] == 2).all() and plan["stages"][2]["num_samples"] == 2
     assert "Stages:" in caviar.sweeper.describe(staged) and "stages.json" in caviar.sweeper.describe(staged)
+
+
+def test_ensemble_of_a_staged_experiment_draws_from_every_stage(staged):
+    """`caviar ensemble <staged folder>` ranks the trials of all stages together; members come from
+    more than one stage, and the result is saved in the experiment folder."""
+    result = caviar.ensemble(staged.root, top_k=8, seeds=0, average=False)
+    stages_of = {trial_id: folder for folder in ("stage1-coarse", "stage2-medium", "stage3-fine")
+                 for trial_id in pd.read_csv(Path(staged.root) / folder / "leaderboard.csv")["trial_id"]}
+    assert len({stages_of[t] for t in result.members["trial_id"]}) >= 2
+    assert result.accuracy > 0.3 and (Path(staged.root) / "ensemble" / "ensemble.json").exists()
 
 
 def test_staged_report_links_every_stage(staged):

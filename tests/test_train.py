@@ -279,3 +279,16 @@ def test_resume_from_another_device_kind_warns_and_goes_on(tensors, tmp_path):
     assert resumed.epoch == 1
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), first.model.state_dict().values()))
     assert resumed.run_epoch(*tensors)["val_acc"] > 0.3
+
+
+def test_epoch_size_is_images_seen_not_a_subset():
+    """train.epoch_size 0.25: an epoch takes a quarter of the steps, and successive epochs draw their
+    images from the whole training set (fresh orders), not from one fixed quarter."""
+    from caviar.train import _batches, images_per_epoch
+
+    assert images_per_epoch(1000, None) == 1000 and images_per_epoch(1000, 0.25) == 250
+    assert images_per_epoch(1000, 300) == 300 and images_per_epoch(1000, 5000) == 1000 and images_per_epoch(10, 1.0) == 10
+    generator = torch.Generator().manual_seed(0)
+    seen = [torch.cat(list(_batches(1000, 50, generator, images_per_epoch(1000, 0.25)))) for _ in range(8)]
+    assert all(len(epoch) == 250 for epoch in seen)
+    assert len(torch.unique(torch.cat(seen))) > 850  # 8 quarter-epochs reach (nearly) every image
