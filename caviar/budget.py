@@ -34,10 +34,11 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min|m|h|d)")
 # idle, and process start-up between trials (measured: 0.2-0.6 s per trial, 4-5 s per sweep).
 UTILISATION = 0.85
 STARTUP_S = 15.0  # Ray start, data into the object store, the throughput probe
-# Seconds a trial costs besides its epochs: the trial's start in a reused process, its first
-# babysitting probe, the checkpoint of every epoch and Ray's bookkeeping. Measured 2.5 s on the
-# 2-core CPU with 1-second epochs (a 100 s budget on the smoke experiment ran 40 trials).
-TRIAL_OVERHEAD_S = 2.5
+# Seconds besides training and evaluation, measured on the 2-core CPU with sub-second epochs
+# (Ray's time_this_iter_s against the probe's estimate): each epoch's checkpoint, report and
+# babysitting ~1 s; a trial's start in a reused process ~1 s.
+EPOCH_OVERHEAD_S = 1.0
+TRIAL_OVERHEAD_S = 1.0
 # The longest trial must finish within this fraction of the time: it cannot start at second 0
 # (ASHA promotes it only after rivals reached its rungs).
 LONGEST_TRIAL_SHARE = 0.6
@@ -164,7 +165,7 @@ class Plan:
     scheduler: str
     num_samples: int = 0
     max_epochs: int = 0
-    stages: list[dict[str, int]] = field(default_factory=list)  # per stage: num_samples, epochs
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per stage: num_samples, epochs, share of time
     expected_trial_epochs: float = 0.0
     throughput: dict[str, Any] = field(default_factory=dict)
 
@@ -211,7 +212,7 @@ def _single(scheduler: str, trial_epochs: float, longest: int, config: Config, s
 
 
 def _stage_cost(config: Config, stage: Any, epochs: int, train_fraction: float) -> float:
-    scheduler = stage.scheduler or config.search.scheduler
+    scheduler = "random" if stage.from_top else stage.scheduler or config.search.scheduler
     per_trial = (asha_epochs_per_trial(epochs, min(config.search.grace_period, epochs), config.search.reduction_factor)
                  if scheduler == "asha" else epochs)
     return per_trial * train_fraction
@@ -222,7 +223,7 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
     """The sweep that fits what is left of `budget_s` after `spent_s`, on `slots` parallel trials."""
     seconds = budget_s - spent_s - STARTUP_S
     averaging = (1 - config.average.start) if config.average.method != "none" else 0.0
-    epoch_s = throughput.epoch_s(train_images, val_images, averaging, config.average.bn_images)
+    epoch_s = throughput.epoch_s(train_images, val_images, averaging, config.average.bn_images) + EPOCH_OVERHEAD_S
     if seconds < 2 * epoch_s:
         raise ConfigError(f"budget {format_duration(budget_s)} is too small: one epoch of one trial takes "
                           f"~{epoch_s:.0f} s here; give at least {format_duration(spent_s + STARTUP_S + 3 * epoch_s)} "
@@ -250,7 +251,21 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
         {"num_samples": max(slots, int(n * scale)), "epochs": e}
         for stage, n, e, cap in zip(config.stages, counts, epochs, caps)
     ]
+    for sized, stage, f in zip(result.stages, config.stages, fractions):  # each stage's share of the time
+        sized["share"] = sized["num_samples"] * (_stage_cost(config, stage, sized["epochs"], f) +
+                                                 TRIAL_OVERHEAD_S / epoch_s)
+    total = sum(sized["share"] for sized in result.stages)
+    for sized in result.stages:
+        sized["share"] = round(sized["share"] / total, 4)
     return result
+
+
+def stage_deadline(planned_stages: list[dict[str, Any]], index: int, now: float, deadline: float) -> float:
+    """When stage `index` (1-based) must stop: its share of the time left, in proportion to the
+    stages still to run, so that a stage that runs over its estimate cannot eat the next one's
+    time (the last stage gets all that is left)."""
+    rest = [sized.get("share", 1.0) for sized in planned_stages[index - 1:]]
+    return now + (deadline - now) * rest[0] / sum(rest) if sum(rest) > 0 else deadline
 
 
 def apply(config: Config, planned: Plan) -> Config:

@@ -24,6 +24,7 @@ import yaml
 
 from caviar import storage
 from caviar.border import format_warnings
+from caviar.budget import stage_deadline
 from caviar.config import CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config
 from caviar.errors import CaviarError
 from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, interrupted
@@ -192,6 +193,7 @@ def run_staged(
     deadline, budget_plan = None, None
     if config.budget and not resume and start is None:
         config, budget_plan, deadline = _plan_stages(config, begun or time.time(), address_started=started, log=log)
+        stages = config.stages  # with the planned sizes
     storage.write_text(storage.join(root, CONFIG_FILE), config.to_yaml())
     previous = {}  # a rerun keeps the rules of the run it replaces in stages.json ("previous_runs")
     if start is not None and storage.exists(storage.join(root, STAGES_FILE)):
@@ -255,8 +257,9 @@ def run_staged(
             if state == "partial":
                 stage_result = sweeper.sweep(resume=path, address=address)
             else:
+                ends = None if deadline is None else stage_deadline(budget_plan.stages, index, time.time(), deadline)
                 stage_result = sweeper.sweep(stage_config(config, index, space, root, points), address=address,
-                                             deadline=deadline, log=log)
+                                             deadline=ends, log=log)
             result.stages.append(stage_result)
             entry["space"] = _space_spec(stage_result.config.space)  # a resumed stage keeps its own
             counts = stage_result.summary["counts"]
@@ -264,7 +267,7 @@ def run_staged(
             plan["stages"][-1] = entry | {"status": "done" if finished else "interrupted", **_outcome(stage_result)}
             _write_plan(root, _with_history(plan, previous))
             log(_stage_report(index, stage, stage_result))
-            if deadline_reached(stage_result.summary):
+            if deadline_reached(stage_result.summary) and (index == len(stages) or deadline - time.time() < 5):
                 log(f"The budget ran out during stage {index} ({stage.name}); its trials and checkpoints are kept.")
                 break
             if not finished:

@@ -8,6 +8,7 @@ nothing else), ``leaderboard.csv`` (one row per trial) and ``summary.json``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -217,6 +218,17 @@ class TrialRecord:
     retries: int
     checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]  # the kept ones, best val_acc first
     latest: tune.Checkpoint | None
+
+
+def _only_real_failures(record: logging.LogRecord) -> bool:
+    """Ray warns about every trial with no result file, one line each; a trial that a deadline or
+    Ctrl-C stopped before its first epoch has none, and the leaderboard says "not-started"."""
+    lines = record.getMessage().splitlines()[1:]
+    return not lines or not all("Could not fetch metrics" in line and "FileNotFoundError" in line for line in lines)
+
+
+# Ray reads results back at the end of every fit and whenever caviar reads a folder.
+logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_only_real_failures)
 
 
 def read_trials(path: str) -> list[TrialRecord]:

@@ -64,7 +64,7 @@ def test_asha_plan_fits_the_budget(seconds, slots):
     assert p.max_epochs * p.epoch_s <= budget.LONGEST_TRIAL_SHARE * p.seconds
     assert p.num_samples >= 3 * 3 ** (len(rungs(p.max_epochs, 1, 3)) - 1)
     assert 1 <= p.max_epochs <= 40
-    assert p.epoch_s == pytest.approx(55000 * 4e-4 + 5000 * 1e-4)
+    assert p.epoch_s == pytest.approx(55000 * 4e-4 + 5000 * 1e-4 + budget.EPOCH_OVERHEAD_S)
 
 
 def test_more_budget_buys_more():
@@ -213,3 +213,26 @@ def test_pbt_population_exploits(ray_session, learnable_root, tmp_path):
     assert exploits, "PBT never exploited"
     assert (result.trials["epochs"] == 4).all(), result.trials[["trial_id", "status", "epochs", "retries"]]
     assert result.best["best_val_acc"] > 0.5
+
+
+def test_from_top_stage_gets_epochs_and_its_share_of_time():
+    """experiments/cpu-budget.yaml: the search stage's trial count and the train stage's epochs
+    scale with the budget; each stage's share of the time follows its cost, so stage 1 running
+    over cannot eat stage 2's time."""
+    from caviar.budget import stage_deadline
+
+    config = load_config("experiments/cpu-budget.yaml")
+    images = [13750, 13750]  # epoch_size 0.25 of 55,000
+    short, long = (plan(config, budget_s=s, spent_s=0, slots=2, throughput=SPEED, train_images=13750,
+                        val_images=5000, stage_train_images=images) for s in (1800, 3600))
+    assert [s["num_samples"] for s in short.stages][1] == [s["num_samples"] for s in long.stages][1] == 2
+    assert long.stages[1]["epochs"] > short.stages[1]["epochs"] and long.stages[0]["num_samples"] > \
+        short.stages[0]["num_samples"]
+    train_cost = 2 * (short.stages[1]["epochs"] + budget.TRIAL_OVERHEAD_S / short.epoch_s)
+    assert 0.3 < short.stages[1]["share"] < 0.7
+    assert short.stages[1]["share"] * sum(
+        s["num_samples"] * ((asha_epochs_per_trial(s["epochs"], 1, 3) if i == 0 else s["epochs"])
+                            + budget.TRIAL_OVERHEAD_S / short.epoch_s) for i, s in enumerate(short.stages)) \
+        == pytest.approx(train_cost, rel=1e-3)
+    assert stage_deadline(short.stages, 1, 0, 1000) == pytest.approx(1000 * short.stages[0]["share"], rel=1e-3)
+    assert stage_deadline(short.stages, 2, 700, 1000) == 1000  # the last stage gets all that is left
