@@ -6,7 +6,7 @@ Each flow is what a user types, run as a subprocess of the CLI:
     caviar sweep EXPERIMENT --budget <B x (1 - share)> --set data.root=... --set storage=... --name FLOW
     caviar ensemble <its folder> --budget <B x share>
 
-(for a staged experiment the ensemble is built from its last stage's folder). The baseline is the
+(a staged experiment's folder: members from every stage). The baseline is the
 issue's hand-picked network and recipe (Adam 1e-3, cosine, batch 128, 3 conv blocks x 64 with
 batch norm, ReLU and He init, one hidden layer of 128, dropout 0.2, weight decay 1e-4), trained
 with caviar's own Trial on the same train/validation split, `--slots` seeds in parallel (one
@@ -51,6 +51,11 @@ DATA_CACHE = REPO / "benchmarks" / ".data"
 BASELINE = dict(optimizer="adam", lr=1e-3, lr_schedule="cosine", batch_size=128, conv_layers=3, conv_width=64,
                 batch_norm=True, activation="relu", init="he", fc_layers=1, fc_width=128, dropout=0.2,
                 weight_decay=1e-4, grad_clip=0, momentum=0.9)
+# staged.yaml is left out of --tiny: its budget plan gives the first of three stages a few seconds
+# of a 45-60 s budget, too few to start a trial, so it needs ~2 minutes even on the fixture. The
+# budget flow (cpu-budget.yaml) is staged too, so reading a staged folder is still exercised.
+TINY_FLOWS = "default,budget"
+TINY_BASELINE_S = 15.0
 TINY_FIXTURE = dict(train_size=400, test_size=200)  # epochs of ~1 s: the budget planner needs 3 in the budget
 
 
@@ -108,7 +113,17 @@ def _run(cmd: list[str], log: Path, timeout_s: float, env: dict[str, str]) -> di
             "log": str(log), "log_tail": tail if rc else []}
 
 
-def read_sweep(folder: Path) -> dict[str, Any]:
+def passes(config: dict[str, Any], trial_epochs: int, train_images: int) -> float:
+    """Trial-epochs in passes over the whole training set: a stage may train on a subset
+    (data.train_subset) and an epoch may be part of it (train.epoch_size)."""
+    from caviar.train import images_per_epoch
+
+    subset = (config.get("data") or {}).get("train_subset")
+    n = train_images if subset is None else (round(subset * train_images) if isinstance(subset, float) else subset)
+    return trial_epochs * images_per_epoch(int(n), (config.get("train") or {}).get("epoch_size")) / train_images
+
+
+def read_sweep(folder: Path, train_images: int) -> dict[str, Any]:
     """Trial counts and trial-epochs from summary.json (each stage's, for a staged experiment)."""
     plan = folder / "stages.json"
     if plan.exists():
@@ -122,32 +137,37 @@ def read_sweep(folder: Path) -> dict[str, Any]:
             continue
         summary = json.loads((d / "summary.json").read_text())
         counts.update(summary.get("counts", {}))
-        search = (summary.get("config") or {}).get("search", {})
+        config = summary.get("config") or {}
+        search = config.get("search", {})
         stages.append({"folder": d.name, "trials": summary.get("trials"), "counts": summary.get("counts"),
-                       "trial_epochs": summary.get("total_trial_epochs"), "num_samples": search.get("num_samples"),
+                       "trial_epochs": summary.get("total_trial_epochs"),
+                       "passes": round(passes(config, summary.get("total_trial_epochs") or 0, train_images), 2),
+                       "num_samples": search.get("num_samples"),
                        "max_epochs": search.get("max_epochs"), "scheduler": search.get("scheduler"),
                        "wall_time_s": summary.get("wall_time_s"),
                        "best_val_acc": (summary.get("best_trial") or {}).get("best_val_acc")}
                       | {k: summary[k] for k in ("budget", "plan") if k in summary})
         last = d
-    return {"folder": str(folder), "ensemble_folder": str(last) if last else None, "stages": stages,
+    return {"folder": str(folder), "last_sweep": str(last) if last else None, "stages": stages,
             "counts": dict(counts), "trials": sum(n for k, n in counts.items() if k != "not-started"),
             "trial_epochs": sum(s["trial_epochs"] or 0 for s in stages),
+            "passes": round(sum(s["passes"] for s in stages), 2),
             "best_val_acc": stages[-1]["best_val_acc"] if stages else None}
 
 
 def read_ensemble(folder: Path) -> dict[str, Any]:
     doc = json.loads((folder / "ensemble" / "ensemble.json").read_text())
     best = doc.get("best_member") or {}
-    reruns = [row for d in folder.glob("seeds-*") if d.is_dir() for row in common.trial_reports(d)]
+    runs = [*folder.glob("seeds-*"), *folder.glob("*/seeds-*")]  # beside the best trial's sweep (a stage's)
+    reruns = [row for d in runs if d.is_dir() for row in common.trial_reports(d)]
     return {"ensemble_acc": doc.get("accuracy"), "best_single_acc": best.get("accuracy"),
             "best_member": best.get("name"), "gain": doc.get("gain_over_best_member"),
             "members": sum(1 for m in doc.get("members", []) if m.get("weight", 0) > 0),
             "seed_rerun_epochs": len(reruns)}
 
 
-def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, sweep_s: float, ens_s: float,
-             env: dict[str, str], dry_run: bool) -> dict[str, Any]:
+def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, train_images: int, sweep_s: float,
+             ens_s: float, env: dict[str, str], dry_run: bool) -> dict[str, Any]:
     sweep_cmd = [sys.executable, "-m", "caviar", "sweep", experiment, "--budget", seconds_text(sweep_s),
                  "--set", f"data.root={root}", "--set", f"storage={storage}", "--name", flow,
                  "--set", f"data.val_size={val_size}", "--set", "data.download=false"]
@@ -161,20 +181,20 @@ def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: in
           flush=True)
     sweep = _run(sweep_cmd, storage / f"{flow}-sweep.log", 1.25 * sweep_s + 120, env)
     record |= {"sweep_rc": sweep["rc"], "sweep_wall_s": sweep["wall_s"], "sweep_killed": sweep["killed_at_timeout"],
-               "sweep_log": sweep["log"]} | read_sweep(target)
+               "sweep_log": sweep["log"]} | read_sweep(target, train_images)
     if sweep["log_tail"]:
         record["sweep_log_tail"] = sweep["log_tail"]
-    if not record["ensemble_folder"]:
+    if not record["last_sweep"]:
         print(f"  {flow}: no finished sweep (exit {sweep['rc']}); see {sweep['log']}", flush=True)
         return record | {"error": "sweep left no summary.json"}
-    ens_cmd[4] = record["ensemble_folder"]
+    ens_cmd[4] = str(target)  # a staged experiment's folder: members from every stage
     record["ensemble_command"] = shlex.join(ens_cmd[2:])
     print(f"[{time.strftime('%H:%M:%S')}] {flow}: caviar ensemble --budget {seconds_text(ens_s)}", flush=True)
     ens = _run(ens_cmd, storage / f"{flow}-ensemble.log", 1.25 * ens_s + 120, env)
     record |= {"ensemble_rc": ens["rc"], "ensemble_wall_s": ens["wall_s"], "ensemble_killed": ens["killed_at_timeout"],
                "ensemble_log": ens["log"]}
     try:
-        record |= read_ensemble(Path(record["ensemble_folder"]))
+        record |= read_ensemble(target)
     except (OSError, ValueError) as e:
         record |= {"error": f"no ensemble.json ({e})", "ensemble_log_tail": ens["log_tail"]}
     record["wall_s"] = round(record["sweep_wall_s"] + record["ensemble_wall_s"], 1)
@@ -301,7 +321,8 @@ def run_baseline(root: Path, val_size: int, budget_s: float, slots: int, threads
     error = None
     # spawn: a fresh interpreter per seed (no forked Ray or torch thread state)
     with mp.get_context("spawn").Pool(slots) as pool:
-        jobs = [pool.apply_async(baseline_seed, (str(root), val_size, seed, deadline, threads)) for seed in range(slots)]
+        jobs = [pool.apply_async(baseline_seed, (str(root), val_size, seed, deadline, threads))
+                for seed in range(slots)]
         for job in jobs:
             try:
                 seeds.append(job.get(timeout=max(1.0, deadline + 60 + 0.1 * budget_s - time.time())))
@@ -314,9 +335,11 @@ def run_baseline(root: Path, val_size: int, budget_s: float, slots: int, threads
     if seeds:
         probs = np.mean([s.pop("probs") for s in seeds], axis=0)
         best = max(seeds, key=lambda s: s["val_acc"] or 0)  # chosen on validation, like ensemble.json's best_member
-        record |= {"ensemble_acc": float((probs.argmax(1) == test_y).mean()), "best_single_acc": best["test_acc"],
-                   "best_member": f"seed {best['seed']}", "gain": float((probs.argmax(1) == test_y).mean()) - best["test_acc"],
-                   "trials": len(seeds), "trial_epochs": sum(s["epochs"] for s in seeds), "seeds": seeds}
+        ensemble_acc = float((probs.argmax(1) == test_y).mean())
+        record |= {"ensemble_acc": ensemble_acc, "best_single_acc": best["test_acc"],
+                   "best_member": f"seed {best['seed']}", "gain": ensemble_acc - best["test_acc"],
+                   "trials": len(seeds), "trial_epochs": sum(s["epochs"] for s in seeds),
+                   "passes": sum(s["epochs"] for s in seeds), "seeds": seeds}
     record["wall_s"] = round(time.time() - begin, 1)
     return record | ({"error": error} if error else {})
 
@@ -328,9 +351,10 @@ def _rows(flows: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, A
         acc = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), float) else None  # noqa: E731
         rows.append({"flow": r["flow"], "best single": acc("best_single_acc"), "ensemble": acc("ensemble_acc"),
                      "gain": f"{r['gain']:+.4f}" if isinstance(r.get("gain"), float) else None,
-                     "trials": r.get("trials"), "trial-epochs": r.get("trial_epochs"),
+                     "trials": r.get("trials"), "trial-epochs": r.get("trial_epochs"), "passes": r.get("passes"),
                      "re-run epochs": r.get("seed_rerun_epochs"),
-                     "sweep s": r.get("sweep_wall_s"), "ensemble s": r.get("ensemble_wall_s"), "total s": r.get("wall_s"),
+                     "sweep s": r.get("sweep_wall_s"), "ensemble s": r.get("ensemble_wall_s"),
+                     "total s": r.get("wall_s"),
                      "note": r.get("error")})
     return rows
 
@@ -338,9 +362,10 @@ def _rows(flows: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, A
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p = common.parser(NAME, __doc__.split("\n")[0])
     p.add_argument("--budget", default=None, help="wall-clock budget per flow and for the baseline: 30m, 1h, 90s "
-                   "(default 30m; 30s with --tiny)")
+                   "(default 30m; 45s with --tiny)")
     p.add_argument("--ensemble-share", type=float, default=0.15, help="share of the budget for `caviar ensemble`")
-    p.add_argument("--flows", default=",".join(FLOWS), help=f"comma-separated, of {', '.join(FLOWS)} (none: the baseline only)")
+    p.add_argument("--flows", default=None, help=f"comma-separated, of {', '.join(FLOWS)} (default: all; with "
+                   f"--tiny: {TINY_FLOWS}); none: the baseline only")
     p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
                    help="fashion (default): Fashion-MNIST converted once; cifar-sample: 200 real CIFAR-10 images "
                    "(smoke run); fixture: caviar.fixture (the default with --tiny)")
@@ -353,10 +378,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args = p.parse_args(argv)
     from caviar.budget import parse_duration
 
-    budget_s = parse_duration(args.budget or ("30s" if args.tiny else "30m"))
+    budget_s = parse_duration(args.budget or ("45s" if args.tiny else "30m"))
     if args.tag and args.out == common.RESULTS / f"{NAME}.json":
         args.out = common.RESULTS / f"{NAME}-{args.tag}.json"
     args.data = args.data or ("fixture" if args.tiny else "fashion")
+    args.flows = args.flows or (TINY_FLOWS if args.tiny else ",".join(FLOWS))
     flows = [f.strip() for f in args.flows.split(",") if f.strip() and f.strip() != "none"]
     unknown = [f for f in flows if f not in FLOWS]
     if unknown:
@@ -372,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     threads = max(1, cores // slots)
     ens_s = budget_s * args.ensemble_share
     sweep_s = budget_s - ens_s
+    # --tiny: the fixture needs seconds, not the flows' 45 s (mostly Ray start-up and the planner's probe)
+    baseline_s = min(budget_s, TINY_BASELINE_S) if args.tiny else budget_s
 
     from caviar.data import load_cifar10
 
@@ -385,29 +413,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         storage = (work / f"runs-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         storage.mkdir(parents=True, exist_ok=True)
         settings = {"budget_s": budget_s, "sweep_budget_s": sweep_s, "ensemble_budget_s": ens_s,
-                    "ensemble_share": args.ensemble_share, "flows": {f: FLOWS[f] for f in flows}, "data": data_name,
+                    "baseline_budget_s": baseline_s, "ensemble_share": args.ensemble_share,
+                    "flows": {f: FLOWS[f] for f in flows}, "data": data_name,
                     "data_root": str(root), "train_images": n_train - val_size, "val_size": val_size,
                     "test_images": n_test, "baseline": BASELINE, "slots": slots, "threads_per_seed": threads,
                     "storage": str(storage), "tiny": args.tiny}
         print(f"Data: {data_name} at {root}: {n_train - val_size} train / {val_size} validation / {n_test} test; "
               f"budget {seconds_text(budget_s)} per flow ({seconds_text(sweep_s)} sweep + {seconds_text(ens_s)} "
-              f"ensemble) and for the baseline; about {seconds_text(budget_s * (len(flows) + 1))} in all", flush=True)
+              f"ensemble), {seconds_text(baseline_s)} for the baseline; about "
+              f"{seconds_text(budget_s * len(flows) + baseline_s)} in all", flush=True)
         ray_tmp = tempfile.mkdtemp(prefix="cvsq-", dir="/tmp")  # short: Ray's socket paths < 107 bytes
         env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         try:
-            results = [run_flow(f, FLOWS[f], root, storage, val_size, sweep_s, ens_s, env, args.dry_run)
-                       for f in flows]
+            results = [run_flow(f, FLOWS[f], root, storage, val_size, n_train - val_size, sweep_s, ens_s, env,
+                                args.dry_run) for f in flows]
             if args.dry_run:
                 for r in results:
                     outline = flow_outline(r["experiment"]) if (REPO / r["experiment"]).exists() else "file missing"
                     print(f"\n{r['flow']} ({outline}; the budget planner sizes it):\n  {r['sweep_command']}\n"
                           f"  {r['ensemble_command']}")
                 epoch_s = estimate_epoch_s(root, val_size, threads)
-                print(f"\nbaseline: {slots} seeds in parallel x {threads} thread(s), {BASELINE}\n  epoch ~{epoch_s:.1f} s "
+                print(f"\nbaseline: {slots} seeds in parallel x {threads} thread(s), {BASELINE}\n"
+                      f"  epoch ~{epoch_s:.1f} s "
                       f"(timed here, alone): ~{int((budget_s - 10) / epoch_s)} epochs; in the run epoch 1 is timed, "
                       f"then cosine over floor(time left / epoch time) epochs, stopped at {seconds_text(budget_s)}")
                 return None
-            base = run_baseline(root, val_size, budget_s, slots, threads)
+            base = run_baseline(root, val_size, baseline_s, slots, threads)
         finally:
             import shutil
 
@@ -417,10 +448,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     title = (f"Search quality: test accuracy on {data_name}, {seconds_text(budget_s)} per flow "
              f"({cores} cores{', ' + info['gpu'] if info.get('gpu') else ''})")
     print("\n" + common.markdown(rows, columns, title))
+    print(f"\nbest single: the member chosen on validation (ensemble.json's best_member; the baseline's best seed); "
+          f"passes: trial-epochs in passes over the {n_train - val_size} training images; re-run epochs: the "
+          "ensemble's seed re-runs; seconds are wall time.")
     for r in results:
         for stage in r.get("stages", []):
-            print(f"  {r['flow']}/{stage['folder']}: {stage['trials']} trials ({stage['counts']}), "
-                  f"{stage['trial_epochs']} trial-epochs, max_epochs {stage['max_epochs']}")
+            counts = ", ".join(f"{n} {k}" for k, n in (stage["counts"] or {}).items() if n)
+            print(f"  {r['flow']}/{stage['folder']}: {stage['trials']} trials ({counts}), {stage['trial_epochs']} "
+                  f"trial-epochs = {stage['passes']} passes over the training set, max_epochs {stage['max_epochs']}")
     for s in base.get("seeds", []):
         print(f"  baseline seed {s['seed']}: test {s['test_acc']:.4f}, {s['epochs']} of {s['max_epochs']} epochs "
               f"(epoch 1 {s['first_epoch_s']} s, last {s['last_epoch_s']} s)")

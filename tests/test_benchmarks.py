@@ -108,3 +108,23 @@ def test_gpu_without_gpu_or_dry_run_says_so(tmp_path):
     module = importlib.import_module("bench_gpu")
     with pytest.raises(SystemExit, match="--dry-run"):
         module.main(["--out", str(tmp_path / "gpu.json"), "--parts", "epoch"])
+
+
+def test_search_quality_tiny(tmp_path, capsys):
+    """Each --tiny flow (CLI sweep + ensemble under --budget; staged.yaml needs more than a tiny budget)
+    and the baseline report test accuracies in [0, 1]; the baseline learns the learnable fixture
+    (above chance). Each CLI call starts its own Ray. About 2 minutes."""
+    printed, data = run("search_quality", tmp_path, capsys)
+    assert "Search quality" in printed and "| flow |" in printed
+    results = data["results"]
+    assert set(results["flows"]) == {"default", "budget"}
+    assert [s["folder"] for s in results["flows"]["budget"]["stages"]][:1] == ["stage1-search"]  # a staged folder
+    for name, flow in results["flows"].items():
+        assert "error" not in flow, (name, flow.get("error"), flow.get("sweep_log_tail"), flow.get("ensemble_log_tail"))
+        assert 0 <= flow["best_single_acc"] <= 1 and 0 <= flow["ensemble_acc"] <= 1, name
+        assert flow["trials"] >= 1 and flow["trial_epochs"] >= 1
+    base = results["baseline"]
+    assert 0 <= base["best_single_acc"] <= 1 and 0 <= base["ensemble_acc"] <= 1
+    assert [s["seed"] for s in base["seeds"]] == [0, 1] and all(s["epochs"] >= 1 for s in base["seeds"])
+    assert base["ensemble_acc"] > 0.2  # chance is 0.1
+    assert data["settings"]["budget_s"] == 45 and data["settings"]["baseline_budget_s"] == 15
