@@ -34,6 +34,7 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min|m|h|d)")
 # idle, and process start-up between trials (measured: 0.2-0.6 s per trial, 4-5 s per sweep).
 UTILISATION = 0.85
 STARTUP_S = 15.0  # Ray start, data into the object store, the throughput probe
+STAGE_STARTUP_S = 5.0  # each stage after the first: its Tuner, its trials' first processes
 # Seconds besides training and evaluation, measured on the 2-core CPU with sub-second epochs
 # (Ray's time_this_iter_s against the probe's estimate): each epoch's checkpoint, report and
 # babysitting ~1 s; a trial's start in a reused process ~1 s.
@@ -221,7 +222,7 @@ def _stage_cost(config: Config, stage: Any, epochs: int, train_fraction: float) 
 def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, throughput: Throughput,
          train_images: int, val_images: int, stage_train_images: list[int] | None = None) -> Plan:
     """The sweep that fits what is left of `budget_s` after `spent_s`, on `slots` parallel trials."""
-    seconds = budget_s - spent_s - STARTUP_S
+    seconds = budget_s - spent_s - STARTUP_S - STAGE_STARTUP_S * max(0, len(config.stages) - 1)
     averaging = (1 - config.average.start) if config.average.method != "none" else 0.0
     epoch_s = throughput.epoch_s(train_images, val_images, averaging, config.average.bn_images) + EPOCH_OVERHEAD_S
     if seconds < 2 * epoch_s:
@@ -265,7 +266,10 @@ def stage_deadline(planned_stages: list[dict[str, Any]], index: int, now: float,
     stages still to run, so that a stage that runs over its estimate cannot eat the next one's
     time (the last stage gets all that is left)."""
     rest = [sized.get("share", 1.0) for sized in planned_stages[index - 1:]]
-    return now + (deadline - now) * rest[0] / sum(rest) if sum(rest) > 0 else deadline
+    if len(rest) == 1 or sum(rest) <= 0:
+        return deadline
+    later_startups = STAGE_STARTUP_S * (len(rest) - 1)  # kept for the stages after this one
+    return now + max(0.0, deadline - now - later_startups) * rest[0] / sum(rest)
 
 
 def apply(config: Config, planned: Plan) -> Config:
