@@ -347,7 +347,7 @@ def run_baseline(root: Path, val_size: int, budget_s: float, slots: int, threads
 # ---------------------------------------------------------------- main
 def _rows(flows: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for r in flows + [base | {"flow": f"baseline ({base.get('slots')} seeds)"}]:
+    for r in flows + ([base | {"flow": f"baseline ({base.get('slots')} seeds)"}] if base else []):
         acc = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), float) else None  # noqa: E731
         rows.append({"flow": r["flow"], "best single": acc("best_single_acc"), "ensemble": acc("ensemble_acc"),
                      "gain": f"{r['gain']:+.4f}" if isinstance(r.get("gain"), float) else None,
@@ -364,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--budget", default=None, help="wall-clock budget per flow and for the baseline: 30m, 1h, 90s "
                    "(default 30m; 45s with --tiny)")
     p.add_argument("--ensemble-share", type=float, default=0.15, help="share of the budget for `caviar ensemble`")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="leave out the hand-picked baseline (when an earlier run at the same budget measured it)")
     p.add_argument("--flows", default=None, help=f"comma-separated, of {', '.join(FLOWS)} (default: all; with "
                    f"--tiny: {TINY_FLOWS}); none: the baseline only")
     p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
@@ -438,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                       f"(timed here, alone): ~{int((budget_s - 10) / epoch_s)} epochs; in the run epoch 1 is timed, "
                       f"then cosine over floor(time left / epoch time) epochs, stopped at {seconds_text(budget_s)}")
                 return None
-            base = run_baseline(root, val_size, baseline_s, slots, threads)
+            base = run_baseline(root, val_size, baseline_s, slots, threads) if args.baseline else None
         finally:
             import shutil
 
@@ -456,11 +458,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             counts = ", ".join(f"{n} {k}" for k, n in (stage["counts"] or {}).items() if n)
             print(f"  {r['flow']}/{stage['folder']}: {stage['trials']} trials ({counts}), {stage['trial_epochs']} "
                   f"trial-epochs = {stage['passes']} passes over the training set, max_epochs {stage['max_epochs']}")
-    for s in base.get("seeds", []):
+    for s in (base or {}).get("seeds", []):
         print(f"  baseline seed {s['seed']}: test {s['test_acc']:.4f}, {s['epochs']} of {s['max_epochs']} epochs "
               f"(epoch 1 {s['first_epoch_s']} s, last {s['last_epoch_s']} s)")
     goals = {f"{r['flow']}: ensemble beats the hand-picked baseline's ensemble":
-             (r.get("ensemble_acc") or 0) > (base.get("ensemble_acc") or 0) for r in results}
+             (r.get("ensemble_acc") or 0) > (base.get("ensemble_acc") or 0) for r in results} if base else {}
     return common.write_json(args.out, NAME, common.command_line(argv, f"bench_{NAME}.py"), settings,
                              {"flows": {r["flow"]: r for r in results}, "baseline": base, "rows": rows},
                              goals, info)
