@@ -42,8 +42,8 @@ def actor_reuse(enabled: bool) -> Iterator[None]:
         return
     original = sweeper._tune_config
 
-    def without_reuse(config):
-        tune_config = original(config)
+    def without_reuse(config, *args):
+        tune_config = original(config, *args)
         tune_config.reuse_actors = False
         return tune_config
 

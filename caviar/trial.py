@@ -227,8 +227,8 @@ class Trial:
             warnings.warn(f"checkpoint of epoch {state['epoch']} was saved on another kind of device: shuffling "
                           "and augmentation continue from a new seed, not exactly where they left off", stacklevel=2)
             self.generator.manual_seed(trial_seed(self.hparams) + int(state["epoch"]))
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":  # a CPU trial never touches CUDA
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch = int(state["epoch"])
         if "averaged" in state:
             self._average().load_state_dict(state["averaged"])

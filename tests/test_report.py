@@ -4,6 +4,7 @@ loads every image in headless Chromium, the border warning shows, and babysittin
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -33,8 +35,8 @@ ENSEMBLE = {"accuracy": 0.91, "members": [{"name": "a@3", "accuracy": 0.88, "wei
 
 @pytest.fixture(scope="module")
 def experiment(ray_session, learnable_root, tmp_path_factory) -> Path:
-    """4 ASHA trials x 3 epochs with a searched lr, dropout and batch size, plus a hand-written ensemble.json."""
-    tree = small_config(learnable_root, tmp_path_factory.mktemp("report"), "reported", num_samples=4, max_epochs=3)
+    """8 ASHA trials x 3 epochs with a searched lr, dropout and batch size, plus a hand-written ensemble.json."""
+    tree = small_config(learnable_root, tmp_path_factory.mktemp("report"), "reported", num_samples=8, max_epochs=3)
     tree["space"] |= {"lr": {"low": 1e-3, "high": 1e-2, "scale": "log"}, "dropout": {"low": 0.0, "high": 0.3},
                       "batch_size": [32, 64]}
     result = caviar.sweep(load_config(tree))
@@ -57,12 +59,17 @@ def test_report_has_every_chart(experiment, capsys):
 
 
 def test_border_warning_shows_in_report(experiment, tmp_path):
-    """With lr's range ending just above the best trial's lr, the page names lr, its high edge and a wider range."""
+    """With lr's range ending just above the top two trials' lrs (8 scored trials: evidence), the page
+    names lr, its high edge and a wider range."""
     copy = tmp_path / "copy"
     shutil.copytree(experiment, copy)
     config = yaml.safe_load((copy / "caviar.yaml").read_text())
-    best = json.loads((copy / "summary.json").read_text())["best_trial"]["lr"]
-    config["space"]["lr"] = {"low": best / 1000, "high": best * 1.01, "scale": "log"}
+    board = pd.read_csv(copy / "leaderboard.csv")
+    assert (board["status"] != "diverged").sum() >= 8
+    top = board["lr"].head(2)
+    decades = max(3.0, 10 * (math.log10(top.max()) - math.log10(top.min())) + 0.5)  # both in the outer 10%
+    high = float(top.max()) * 1.01
+    config["space"]["lr"] = {"low": high / 10**decades, "high": high, "scale": "log"}
     (copy / "caviar.yaml").write_text(yaml.safe_dump(config))
     page = write_report(copy).read_text()
     assert re.search(r"Best value on the border: lr: the best trial .* high edge", page)
