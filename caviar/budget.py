@@ -88,9 +88,10 @@ class Throughput:
         return train_images * self.train_s_per_image + evaluation + average
 
 
-def measure(config: Config, data: Any, configs: int = 3, seconds_each: float = 1.5) -> Throughput:
+def measure(config: Config, data: Any, device: Any = None, configs: int = 3, seconds_each: float = 1.5) -> Throughput:
     """Time training steps and an evaluation pass of `configs` configs drawn from the space, on
-    this process's device with the trial's thread count. Runs inside a Ray task (caviar.sweeper)."""
+    `device` with the trial's thread count. Runs inside a Ray task (caviar.sweeper), which passes
+    the device Ray assigned it."""
     import statistics
 
     import torch
@@ -104,7 +105,7 @@ def measure(config: Config, data: Any, configs: int = 3, seconds_each: float = 1
     train_x, train_y, val_x, val_y = None, None, None, None
     train_times, eval_times = [], []
     for hparams in sample(config.space, configs, seed=config.search.seed or 0):
-        trial = Trial(hparams, settings)
+        trial = Trial(hparams, settings, device)
         if train_x is None:
             train_x, train_y, val_x, val_y = data_tensors(data, trial.device)
         batch = int(hparams["batch_size"])

@@ -398,11 +398,18 @@ def cluster_slots(config: Config, resources: dict[str, float]) -> int:
     return max(1, slots)
 
 
+def _measure_on_assigned_device(config: Config, data: SplitData) -> budgets.Throughput:
+    """caviar.budget.measure on the device Ray assigned this task (CPU when it asked for no GPU)."""
+    from caviar import devices
+
+    return budgets.measure(config, data, devices.trial_device([str(gpu) for gpu in ray.get_gpu_ids()]))
+
+
 def plan_budget(config: Config, data: SplitData, resources: dict[str, float], *, budget_s: float, spent_s: float,
                 stage_train_images: list[int] | None = None) -> budgets.Plan:
     """Measure a trial's speed where trials run (a Ray task with one trial's resources, on the
     sweep's own data), then size the sweep to the budget (caviar.budget.plan)."""
-    probe = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(budgets.measure)
+    probe = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(_measure_on_assigned_device)
     throughput = ray.get(probe.remote(config, data))
     return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, slots=cluster_slots(config, resources),
                         throughput=throughput, train_images=images_per_epoch(len(data.train_y), config.train.epoch_size),
