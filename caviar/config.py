@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -482,17 +483,78 @@ def build_config(tree: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"invalid {source}:\n{_describe(error)}") from None
 
 
-def _read_experiment(path: str | Path) -> dict[str, Any]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"experiment file {path} does not exist; pass a YAML file such as experiments/smoke.yaml")
+class _Loader(yaml.SafeLoader):
+    """YAML as a person means it: `1e-3` is a number (YAML 1.1 wants `1.0e-3`, so PyYAML reads a
+    string, while `--set` already read a number), and a key given twice is an error, not the last
+    one silently winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """A YAML mapping of config sections from `text`; ConfigError naming `source` if it is not one."""
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"experiment file {path} is not valid YAML: {error}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"experiment file {path} must be a mapping of sections (name:, data:, search:, ...)")
-    return loaded or {}
+        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+    if loaded is None:
+        raise ConfigError(f"{source} is empty; it should hold config sections (name:, data:, search:, ...)")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{source} must be a mapping of sections (name:, data:, search:, ...)")
+    return loaded
+
+
+def read_yaml(path: str | Path, source: str) -> dict[str, Any]:
+    """parse_yaml of a local file, with a clear error for a folder, a binary file or no file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{source} {path} is a folder; pass a YAML file such as experiments/smoke.yaml")
+    if not path.is_file():
+        raise ConfigError(f"{source} {path} does not exist; pass a YAML file such as experiments/smoke.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source} {path} is not a text file; pass a YAML file such as experiments/smoke.yaml") \
+            from None
+    except OSError as error:
+        raise ConfigError(f"{source} {path} cannot be read: {error.strerror}") from None
+    return parse_yaml(text, f"{source} {path}")
+
+
+def read_saved_config(folder: str) -> dict[str, Any]:
+    """The `caviar.yaml` a sweep wrote into its experiment folder (local path or URI), parsed; a
+    missing, damaged or empty one is a ConfigError that names it."""
+    from caviar import storage  # late import: pyarrow, only for experiment folders
+
+    location = storage.join(folder, CONFIG_FILE)
+    if not storage.exists(location):
+        raise ConfigError(f"{folder} is not a caviar experiment folder (no {CONFIG_FILE}); pass the folder "
+                          "`caviar sweep` wrote, e.g. ~/caviar_results/cifar10-asha")
+    try:
+        text = storage.read_text(location)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{location} is not a text file: the experiment folder is damaged") from None
+    return parse_yaml(text, location)
+
+
+def _read_experiment(path: str | Path) -> dict[str, Any]:
+    return read_yaml(path, "experiment file")
 
 
 def load_config(

@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch import nn
 
 import caviar
 from caviar import storage
 from caviar.budget import parse_duration
-from caviar.config import Config, ConfigError, load_config
+from caviar.config import Config, ConfigError, load_config, read_saved_config
 from caviar.data import load_test_set, prepare_data
 from caviar.members import (
     KINDS, average_members, load_models, member_state, model_from_member_state, rank_trials, seed_members,
@@ -196,7 +195,7 @@ def ensemble(
         raise ConfigError(f"{experiment} is not a caviar experiment folder (no {CONFIG_FILE}); pass the folder "
                           f"`caviar sweep` wrote, e.g. ~/caviar_results/cifar10-asha")
     begin = time.time()
-    config: Config = load_config(yaml.safe_load(storage.read_text(storage.join(path, CONFIG_FILE))), overrides)
+    config: Config = load_config(read_saved_config(path), overrides)
     sweeps = experiment_sweeps(path, config, overrides)
     records, home = [], {}  # home: trial id -> the sweep (folder, config) it ran in
     for sweep_path, sweep_config in sweeps:
@@ -285,7 +284,7 @@ def experiment_sweeps(path: str, config: Config, overrides: list[str] | None = N
     for index, stage in enumerate(config.stages, start=1):
         folder = storage.join(path, stage_folder(index, stage))
         if storage.exists(storage.join(folder, CONFIG_FILE)) and storage.exists(storage.join(folder, "tuner.pkl")):
-            saved = yaml.safe_load(storage.read_text(storage.join(folder, CONFIG_FILE)))
+            saved = read_saved_config(folder)
             sweeps.append((folder, load_config(saved, overrides)))
     if not sweeps:
         raise ConfigError(f"{path} is a staged experiment with no stage run yet; run it with "

@@ -26,12 +26,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from caviar import storage
 from caviar.border import border_warnings, scored
 from caviar.charts import plot_curves, plot_ensemble, plot_filters, plot_hparams, plot_rungs, plot_update_ratio
-from caviar.config import CONFIG_FILE, Config, ConfigError, build_config
+from caviar.config import CONFIG_FILE, Config, ConfigError, build_config, read_yaml
 from caviar.leaderboard import LEADERBOARD_FILE, trial_row
 from caviar.space import searched
 from caviar.stages import STAGES_FILE
@@ -117,7 +116,7 @@ def _load_config(folder: Path) -> Config:
     path = folder / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{folder} has no {CONFIG_FILE}; pass an experiment folder that `caviar sweep` wrote")
-    return build_config(yaml.safe_load(path.read_text()), str(path))
+    return build_config(read_yaml(path, "saved config"), str(path))
 
 
 def report_experiment(folder: Path, top: int = 6) -> Path:

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import yaml
 
 from caviar import storage
 from caviar.border import format_warnings
 from caviar.budget import stage_deadline
-from caviar.config import CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config
+from caviar.config import (
+    CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config, read_saved_config,
+)
 from caviar.errors import CaviarError
 from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, interrupted
 from caviar.narrowing import next_space, param_spec
@@ -149,7 +150,7 @@ def _load_stage(path: str) -> Any:
     table = pd.read_csv(storage.join(path, LEADERBOARD_FILE)) if storage.exists(
         storage.join(path, LEADERBOARD_FILE)) else pd.DataFrame()
     summary = json.loads(storage.read_text(storage.join(path, SUMMARY_FILE)))
-    config = build_config(yaml.safe_load(storage.read_text(storage.join(path, CONFIG_FILE))), f"{path}/{CONFIG_FILE}")
+    config = build_config(read_saved_config(path), f"{path}/{CONFIG_FILE}")
     return SweepResult(path=path, trials=table, summary=summary, config=config)
 
 

@@ -18,7 +18,6 @@ from typing import Any, Callable
 import pandas as pd
 import pyarrow.fs
 import ray
-import yaml
 from ray import tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.schedulers import FIFOScheduler
@@ -26,7 +25,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from caviar import budget as budgets
 from caviar import cluster, storage
-from caviar.config import CONFIG_FILE, Config, ConfigError, load_config
+from caviar.config import CONFIG_FILE, Config, ConfigError, load_config, read_saved_config
 from caviar.data import SplitData, prepare_data
 from caviar.leaderboard import (
     LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, format_table, interrupted, leaderboard, summarize, trial_row,
@@ -306,7 +305,7 @@ def sweep(
         path = storage.resolve(str(resume))
         if not storage.exists(storage.join(path, CONFIG_FILE)):
             raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; pass the experiment folder a sweep created")
-        saved = yaml.safe_load(storage.read_text(storage.join(path, CONFIG_FILE)))
+        saved = read_saved_config(path)
         config = load_config(saved, overrides, **values)
     else:
         config = load_config(config, overrides, **values)

@@ -124,3 +124,45 @@ def test_resolved_fills_environment_defaults(monkeypatch, tmp_path):
     config = Config().resolved()
     assert config.data.root == str(tmp_path / "d") and config.storage == str(tmp_path / "r")
     assert Config().data.root is None  # the original is untouched
+
+
+def test_yaml_files_read_numbers_as_numbers(tmp_path):
+    """`lr: 1e-3` in a file is a number, as with --set (YAML 1.1 alone reads it as a string)."""
+    path = tmp_path / "e.yaml"
+    path.write_text("space:\n  weight_decay: 1e-3\n  lr: {low: 1e-4, high: 5E-2, scale: log}\n")
+    config = load_config(path)
+    assert config.space.weight_decay == 1e-3 and config.space.lr.high == 5e-2
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "is empty"),
+    ("data:\n  val_size: 100\ndata:\n  val_size: 200\n", "'data' is given twice \\(line 3\\)"),
+    ("search:\n  num_samples: 4\n  num_samples: 8\n", "'num_samples' is given twice"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a text file"),
+    ("- a\n- b\n", "must be a mapping of sections"),
+])
+def test_bad_experiment_files_say_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / "e.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_folder_is_not_an_experiment_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_damaged_saved_config_names_the_file(tmp_path):
+    from caviar.config import read_saved_config
+
+    (tmp_path / "caviar.yaml").write_text("name: x\nsearch: [unclosed\n")
+    with pytest.raises(ConfigError, match="caviar.yaml is not valid YAML"):
+        read_saved_config(str(tmp_path))
+    (tmp_path / "caviar.yaml").write_text("")
+    with pytest.raises(ConfigError, match="caviar.yaml is empty"):
+        read_saved_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="not a caviar experiment folder"):
+        read_saved_config(str(tmp_path / "nothing"))
