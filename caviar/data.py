@@ -175,10 +175,13 @@ def _locate(root, download: bool) -> Path:
     folder = root / CIFAR10_FOLDER
     if folder.is_dir():
         return folder
-    if not root.exists() and not download:
+    if not root.exists() and (not download or root != default_data_root()):
+        # Only the default root is created for a download: a mistyped data.root must not leave a
+        # new folder (and a download) behind.
         raise DataError(
             f"data.root {root} does not exist; set data.root (or CAVIAR_DATA) to the folder that "
-            f"contains '{CIFAR10_FOLDER}', or allow data.download"
+            f"contains '{CIFAR10_FOLDER}'" + (", or create it first to download CIFAR-10 into it" if download else
+                                              ", or allow data.download")
         )
     reason = "data.download is off"
     if download:
@@ -197,21 +200,22 @@ def _locate(root, download: bool) -> Path:
     )
 
 
-def load_cifar10(root, download: bool = True) -> Cifar10:
-    """All data_batch_* (concatenated) and test_batch from root/cifar-10-batches-py."""
+def load_train_set(root, download: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All data_batch_* (concatenated) and the class names; the test set is not touched (a sweep
+    never reads it, nor needs it to exist)."""
     folder = _locate(root, download)
     train_files = _train_files(folder)
     if not train_files:
         raise DataError(f"{folder} has no data_batch_* files; extract the CIFAR-10 archive there again")
     parts = [read_batch_file(p) for p in train_files]
-    test_images, test_labels = load_test_set(folder, download=False)
-    return Cifar10(
-        train_images=np.concatenate([x for x, _ in parts]),
-        train_labels=np.concatenate([y for _, y in parts]),
-        test_images=test_images,
-        test_labels=test_labels,
-        classes=read_class_names(folder),
-    )
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), read_class_names(folder)
+
+
+def load_cifar10(root, download: bool = True) -> Cifar10:
+    """All data_batch_* (concatenated) and test_batch from root/cifar-10-batches-py."""
+    train_images, train_labels, classes = load_train_set(root, download)
+    test_images, test_labels = load_test_set(root, download=False)
+    return Cifar10(train_images, train_labels, test_images, test_labels, classes)
 
 
 def load_test_set(root, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -271,17 +275,12 @@ def balanced_subset(labels, size, seed: int = 0) -> np.ndarray:
 
 def prepare_data(root, val_size: int, train_subset=None, split_seed: int = 0, download: bool = True) -> SplitData:
     """Load, split off validation, then subset only the training part. No test set here."""
-    data = load_cifar10(root, download=download)
-    train_idx, val_idx = split_train_val(data.train_images, data.train_labels, val_size, split_seed)
+    images, labels, classes = load_train_set(root, download=download)
+    train_idx, val_idx = split_train_val(images, labels, val_size, split_seed)
     if train_subset is not None:
-        train_idx = train_idx[balanced_subset(data.train_labels[train_idx], train_subset, seed=split_seed)]
-    return SplitData(
-        train_x=data.train_images[train_idx],
-        train_y=data.train_labels[train_idx],
-        val_x=data.train_images[val_idx],
-        val_y=data.train_labels[val_idx],
-        classes=data.classes,
-    )
+        train_idx = train_idx[balanced_subset(labels[train_idx], train_subset, seed=split_seed)]
+    return SplitData(train_x=images[train_idx], train_y=labels[train_idx], val_x=images[val_idx],
+                     val_y=labels[val_idx], classes=classes)
 
 
 # ---------------------------------------------------------------- batched augmentation

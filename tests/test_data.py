@@ -427,3 +427,15 @@ def test_fixture_is_learnable_but_not_by_colour():
     centres = np.stack([colours[fit][y[fit] == c].mean(0) for c in range(10)])
     by_colour = ((colours[held][:, None] - centres[None]) ** 2).sum(-1).argmin(1)
     assert (by_colour == y[held]).mean() < 0.35  # chance is 0.1
+
+
+def test_mistyped_root_is_not_created(tmp_path, monkeypatch):
+    """A data.root that does not exist is an error naming it, and no folder (or download) is left
+    behind; only the default root is created for a download."""
+    import torchvision.datasets.utils as tvu
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", lambda *a, **k: pytest.fail("no download expected"))
+    typo = tmp_path / "dtaa"
+    with pytest.raises(DataError, match=f"data.root {typo} does not exist.*create it first"):
+        load_cifar10(typo, download=True)
+    assert not typo.exists()

@@ -95,14 +95,33 @@ def test_saved_ensemble_predicts_identically(result):
 
 
 def test_test_set_is_read_only_after_selection(experiment, monkeypatch, tmp_path):
-    """Every selection (overall and per kind) happens before the test set is loaded."""
+    """Every selection (overall and per kind) happens before the test_batch file is even opened:
+    watched where files are read (caviar.data.read_batch_file), not at one loader."""
+    import caviar.data as data_module
+
     events: list[str] = []
     greedy = SELECTORS["greedy"]
     monkeypatch.setitem(SELECTORS, "greedy", lambda p, y: events.append("select") or greedy(p, y))
-    real_load = ensembler_module.load_test_set
-    monkeypatch.setattr(ensembler_module, "load_test_set", lambda *a, **k: events.append("test") or real_load(*a, **k))
+    real_read = data_module.read_batch_file
+    monkeypatch.setattr(data_module, "read_batch_file",
+                        lambda path: events.append(Path(path).name) or real_read(path))
     caviar.ensemble(experiment, top_k=2, seeds=0, out=tmp_path)
-    assert events.count("test") == 1 and events[-1] == "test" and events.count("select") >= 2
+    assert events.count("test_batch") == 1 and events[-1] == "test_batch", events
+    assert events.count("select") >= 2 and "data_batch_1" in events
+
+
+def test_a_sweep_never_reads_the_test_set(tmp_path):
+    """prepare_data (what every sweep and trial loads) opens no test_batch, and works without one."""
+    import shutil
+
+    from caviar.data import prepare_data
+    from caviar.fixture import write_cifar_fixture
+
+    root = write_cifar_fixture(tmp_path / "fx", train_size=300, test_size=20)
+    folder = next(root.rglob("test_batch")).parent
+    shutil.move(folder / "test_batch", tmp_path / "elsewhere")
+    data = prepare_data(root, val_size=50, download=False)
+    assert len(data.train_y) == 250 and len(data.val_y) == 50
 
 
 def test_rerun_reuses_finished_seeds(experiment, result, tmp_path):
