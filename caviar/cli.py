@@ -101,7 +101,13 @@ def _sweep(args: argparse.Namespace) -> int:
               "`caviar sweep --resume <experiment folder>`.", file=sys.stderr)
         return 130
     print(describe(result))
-    return 130 if interrupted(result.summary) else 0
+    if interrupted(result.summary):
+        return 130
+    if result.best is None:  # scripts and CI must see a sweep that produced nothing
+        print("caviar: error: no trial produced a score (every one failed or diverged); see the errors above",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -431,3 +431,15 @@ def check_storage_for_cluster(storage_path: str, shared: bool = False, joined: b
     problem = storage_problem(storage_path, nodes, _max_workers(autoscaler_config() if joined else None), shared)
     if problem:
         raise ConfigError(problem)
+
+
+def largest_node(joined: bool = True) -> dict[str, float]:
+    """The most CPUs and GPUs one node has, or can have: alive nodes now and, on an autoscaling
+    cluster, its worker types (a trial's resources must fit on one node, or it waits forever)."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    autoscaler = autoscaler_config() if joined else None
+    types = (autoscaler or {}).get("available_node_types", {}) or {}
+    nodes += [dict(node_type.get("resources", {}) or {}) for node_type in types.values()]
+    return {key: max([float(node.get(key, 0) or 0) for node in nodes] or [0.0]) for key in ("CPU", "GPU")}

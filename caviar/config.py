@@ -91,6 +91,22 @@ CATEGORIES: dict[str, tuple[Any, ...]] = {
 INTEGERS = ("batch_size", "conv_layers", "conv_width", "fc_layers", "fc_width")
 
 
+# What a value can mean, beyond its type: a probability, a momentum below 1, a depth the 32-pixel
+# input allows (each conv block halves it: 5 blocks reach 1 pixel). (low, high, high included)
+MEANINGFUL: dict[str, tuple[float, float, bool, str]] = {
+    "dropout": (0.0, 1.0, False, "a drop probability in [0, 1)"),
+    "momentum": (0.0, 1.0, False, "a momentum / beta1 in [0, 1)"),
+    "conv_layers": (1, 5, True, "1 to 5 conv blocks (each halves the 32-pixel image)"),
+}
+
+
+def _check_meaning(name: str, value: float) -> None:
+    if name in MEANINGFUL:
+        low, high, inclusive, what = MEANINGFUL[name]
+        if value < low or value > high or (value == high and not inclusive):
+            raise ValueError(f"{value!r} is outside {what}")
+
+
 def _check_value(name: str, value: Any) -> None:
     if name in CATEGORIES:
         if value not in CATEGORIES[name] or isinstance(value, bool) != isinstance(CATEGORIES[name][0], bool):
@@ -101,6 +117,8 @@ def _check_value(name: str, value: Any) -> None:
         raise ValueError(f"{value!r} is not a positive whole number")
     elif value < 0:
         raise ValueError(f"{value!r} is negative")
+    else:
+        _check_meaning(name, value)
 
 
 def _as_param(name: str, value: Any) -> Any:
@@ -121,6 +139,8 @@ def _as_param(name: str, value: Any) -> Any:
             raise ValueError(f"is categorical; give a list of choices from {list(CATEGORIES[name])}")
         if name in INTEGERS and value.scale not in ("int", "log_int"):
             raise ValueError(f"takes whole numbers; use scale: int or scale: log_int (got scale: {value.scale})")
+        _check_meaning(name, value.low)
+        _check_meaning(name, value.high)
     else:
         _check_value(name, value)
     return value
@@ -188,7 +208,7 @@ class SpaceConfig(_Strict):
 # ---------------------------------------------------------------- sections
 class DataConfig(_Strict):
     root: Optional[str] = None  # folder holding cifar-10-batches-py/; null = $CAVIAR_DATA or ~/.cache/caviar/data
-    val_size: int = Field(5000, ge=0)  # images held out of the training set, same for every trial
+    val_size: int = Field(5000, ge=1)  # images held out of the training set, same for every trial (scores need some)
     split_seed: int = 0  # seed of the one fixed train/val permutation
     train_subset: Union[int, float, None] = None  # class-balanced count (int) or fraction; None = all
     augment: bool = True  # random crop (4 px padding) + horizontal flip, batched on the device

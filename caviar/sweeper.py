@@ -73,7 +73,14 @@ def _check_cluster(config: Config, storage_path: str, joined: bool) -> dict[str,
     """The resources per trial on the Ray cluster just started or joined, after checking that its
     nodes can all reach `storage_path` (raises ConfigError before anything is written)."""
     cluster.check_storage_for_cluster(storage_path, shared=config.storage_shared, joined=joined)
-    return trial_resources(config, cluster.cluster_gpus(joined=joined))
+    resources = trial_resources(config, cluster.cluster_gpus(joined=joined))
+    largest = cluster.largest_node(joined=joined)
+    for key, name in (("cpu", "cpus_per_trial"), ("gpu", "gpus_per_trial")):
+        if resources[key] > largest[key.upper()] + 1e-9:
+            raise ConfigError(f"resources.{name} is {resources[key]:g} but no node of this Ray cluster has (or can "
+                              f"add) more than {largest[key.upper()]:g}: the trials would wait forever; set "
+                              f"--set resources.{name}={largest[key.upper()]:g} or less")
+    return resources
 
 
 def _start_ray(address: str | None) -> bool:
@@ -85,11 +92,38 @@ def _start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=True)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as error:
+            raise ConfigError(f"--address {address}: no Ray cluster to join ({error}); start one with `ray start "
+                              "--head` or `ray up`, or leave --address out to run on this machine") from None
     else:
         # A private instance listens on loopback only: nothing outside this machine can reach it.
         ray.init(address="local", _node_ip_address="127.0.0.1", log_to_driver=True)
     return True
+
+
+# Seconds to wait for a cluster's address to answer before saying so (Ray itself retries for minutes).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """HOST:PORT answers on TCP within CONNECT_TIMEOUT_S, else a ConfigError (Ray would retry on
+    and on). 'auto' and ray:// addresses are left to Ray."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return
+    except ValueError:
+        raise ConfigError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or auto") from None
+    except OSError as error:
+        raise ConfigError(f"--address {address}: nothing answers there ({error.strerror or error}); check the "
+                          "head node's address and port (`ray status` on the head prints them)") from None
 
 
 def _trainable(config: Config, data: SplitData, resources: dict[str, float]) -> Any:
@@ -331,6 +365,7 @@ def sweep(
         split_seed=config.data.split_seed,
         download=config.data.download,
     )
+    check_labels(config, data)
 
     started = _start_ray(address)
     plan: budgets.Plan | None = None
@@ -349,13 +384,12 @@ def sweep(
         del data
         fit_begin = time.time()
         if resume is None:
+            # Everything that can refuse the config (searcher, scheduler) is built before caviar.yaml
+            # is written: a failed start must not leave a folder that counts as a sweep.
+            tune_config, run_config = _tune_config(config, time_left(deadline)), _run_config(config, storage_path)
             storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
-            tuner = tune.Tuner(
-                trainable,
-                param_space=_param_space(config),
-                tune_config=_tune_config(config, time_left(deadline)),
-                run_config=_run_config(config, storage_path),
-            )
+            tuner = tune.Tuner(trainable, param_space=_param_space(config), tune_config=tune_config,
+                               run_config=run_config)
         else:
             # Finished trials stay finished; interrupted ones continue from their checkpoints.
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -379,6 +413,14 @@ def sweep(
         if started:
             ray.shutdown()
     return SweepResult(path=path, trials=table, summary=summary, config=config)
+
+
+def check_labels(config: Config, data: SplitData) -> None:
+    """Labels the model cannot output would crash every trial: say so before any starts."""
+    largest = int(max(data.train_y.max(initial=0), data.val_y.max(initial=0)))
+    if largest >= config.model.num_classes:
+        raise ConfigError(f"model.num_classes is {config.model.num_classes} but {config.data.root} has labels up to "
+                          f"{largest}; set --set model.num_classes={largest + 1}")
 
 
 def time_left(deadline: float | None) -> float | None:
@@ -426,6 +468,11 @@ def describe(result: SweepResult) -> str:
     elif interrupted(result.summary):
         # a staged sweep resumes from its experiment folder, which holds every stage
         lines.append(f"Interrupted. Finish it with: caviar sweep --resume {getattr(result, 'root', result.path)}")
+    errored = result.trials[result.trials["status"] == "error"] if "status" in result.trials else result.trials[:0]
+    if len(errored):
+        shown = ", ".join(storage.join(str(path), "error.txt") for path in errored["path"].head(3))
+        more = f" and {len(errored) - 3} more" if len(errored) > 3 else ""
+        lines.append(f"{len(errored)} trial{'s' if len(errored) > 1 else ''} failed; what went wrong: {shown}{more}")
     lines.append(f"Results: {result.path} ({LEADERBOARD_FILE}, {SUMMARY_FILE})")
     if result.summary.get("border_warnings") and not hasattr(result, "plan"):  # stages print their own
         lines.append(format_warnings(result.summary["border_warnings"]))

@@ -61,6 +61,31 @@ def test_interrupted_sweep_exits_130(monkeypatch, capsys):
     assert "caviar sweep --resume /x/exp" in capsys.readouterr().out
 
 
+def test_sweep_without_a_score_exits_1(monkeypatch, capsys):
+    """Every trial failed: exit 1 (scripts and CI can tell), the errors' files named."""
+    table = pd.DataFrame([{"trial_id": f"a_0000{i}", "status": "error", "best_val_acc": float("nan"), "epochs": 0,
+                           "retries": 3, "path": f"/x/exp/trial_a_0000{i}"} for i in range(2)])
+    failed = sweep_module.SweepResult(path="/x/exp", trials=table, summary=summarize(table, 2), config=Config())
+    monkeypatch.setattr(sweep_module, "sweep", lambda *a, **k: failed)
+    assert cli.main(["sweep"]) == 1
+    captured = capsys.readouterr()
+    assert "2 trials failed; what went wrong: /x/exp/trial_a_00000/error.txt" in captured.out
+    assert "no trial produced a score" in captured.err
+
+
+def test_unreachable_address_is_a_clear_error_not_a_hang(capsys, tmp_path, learnable_root):
+    """--address at a port where nothing listens (loopback): exit 2 at once, naming the address."""
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = cli.main(["sweep", "experiments/smoke.yaml", "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path),
+                     "--set", f"data.root={learnable_root}", "--set", "data.val_size=500"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--address 127.0.0.1:{port}: nothing answers there" in err
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [

@@ -192,3 +192,33 @@ def test_frequent_snapshot_warning_is_off_during_fit_only(monkeypatch):
     monkeypatch.setenv(sweeper._SNAPSHOT_WARNING, "12")
     sweeper._fit(Tuner())
     assert seen[-1] == "12" and os.environ[sweeper._SNAPSHOT_WARNING] == "12"
+
+
+def test_resources_no_node_has_are_refused_before_anything_runs(ray_session, learnable_root, tmp_path):
+    """cpus_per_trial above what any node has (or can add): a clear error naming the key, no hang,
+    and no experiment folder left behind."""
+    tree = small_config(learnable_root, tmp_path, "too-big")
+    tree["resources"]["cpus_per_trial"] = 64
+    with pytest.raises(ConfigError, match="resources.cpus_per_trial is 64 but no node .* more than 2"):
+        caviar.sweep(load_config(tree))
+    assert not (tmp_path / "too-big" / "caviar.yaml").exists()
+
+
+def test_a_failed_start_leaves_no_sweep_behind(ray_session, learnable_root, tmp_path):
+    """A config the scheduler refuses (PBT with TPE) fails before caviar.yaml is written, so the same
+    name runs once the config is fixed (no "already holds a sweep" dead end)."""
+    tree = small_config(learnable_root, tmp_path, "fixable", scheduler="pbt", algorithm="tpe", num_samples=2,
+                        max_epochs=1)
+    with pytest.raises(ConfigError, match="pbt .* use search.algorithm: random"):
+        caviar.sweep(load_config(tree))
+    assert not (tmp_path / "fixable" / "caviar.yaml").exists()
+    tree["search"] |= {"scheduler": "random", "algorithm": "random"}
+    assert caviar.sweep(load_config(tree)).best is not None
+
+
+def test_labels_beyond_num_classes_are_refused(learnable_root, tmp_path):
+    """model.num_classes below the data's largest label: refused before Ray starts, with the fix."""
+    tree = small_config(learnable_root, tmp_path, "few-classes")
+    tree["model"] = {"num_classes": 5}
+    with pytest.raises(ConfigError, match="model.num_classes is 5 but .* labels up to 9; set --set model.num_classes=10"):
+        caviar.sweep(load_config(tree))
