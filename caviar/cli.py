@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--storage", help="where experiment folders go (path or s3:// URI); same as --set storage=...")
     sweep.add_argument("--name", help="experiment folder name; same as --set name=...")
     sweep.add_argument("--resume", metavar="FOLDER", help="finish an interrupted sweep in FOLDER "
-                       "(completed trials are not re-run)")
+                       "(completed trials are not re-run). Resuming loads Ray Tune's saved state, which "
+                       "unpickles: resume only folders you or your sweeps wrote")
     sweep.add_argument("--budget", metavar="DURATION", help="wall-clock budget such as 30m or 2h: trials, epochs and "
                        "stages are sized to fit it on this machine or cluster (throughput measured at the start), "
                        "and the sweep stops at the deadline with everything saved; same as --set budget=...")

@@ -31,7 +31,8 @@ from caviar.members import (
     snapshot_members, top_members,
 )
 from caviar.selection import SELECTORS, accuracy, combine, ece, nll
-from caviar.sweeper import CONFIG_FILE, read_trials, rerun_with_seeds
+from caviar.reader import has_state, read_trials
+from caviar.sweeper import CONFIG_FILE, rerun_with_seeds
 from caviar.train import pick_device, predict_logits
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -283,7 +284,7 @@ def experiment_sweeps(path: str, config: Config, overrides: list[str] | None = N
     sweeps = []
     for index, stage in enumerate(config.stages, start=1):
         folder = storage.join(path, stage_folder(index, stage))
-        if storage.exists(storage.join(folder, CONFIG_FILE)) and storage.exists(storage.join(folder, "tuner.pkl")):
+        if storage.exists(storage.join(folder, CONFIG_FILE)) and has_state(folder):
             saved = read_saved_config(folder)
             sweeps.append((folder, load_config(saved, overrides)))
     if not sweeps:

@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow.fs
 import ray
 from ray import tune
-from ray.tune import ExperimentAnalysis
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -34,6 +33,7 @@ from caviar.border import border_warnings, format_warnings
 from caviar.schedulers import PatientASHA, pbt_scheduler
 from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.train import images_per_epoch
+from caviar.reader import TrialRecord, has_state, read_trials
 from caviar.trainable import train_trial
 from caviar.trial import TrialSettings
 
@@ -237,58 +237,6 @@ def _fit(tuner: tune.Tuner) -> None:
         tuner.fit()
     finally:
         del os.environ[_SNAPSHOT_WARNING]
-
-
-@dataclass
-class TrialRecord:
-    """One trial of a finished or interrupted experiment, as saved on storage."""
-
-    trial_id: str
-    ray_status: str  # TERMINATED, ERROR, RUNNING, PENDING, ...
-    hparams: dict[str, Any]
-    history: pd.DataFrame | None  # one row per reported epoch
-    path: str
-    retries: int
-    checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]  # the kept ones, best val_acc first
-    latest: tune.Checkpoint | None
-
-
-def _only_real_failures(record: logging.LogRecord) -> bool:
-    """Ray warns about every trial with no result file, one line each; a trial that a deadline or
-    Ctrl-C stopped before its first epoch has none, and the leaderboard says "not-started"."""
-    lines = record.getMessage().splitlines()[1:]
-    return not lines or not all("Could not fetch metrics" in line and "FileNotFoundError" in line for line in lines)
-
-
-# Ray reads results back at the end of every fit and whenever caviar reads a folder.
-logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_only_real_failures)
-
-
-def read_trials(path: str) -> list[TrialRecord]:
-    """Every trial of the experiment at `path` (local or URI), from the state *as saved*.
-
-    After Ctrl-C, the in-memory trials are already marked stopped, while the saved state still
-    says RUNNING/PENDING: only the saved state tells interrupted trials from early-stopped ones.
-    """
-    grid = tune.ResultGrid(ExperimentAnalysis(path, default_metric="val_acc", default_mode="max"))
-    records = []
-    # ResultGrid keeps results in the order of its trials; statuses and retry counts are only
-    # on the Trial objects (Ray is pinned, so this private attribute is stable for us).
-    for result, trial in zip(grid, grid._experiment_analysis.trials):
-        kept = sorted(result.best_checkpoints or [], key=lambda pair: -pair[1].get("val_acc", -1))
-        records.append(
-            TrialRecord(
-                trial_id=trial.trial_id,
-                ray_status=trial.status,
-                hparams=dict(trial.config),
-                history=result.metrics_dataframe,
-                path=storage.uri(result.path, path),  # Ray's path has no s3:// (see storage.uri)
-                retries=trial.run_metadata.num_failures,
-                checkpoints=kept,
-                latest=result.checkpoint,
-            )
-        )
-    return records
 
 
 def _collect(path: str, config: Config) -> pd.DataFrame:
@@ -525,7 +473,7 @@ def _finished_seed_runs(experiment: str, prefix: str) -> dict[int, TrialRecord]:
     finished: dict[int, TrialRecord] = {}
     for run in sorted(runs):
         location = storage.join(experiment, run.rsplit("/", 1)[-1])
-        if not storage.exists(storage.join(location, "tuner.pkl")):
+        if not has_state(location):
             continue
         for record in read_trials(location):
             if record.ray_status == "TERMINATED" and record.checkpoints:

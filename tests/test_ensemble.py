@@ -185,3 +185,40 @@ def test_no_averaged_weights_is_said(recwarn):
     recwarn.clear()
     assert [m.name for m in average_members([averaged, never], top_k=3)] == ["avg-t2"]
     assert not recwarn.list
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file (what a planted payload would do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('planted code ran')",))
+
+
+def test_planted_payload_in_the_experiment_state_never_runs(experiment, tmp_path):
+    """A pickle planted in every encoded field of experiment_state-*.json (where Ray's own reader
+    unpickles) is never decoded: the leaderboard, the report's reader and `caviar ensemble` read
+    the copy, and the marker file is never written."""
+    import pickle
+    import re
+    import shutil
+
+    from caviar.reader import read_trials
+
+    copy = tmp_path / "planted"
+    shutil.copytree(experiment, copy)
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_Payload(str(marker))).hex()
+    planted = 0
+    for state in copy.glob("experiment_state-*.json"):
+        text, n = re.subn(r'\\"value\\": \\"[0-9a-f]+\\"', f'\\\\"value\\\\": \\\\"{payload}\\\\"', state.read_text())
+        text, m = re.subn(r'"(_default_placement_group_factory|results|extra_arg)": "[0-9a-f]+"',
+                          lambda match: f'"{match.group(1)}": "{payload}"', text)
+        state.write_text(text)
+        planted += n + m
+    assert planted > 0
+    assert len(read_trials(str(copy))) == 4
+    caviar.ensemble(str(copy), top_k=2, seeds=0, out=tmp_path / "out")
+    assert not marker.exists()
