@@ -7,6 +7,7 @@ and returns the path it wrote, or None when there is nothing to draw yet.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,11 @@ def plot_filters(table: pd.DataFrame, path: Path) -> Path | None:
     file = best_checkpoint(table.iloc[0]["path"])
     if file is None:
         return None
-    state = torch.load(file, map_location="cpu", weights_only=True)["model"]
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)["model"]
+    except Exception as error:  # noqa: BLE001 - a checkpoint being written (or damaged): no chart, a warning
+        warnings.warn(f"no filters chart: checkpoint {file} is unreadable ({type(error).__name__})", stacklevel=2)
+        return None
     first = next((w for w in state.values() if w.dim() == 4 and w.shape[1] == 3), None)
     if first is None:
         return None

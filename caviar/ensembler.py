@@ -127,8 +127,9 @@ class EnsembleResult:
                 pyarrow.fs.copy_files(local, path, destination_filesystem=fs)
             return
         target = Path(folder).expanduser()
+        check_output_folder(str(target))
         if (target / "members").exists():
-            shutil.rmtree(target / "members")  # stale members of an earlier ensemble
+            shutil.rmtree(target / "members")  # stale members of an earlier `caviar ensemble` (checked above)
         self.ensemble.save(target, self.info)
         self.members.to_csv(target / MEMBERS_FILE, index=False)
         _plot(self, target / PLOT_FILE)
@@ -197,6 +198,7 @@ def ensemble(
                           f"`caviar sweep` wrote, e.g. ~/caviar_results/cifar10-asha")
     begin = time.time()
     config: Config = load_config(read_saved_config(path), overrides)
+    check_output_folder(str(out) if out is not None else storage.join(path, "ensemble"))
     sweeps = experiment_sweeps(path, config, overrides)
     records, home = [], {}  # home: trial id -> the sweep (folder, config) it ran in
     for sweep_path, sweep_config in sweeps:
@@ -273,6 +275,24 @@ def ensemble(
     result = EnsembleResult(overall["accuracy"], overall["nll"], overall["ece"], table, by_kind, ens, info)
     result.save(str(out) if out is not None else storage.join(path, "ensemble"))
     return result
+
+
+def check_output_folder(folder: str) -> None:
+    """`folder` can take an ensemble: writable, and any members/ in it is one `caviar ensemble` wrote
+    (next to its ensemble.json), since saving replaces it. Checked before any work, and again on save."""
+    if storage.is_uri(folder):
+        return
+    target = Path(folder).expanduser()
+    if (target / "members").exists() and not (target / ENSEMBLE_FILE).is_file():
+        raise ConfigError(f"--out {target}: it holds a members/ folder that `caviar ensemble` did not write (no "
+                          f"{ENSEMBLE_FILE} beside it); choose another --out")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".caviar-write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--out {target}: cannot write there ({error.strerror or error}); choose another --out") \
+            from None
 
 
 def experiment_sweeps(path: str, config: Config, overrides: list[str] | None = None) -> list[tuple[str, Config]]:

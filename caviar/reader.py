@@ -72,6 +72,17 @@ def has_state(location: str) -> bool:
     return any(STATE_PATTERN.fullmatch(info.base_name) for info in _listing(fs, root))
 
 
+def saved_state_is_whole(location: str) -> bool:
+    """Whether the newest experiment_state-*.json at `location` parses as Ray's state (as JSON)."""
+    fs, root = storage.filesystem(location)
+    states = sorted(info.path for info in _listing(fs, root) if STATE_PATTERN.fullmatch(info.base_name))
+    try:
+        document = json.loads(_text(fs, states[-1]) or "") if states else None
+        return isinstance(document, dict) and isinstance(document.get("trial_data"), list)
+    except ValueError:
+        return False
+
+
 def _saved_states(fs: pyarrow.fs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
     """trial folder name -> {"trial_id", "status", "retries"} from the newest experiment state, read
     as JSON only. {} when there is none or it is damaged (then the trial folders alone are read)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -45,8 +46,13 @@ def _history(trial_dir: Path) -> pd.DataFrame:
     """One row per reported epoch; a line being written right now is skipped."""
     rows = []
     path = trial_dir / "result.json"
-    if path.exists():
-        for line in path.read_text().splitlines():
+    try:
+        text = path.read_text() if path.exists() else ""
+    except (OSError, UnicodeDecodeError):
+        warnings.warn(f"skipping damaged {path}", stacklevel=2)
+        text = ""
+    if text:
+        for line in text.splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
@@ -60,18 +66,29 @@ def read_trials(folder: Path, config: Config) -> tuple[pd.DataFrame, dict[str, p
     statuses: dict[str, str] = {}
     board = folder / LEADERBOARD_FILE
     if board.exists():
-        saved = pd.read_csv(board)
-        statuses = dict(zip(saved["trial_id"].astype(str), saved["status"]))
+        try:
+            saved = pd.read_csv(board)
+            statuses = dict(zip(saved["trial_id"].astype(str), saved["status"]))
+        except (ValueError, KeyError, pd.errors.ParserError) as error:  # empty, cut short, not ours
+            warnings.warn(f"skipping damaged {board} ({type(error).__name__}); statuses come from the trial folders",
+                          stacklevel=2)
     rows, histories = [], {}
     for trial_dir in sorted(folder.glob("trial_*")):
         params = trial_dir / "params.json"
         if not trial_dir.is_dir() or not params.exists():
             continue
         trial_id = trial_dir.name.removeprefix("trial_")
+        try:
+            hparams = json.loads(params.read_text())
+            if not isinstance(hparams, dict):
+                raise ValueError("not a mapping")
+        except (ValueError, UnicodeDecodeError, OSError) as error:
+            warnings.warn(f"skipping {trial_dir}: its params.json is damaged ({type(error).__name__})", stacklevel=2)
+            continue
         history = _history(trial_dir)
         epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 0
         ray_status = "TERMINATED" if epochs >= config.search.max_epochs else "RUNNING"
-        row = trial_row(trial_id, ray_status, json.loads(params.read_text()), history, config.search.max_epochs,
+        row = trial_row(trial_id, ray_status, hparams, history, config.search.max_epochs,
                         path=str(trial_dir))
         if trial_id in statuses:
             row["status"] = statuses[trial_id]

@@ -60,3 +60,18 @@ def read_text(location: str) -> str:
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as stream:
         return stream.read().decode()
+
+
+def writable_problem(location: str) -> str | None:
+    """Why results cannot be written under the local folder `location` (None if they can, or for
+    object storage, whose permissions only a write tells). The folder is created if missing."""
+    import tempfile
+
+    if is_uri(location):
+        return None
+    try:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=location, prefix=".caviar-write-test-"):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)

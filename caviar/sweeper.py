@@ -33,7 +33,7 @@ from caviar.border import border_warnings, format_warnings
 from caviar.schedulers import PatientASHA, pbt_scheduler
 from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.train import images_per_epoch
-from caviar.reader import TrialRecord, has_state, read_trials
+from caviar.reader import TrialRecord, has_state, read_trials, saved_state_is_whole
 from caviar.trainable import train_trial
 from caviar.trial import TrialSettings
 
@@ -284,11 +284,18 @@ def sweep(
     """
     begin = time.time()
     if resume is not None:
-        path = storage.resolve(str(resume))
+        path = storage.resolve(str(resume)).rstrip("/")
         if not storage.exists(storage.join(path, CONFIG_FILE)):
             raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; pass the experiment folder a sweep created")
+        _check_resume_overrides(overrides or [], values)
         saved = read_saved_config(path)
+        # The folder given is the one resumed, wherever it lives now (a moved or copied folder must
+        # not write into the place it was copied from).
+        parent, _, name = path.rpartition("/")
+        saved |= {"storage": parent or "/", "name": name}
         config = load_config(saved, overrides, **values)
+        if not config.stages:
+            check_resumable(path)
     else:
         config = load_config(config, overrides, **values)
     config = config.resolved()
@@ -314,6 +321,9 @@ def sweep(
         download=config.data.download,
     )
     check_labels(config, data)
+    problem = storage.writable_problem(storage_path)
+    if problem:
+        raise ConfigError(f"storage {storage_path} is not writable ({problem}); pass --storage a folder you can write")
 
     started = _start_ray(address)
     plan: budgets.Plan | None = None
@@ -369,6 +379,34 @@ def check_labels(config: Config, data: SplitData) -> None:
     if largest >= config.model.num_classes:
         raise ConfigError(f"model.num_classes is {config.model.num_classes} but {config.data.root} has labels up to "
                           f"{largest}; set --set model.num_classes={largest + 1}")
+
+
+# What may change when a sweep resumes: where things are and what runs them. Anything else (the
+# space, the search, the model) would make the resumed trials disagree with the ones already run.
+RESUMABLE_OVERRIDES = ("data.root", "data.download", "resources.", "checkpoint.max_failures", "train.eval_batch_size",
+                       "storage_shared")
+
+
+def _check_resume_overrides(overrides: list[str], values: dict[str, Any]) -> None:
+    keys = [text.split("=", 1)[0].strip() for text in overrides] + [key.replace("__", ".") for key in values]
+    for key in keys:
+        if not any(key == allowed.rstrip(".") or key.startswith(allowed) for allowed in RESUMABLE_OVERRIDES):
+            raise ConfigError(f"--set {key}: cannot change when resuming (the trials already run used the saved "
+                              f"value); only {', '.join(a.rstrip('.') for a in RESUMABLE_OVERRIDES)} can. Start a "
+                              "new sweep with --name to change it")
+
+
+def check_resumable(path: str) -> None:
+    """Ray's saved state in `path` is there and whole; else resuming would start the sweep over
+    (with an empty config) and overwrite its results."""
+    if not storage.exists(storage.join(path, "tuner.pkl")) or not has_state(path):
+        raise ConfigError(f"--resume {path}: Ray Tune's saved state (tuner.pkl, experiment_state-*.json) is missing, "
+                          "so the sweep cannot continue; its finished trials are still readable (`caviar ensemble`, "
+                          "`caviar report`)")
+    if not saved_state_is_whole(path):
+        raise ConfigError(f"--resume {path}: Ray Tune's experiment_state-*.json there is damaged (cut short?), so the "
+                          "sweep cannot continue; its finished trials are still readable (`caviar ensemble`, "
+                          "`caviar report`)")
 
 
 def time_left(deadline: float | None) -> float | None:

@@ -76,16 +76,23 @@ def test_border_warning_shows_in_report(experiment, tmp_path):
 
 
 def test_report_of_a_running_experiment(experiment, tmp_path):
-    """Without leaderboard.csv and with a half-written result line, the report still renders (status running)."""
-    copy = tmp_path / "running"
+    """Without leaderboard.csv and with a half-written result line, the report still renders: the
+    trial being written shows as running at its one whole epoch, and the charts are drawn anew."""
+    copy = tmp_path / "in-progress"  # not "running": that word must come from the page itself
     shutil.copytree(experiment, copy)
+    shutil.rmtree(copy / "report", ignore_errors=True)
+    (copy / "report.html").unlink(missing_ok=True)
     (copy / "leaderboard.csv").unlink()
     (copy / "summary.json").unlink()
-    trial = next(copy.glob("trial_*"))
+    trial = max(copy.glob("trial_*"), key=lambda t: len((t / "result.json").read_text().splitlines()))
     lines = (trial / "result.json").read_text().splitlines()
+    assert len(lines) >= 2
     (trial / "result.json").write_text("\n".join(lines[:1]) + '\n{"epoch": 2, "val_a')
     page = write_report(copy).read_text()
-    assert "running" in page and all((copy / "report" / f"{c}.png").exists() for c in ("accuracy", "hparams"))
+    trial_id = trial.name.removeprefix("trial_")
+    row = next(line for line in page.split("<tr>") if trial_id in line)
+    assert re.search(r"<td>running</td>", row) and re.search(r"<td>1</td>", row), row
+    assert all((copy / "report" / f"{c}.png").exists() for c in ("accuracy", "hparams"))
 
 
 def _images_loaded(page: Path) -> tuple[int, list[str]]:
