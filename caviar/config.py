@@ -231,16 +231,16 @@ class ModelConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    # asha: early stopping (caviar.schedulers.PatientASHA); random: every trial to the end; pbt:
+    # asha: early stopping (caviar.schedulers.PromotingASHA); random: every trial to the end; pbt:
     # population-based training (Ray's PopulationBasedTraining), whose population is an ensemble
     scheduler: Literal["asha", "random", "pbt"] = "asha"
     num_samples: int = Field(64, ge=1)  # trials drawn from the space
     max_epochs: int = Field(20, ge=1)  # epoch budget of one trial; LR schedules span it
     grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = Field(3, ge=2)  # ASHA: keep the top 1/eta at each rung
-    # ASHA: a promotion at a rung that fewer trials than this have reached is provisional, taken
-    # again as rivals arrive (caviar.schedulers): with few slots the first trials are not let
-    # through unopposed. 3 = one reduction factor's worth of rivals.
+    # ASHA: a rung promotes its top 1/reduction_factor only once this many trials (and at least
+    # reduction_factor) have reached it; until then trials wait there, paused (caviar.schedulers),
+    # so with few slots the first trials are not let through unopposed.
     min_rung_trials: int = Field(3, ge=1)
     # PBT: epochs between exploit/explore steps (the bottom quarter copies the top quarter's
     # weights and perturbs lr, weight_decay, momentum, dropout by x0.8/x1.2 or resamples them).

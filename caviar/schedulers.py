@@ -1,15 +1,18 @@
-"""Ray Tune schedulers as caviar configures them: ASHA that waits for rivals, and PBT.
+"""Ray Tune schedulers as caviar configures them: ASHA that promotes, and PBT.
 
-Asynchronous successive halving (Ray's ASHAScheduler) decides at a rung the moment a trial
-reaches it, against whatever trials reached it before. With few slots the first trials reach
-each rung alone and go through unopposed: on a 2-slot machine the first two trials of the default
-experiment (one at lr 1e-6) ran 4 and 5 epochs before any other trial started (issue 10).
+Ray's ASHAScheduler is the "stopping" form of asynchronous successive halving: a trial that reaches
+a rung goes on if it beats the rung's cutoff among whichever trials got there first. With few
+slots the first trials reach every rung alone and go through unopposed: on a 2-slot machine the
+first two trials of the default experiment (one at lr 1e-6) ran 4 and 5 epochs before any other
+trial started, and in a 30-minute budget 3 of 11 trials took two thirds of the search (issue 10).
 
-:class:`PatientASHA` keeps Ray's rule and adds one: a promotion decided while fewer than
-`min_rung_trials` trials had reached that rung is *provisional*. The trial keeps training, and at
-each of its later results the decision is taken again; once `min_rung_trials` trials have reached
-the rung it is final, and a trial below that rung's cutoff then stops. So no trial passes a rung
-on the evidence of one or two rivals, and no trial waits (nothing is paused: slots stay busy).
+:class:`PromotingASHA` is the form of the ASHA paper (Li et al. 2020, Algorithm 2): a trial that
+reaches a rung waits there (Ray pauses it; its checkpoint is the rung's), and a free slot goes to
+a waiting trial only when it is in the top 1/eta of the trials that reached its rung, judged once
+at least `min_rung_trials` (and eta) have; otherwise a new trial starts. So no trial passes a rung
+on the evidence of one or two rivals, and the slots go to new trials until there is evidence.
+When no new trial can start and none runs, the waiting trials that never made their rung's top
+are stopped, and the sweep ends.
 """
 
 from __future__ import annotations
@@ -17,51 +20,109 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.sample import Domain
 
 from caviar.space import DEPENDENT_SAMPLERS
 
 
-class PatientASHA(ASHAScheduler):
-    """ASHA whose early promotions are provisional until `min_rung_trials` trials reached the rung."""
+class PromotingASHA(FIFOScheduler):
+    """Asynchronous successive halving by promotion: trials wait at rungs until they are in the top
+    1/`reduction_factor` of a rung that `min_rung_trials` trials have reached."""
 
-    def __init__(self, *args: Any, min_rung_trials: int = 3, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._min_rung_trials = min_rung_trials
-        self._provisional: dict[str, set[float]] = {}  # trial_id -> milestones passed on thin evidence
+    def __init__(self, time_attr: str = "epoch", metric: str | None = None, mode: str | None = None,
+                 max_t: int = 100, grace_period: int = 1, reduction_factor: int = 3, min_rung_trials: int = 3):
+        super().__init__()
+        self._time_attr, self._metric, self._mode = time_attr, metric, mode
+        self._max_t, self._eta = max_t, reduction_factor
+        self._min_trials = max(reduction_factor, min_rung_trials)
+        self._milestones: list[int] = []
+        t = grace_period
+        while t < max_t:
+            self._milestones.append(t)
+            t *= reduction_factor
+        self._scores: list[dict[str, float]] = [{} for _ in self._milestones]  # rung -> trial id -> score
+        self._promoted: list[set[str]] = [set() for _ in self._milestones]
+        self._waiting: dict[str, int] = {}  # trial id -> the rung it is paused at
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        bracket = self._trial_info.get(trial.trial_id)
-        if bracket is None or self._time_attr not in result or self._metric not in result:
-            return super().on_trial_result(tune_controller, trial, result)
-        before = {milestone for milestone, recorded in bracket._rungs if trial.trial_id in recorded}
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action != TrialScheduler.CONTINUE:
-            self._provisional.pop(trial.trial_id, None)
-            return action
-        pending = self._provisional.setdefault(trial.trial_id, set())
-        for milestone, recorded in bracket._rungs:
-            if trial.trial_id in recorded and milestone not in before and len(recorded) < self._min_rung_trials:
-                pending.add(milestone)  # just passed this rung with too few rivals to judge
-        for milestone, recorded in bracket._rungs:
-            if milestone not in pending or len(recorded) < self._min_rung_trials:
-                continue
-            pending.discard(milestone)  # enough trials now: the decision becomes final
-            cutoff = bracket.cutoff(recorded)
-            if cutoff is not None and recorded[trial.trial_id] < cutoff:
-                self._num_stopped += 1
-                self._provisional.pop(trial.trial_id, None)
-                return TrialScheduler.STOP
-        return action
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        return True
 
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        self._provisional.pop(trial.trial_id, None)
-        super().on_trial_complete(tune_controller, trial, result)
+    def _sign(self) -> float:
+        return -1.0 if self._mode == "min" else 1.0
 
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self._provisional.pop(trial.trial_id, None)
-        super().on_trial_remove(tune_controller, trial)
+    def promotable(self, rung: int, trial_id: str) -> bool:
+        """In the top 1/eta of its rung, the rung reached by enough trials, and not promoted yet."""
+        scores = self._scores[rung]
+        if trial_id in self._promoted[rung] or len(scores) < self._min_trials:
+            return False
+        top = sorted(scores, key=lambda tid: -scores[tid])[: len(scores) // self._eta]
+        return trial_id in top
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        if self._time_attr not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        t = result[self._time_attr]
+        if t >= self._max_t or result.get("diverged"):
+            return TrialScheduler.STOP
+        for rung, milestone in enumerate(self._milestones):
+            if t >= milestone and trial.trial_id not in self._scores[rung]:
+                self._scores[rung][trial.trial_id] = self._sign() * float(result[self._metric])
+                if self.promotable(rung, trial.trial_id):
+                    self._promoted[rung].add(trial.trial_id)
+                else:
+                    self._waiting[trial.trial_id] = rung
+                    return TrialScheduler.PAUSE
+        return TrialScheduler.CONTINUE
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        trials = {trial.trial_id: trial for trial in tune_controller.get_trials()}
+        for rung in reversed(range(len(self._milestones))):  # promotions first, highest rung first
+            waiting = [tid for tid, r in self._waiting.items() if r == rung]
+            for tid in sorted(waiting, key=lambda tid: -self._scores[rung][tid]):
+                trial = trials.get(tid)
+                if trial is not None and trial.status == Trial.PAUSED and self.promotable(rung, tid):
+                    self._promoted[rung].add(tid)
+                    del self._waiting[tid]
+                    return trial
+        for trial in trials.values():
+            if trial.status == Trial.PENDING:
+                return trial
+        busy = any(trial.status in (Trial.RUNNING, Trial.PENDING) for trial in trials.values())
+        if not busy and tune_controller.search_alg.is_finished():
+            for tid in list(self._waiting):  # no rival can come: the waiting trials lost their rungs
+                del self._waiting[tid]
+                if tid in trials and trials[tid].status == Trial.PAUSED:
+                    _stop_paused(tune_controller, trials[tid])
+        return None
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        self._waiting.pop(trial.trial_id, None)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self._waiting.pop(trial.trial_id, None)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self._waiting.pop(trial.trial_id, None)
+
+    def debug_string(self) -> str:
+        rungs = ", ".join(f"{m}: {len(s)} reached, {len(p)} promoted" for m, s, p in
+                          zip(self._milestones, self._scores, self._promoted))
+        return f"PromotingASHA ({len(self._waiting)} waiting) {rungs}"
+
+
+def _stop_paused(tune_controller: Any, trial: Trial) -> None:
+    """Stop a paused trial, and have Ray save its new status: Ray 2.60 refreshes a trial's entry in
+    experiment_state only when it reports or checkpoints, so a trial stopped while paused would stay
+    PAUSED there, which reads as an interrupted sweep (private API: Ray is pinned)."""
+    tune_controller.stop_trial(trial)
+    controller = getattr(tune_controller, "_tune_controller", None)  # behind Ray's scheduler-facing wrapper
+    mark = getattr(controller, "_mark_trial_to_checkpoint", None)
+    if mark is not None:
+        mark(trial)
 
 
 # What PBT may change when it copies a better trial into a worse one: the optimisation

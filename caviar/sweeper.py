@@ -30,7 +30,7 @@ from caviar.leaderboard import (
     LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, format_table, interrupted, leaderboard, summarize, trial_row,
 )
 from caviar.border import border_warnings, format_warnings
-from caviar.schedulers import PatientASHA, pbt_scheduler
+from caviar.schedulers import PromotingASHA, pbt_scheduler
 from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.train import images_per_epoch
 from caviar.reader import TrialRecord, has_state, read_trials, saved_state_is_whole
@@ -188,7 +188,7 @@ def _param_space(config: Config) -> dict[str, Any]:
 def _scheduler(config: Config) -> Any:
     search = config.search
     if search.scheduler == "asha":
-        return PatientASHA(
+        return PromotingASHA(
             time_attr="epoch",
             max_t=search.max_epochs,
             grace_period=min(search.grace_period, search.max_epochs),
@@ -353,6 +353,10 @@ def sweep(
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         _fit(tuner)
         table = _collect(path, config)
+        if deadline is not None and time.time() >= deadline - 1.0 and "status" in table:
+            # Ray stops every trial at the deadline but saves the running and paused ones' status
+            # as it was (RUNNING, PAUSED): they were stopped by the budget, not interrupted.
+            table.loc[table["status"] == "unfinished", "status"] = "early-stopped"
         summary = summarize(table, config.search.num_samples) | {
             "experiment": path,
             "wall_time_s": round(time.time() - fit_begin, 1),

@@ -15,7 +15,7 @@ import caviar
 from caviar import budget
 from caviar.budget import Throughput, asha_epochs_per_trial, parse_duration, plan, rungs
 from caviar.config import ConfigError, load_config
-from caviar.schedulers import PatientASHA
+from caviar.schedulers import PromotingASHA
 from test_sweep import SMALL_NET, small_config
 
 # ~25 s per epoch of one trial on 55,000 images: Fashion-MNIST on one CPU core.
@@ -105,43 +105,77 @@ def test_too_small_a_budget_says_so():
         _plan(load_config(), 40)
 
 
-# ---------------------------------------------------------------- PatientASHA
+# ---------------------------------------------------------------- PromotingASHA
+class FakeController:
+    """What a scheduler sees of Ray's TuneController: the trials, the searcher, stop_trial."""
+
+    def __init__(self, trials, finished=False):
+        self.trials, self.stopped = trials, []
+        self.search_alg = SimpleNamespace(is_finished=lambda: finished)
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        trial.status = "TERMINATED"
+        self.stopped.append(trial.trial_id)
+
+
 def _result(epoch, acc):
     return {"epoch": epoch, "val_acc": acc}
 
 
-def test_patient_asha_takes_an_early_promotion_back():
-    """The first trial reaches rung 1 alone with a poor score: plain ASHA lets it through for good;
-    PatientASHA lets it go on only until 3 trials reached the rung, then stops it."""
-    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
-    for scheduler_type, kwargs in ((PatientASHA, {"min_rung_trials": 3}), (caviar.schedulers.ASHAScheduler, {})):
-        scheduler = scheduler_type(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1,
-                                   reduction_factor=3, **kwargs)
-        for trial in trials:
-            scheduler.on_trial_add(None, trial)
-        first = trials[0]
-        assert scheduler.on_trial_result(None, first, _result(1, 0.15)) == "CONTINUE"  # alone at rung 1
-        assert scheduler.on_trial_result(None, first, _result(2, 0.16)) == "CONTINUE"
-        scheduler.on_trial_result(None, trials[1], _result(1, 0.80))
-        scheduler.on_trial_result(None, trials[2], _result(1, 0.70))
-        verdict = scheduler.on_trial_result(None, first, _result(3, 0.17))
-        if scheduler_type is PatientASHA:
-            assert verdict == "STOP"
-        else:
-            assert verdict == "CONTINUE"  # what issue 10 saw: the first trial runs on unopposed
+def _asha(**kwargs):
+    return PromotingASHA(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1,
+                         reduction_factor=3, **kwargs)
 
 
-def test_patient_asha_keeps_a_good_early_trial():
-    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
-    scheduler = PatientASHA(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1,
-                            reduction_factor=3, min_rung_trials=3)
-    for trial in trials:
-        scheduler.on_trial_add(None, trial)
-    assert scheduler.on_trial_result(None, trials[0], _result(1, 0.9)) == "CONTINUE"
-    scheduler.on_trial_result(None, trials[1], _result(1, 0.3))
-    scheduler.on_trial_result(None, trials[2], _result(1, 0.4))
-    assert scheduler.on_trial_result(None, trials[0], _result(2, 0.91)) == "CONTINUE"
-    assert scheduler.on_trial_result(None, trials[0], _result(3, 0.92)) == "CONTINUE"  # its rung 3 is provisional
+def test_first_trials_wait_at_the_rung_until_rivals_arrive():
+    """Alone at rung 1, a trial waits (paused) where Ray's ASHA lets it run on; the third trial
+    promotes the best of three; later arrivals promote the next best waiting one before any new trial."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    plain = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1, reduction_factor=3)
+    lone = SimpleNamespace(trial_id="t0", status="RUNNING")
+    plain.on_trial_add(None, lone)
+    assert plain.on_trial_result(None, lone, _result(1, 0.15)) == "CONTINUE"  # what issue 10 saw
+
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(7)]
+    scheduler, controller = _asha(), FakeController(trials)
+    assert scheduler.on_trial_result(controller, trials[0], _result(1, 0.50)) == "PAUSE"
+    assert scheduler.on_trial_result(controller, trials[1], _result(1, 0.40)) == "PAUSE"
+    assert scheduler.on_trial_result(controller, trials[2], _result(1, 0.90)) == "CONTINUE"  # best of 3
+    trials[0].status = trials[1].status = "PAUSED"
+    trials[3].status = "PENDING"
+    assert scheduler.choose_trial_to_run(controller) is trials[3]  # nothing promotable yet: a new trial
+    trials[3].status = "RUNNING"
+    for i, acc in ((3, 0.1), (4, 0.2), (5, 0.3)):
+        assert scheduler.on_trial_result(controller, trials[i], _result(1, acc)) == "PAUSE"
+        trials[i].status = "PAUSED"
+    # 6 trials at rung 1: the top 2 (0.9 promoted, 0.5 waiting) go on; 0.5 gets the next slot
+    trials[6].status = "PENDING"
+    assert scheduler.choose_trial_to_run(controller) is trials[0]
+    assert scheduler.choose_trial_to_run(controller) is trials[6]
+
+
+def test_waiting_trials_that_lost_are_stopped_at_the_end():
+    """No trial runs or waits to start and the search is done: the paused trials that never made
+    their rung's top are stopped, so the sweep ends."""
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(3)]
+    scheduler, controller = _asha(), FakeController(trials, finished=True)
+    for trial, acc in zip(trials, (0.3, 0.2, 0.9)):
+        scheduler.on_trial_result(controller, trial, _result(1, acc))
+    trials[0].status = trials[1].status = "PAUSED"
+    trials[2].status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is None
+    assert sorted(controller.stopped) == ["t0", "t1"]
+
+
+def test_min_rung_trials_raises_the_bar():
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(5)]
+    scheduler, controller = _asha(min_rung_trials=5), FakeController(trials)
+    verdicts = [scheduler.on_trial_result(controller, t, _result(1, acc)) for t, acc in zip(trials, (.1, .2, .3, .4, .9))]
+    assert verdicts == ["PAUSE"] * 4 + ["CONTINUE"]
 
 
 # ---------------------------------------------------------------- PBT's hyperparameters on a copied checkpoint
