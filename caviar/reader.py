@@ -106,25 +106,34 @@ def _saved_states(fs: pyarrow.fs.FileSystem, root: str) -> dict[str, dict[str, A
 
 
 def _history(fs: pyarrow.fs.FileSystem, folder: str) -> pd.DataFrame:
-    """One row per reported epoch; a damaged line (one being written) is skipped."""
+    """One row per reported epoch; a damaged line (one being written) is skipped.
+
+    result.json has every metric; Ray's progress.csv keeps only the columns of the first result
+    (no avg_val_acc before averaging starts) but is flushed at every result, while result.json can
+    lag behind for a trial that PBT restarted or Ray paused. So rows come from result.json, and
+    later epochs that only progress.csv has are added from it.
+    """
     text = _text(fs, f"{folder}/result.json")
     rows = []
-    if text is not None:
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append({k: v for k, v in row.items() if k != "config"})
-        return pd.DataFrame(rows)
+    for line in (text or "").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append({k: v for k, v in row.items() if k != "config"})
+    history = pd.DataFrame(rows)
     csv = _text(fs, f"{folder}/progress.csv")
     if csv:
         try:
-            return pd.read_csv(io.StringIO(csv))
+            progress = pd.read_csv(io.StringIO(csv))
         except (ValueError, pd.errors.ParserError):
             warnings.warn(f"skipping damaged {folder}/progress.csv", stacklevel=3)
-    return pd.DataFrame()
+            return history
+        if "epoch" in progress and len(progress) > len(history):
+            seen = history["epoch"].max() if "epoch" in history and len(history) else -1
+            history = pd.concat([history, progress[progress["epoch"] > seen]], ignore_index=True)
+    return history
 
 
 def _checkpoints(fs: pyarrow.fs.FileSystem, folder: str) -> tuple[list[tuple[tune.Checkpoint, dict]], Any]:

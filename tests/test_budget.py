@@ -248,9 +248,11 @@ def test_pbt_population_exploits(ray_session, learnable_root, tmp_path):
     assert exploits, "PBT never exploited"
     shown = result.trials[["trial_id", "status", "epochs", "retries"]]
     assert (result.trials["epochs"] >= 3).all() and (result.trials["epochs"] == 4).sum() >= 2, shown
-    for trial in Path(result.path).glob("trial_*"):
-        epochs = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines()]
-        assert epochs == sorted(epochs) and epochs.count(1) == 1, (trial.name, epochs)
+    from caviar.reader import read_trials
+
+    for record in read_trials(result.path):
+        epochs = list(record.history["epoch"])
+        assert epochs == sorted(epochs) and epochs.count(1) == 1, (record.trial_id, epochs)
     cloned = {entry[1] for entry in exploits}
     assert cloned  # trials that copied another's checkpoint
     assert result.best["best_val_acc"] > 0.5
