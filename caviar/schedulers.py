@@ -92,12 +92,26 @@ class PromotingASHA(FIFOScheduler):
             if trial.status == Trial.PENDING:
                 return trial
         busy = any(trial.status in (Trial.RUNNING, Trial.PENDING) for trial in trials.values())
-        if not busy and tune_controller.search_alg.is_finished():
-            for tid in list(self._waiting):  # no rival can come: the waiting trials lost their rungs
+        waiting = [tid for tid in self._waiting if tid in trials and trials[tid].status == Trial.PAUSED]
+        if busy or not waiting:
+            return None
+        if tune_controller.search_alg.is_finished():
+            for tid in waiting:  # no rival can come: the waiting trials lost their rungs
                 del self._waiting[tid]
-                if tid in trials and trials[tid].status == Trial.PAUSED:
-                    _stop_paused(tune_controller, trials[tid])
-        return None
+                _stop_paused(tune_controller, trials[tid])
+            return None
+        # Idle, yet no new trial comes: the searcher holds back while the waiting trials count as live
+        # (search.max_concurrent). Free a place by stopping a trial that has lost its rung, or else
+        # let the best waiting trial go on (highest rung first), so the sweep never stalls.
+        losers = [tid for tid in waiting if len(self._scores[self._waiting[tid]]) >= self._min_trials]
+        if losers:
+            worst = min(losers, key=lambda tid: self._scores[self._waiting[tid]][tid])
+            del self._waiting[worst]
+            _stop_paused(tune_controller, trials[worst])
+            return None
+        best = max(waiting, key=lambda tid: (self._waiting[tid], self._scores[self._waiting[tid]][tid]))
+        self._promoted[self._waiting.pop(best)].add(best)
+        return trials[best]
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         self._waiting.pop(trial.trial_id, None)

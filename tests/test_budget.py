@@ -280,3 +280,22 @@ def test_from_top_stage_gets_epochs_and_its_share_of_time():
     first = stage_deadline(short.stages, 1, 0, 1000)  # its share, after the next stage's start-up
     assert first == pytest.approx((1000 - budget.STAGE_STARTUP_S) * short.stages[0]["share"], rel=1e-3)
     assert stage_deadline(short.stages, 2, 700, 1000) == 1000  # the last stage gets all that is left
+
+
+def test_a_concurrency_cap_never_stalls_the_sweep():
+    """search.max_concurrent counts waiting trials as live, so no new trial comes while they wait:
+    idle with the search unfinished, the scheduler lets the best waiting trial go on, or stops one
+    that has lost its rung to make room."""
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(4)]
+    scheduler, controller = _asha(), FakeController(trials, finished=False)
+    for trial, acc in zip(trials[:2], (0.3, 0.6)):
+        assert scheduler.on_trial_result(controller, trial, _result(1, acc)) == "PAUSE"
+        trial.status = "PAUSED"
+    trials[2].status = trials[3].status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is trials[1]  # best of the two waiting goes on
+    trials[1].status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is None  # busy again: wait
+    trials[1].status = "TERMINATED"
+    scheduler.on_trial_result(controller, trials[2], _result(1, 0.9))  # 3 at rung 1 now: t0 lost it
+    trials[2].status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == ["t0"]
