@@ -89,10 +89,11 @@ def _start_ray(address: str | None) -> bool:
     With no address Ray would join any cluster it finds on this machine; address="local" makes
     a private instance so two users' sweeps never land on each other's cluster.
     """
+    if address:
+        _check_reachable(address)  # even when this process already has Ray: a bad address is an error
     if ray.is_initialized():
         return False
     if address:
-        _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=True)
         except ConnectionError as error:
