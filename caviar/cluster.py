@@ -361,14 +361,25 @@ def _max_workers(autoscaler: dict[str, Any] | None) -> int:
     return int(autoscaler.get("max_workers", 0)) if autoscaler else 0
 
 
-def cluster_gpus(joined: bool = True) -> float:
+# Default of the `autoscaler` arguments below: ask the head node (a caller that needs the config for
+# several checks asks once and passes it, since each ask is a task on the head).
+ASK = object()
+
+
+def _autoscaler(autoscaler: Any, joined: bool) -> dict[str, Any] | None:
+    if autoscaler is ASK:
+        return autoscaler_config() if joined else None
+    return autoscaler
+
+
+def cluster_gpus(joined: bool = True, autoscaler: Any = ASK) -> float:
     """GPUs the trials may count on: those in the cluster now or, on an autoscaling cluster that
     starts with no GPU worker (cluster/aws.yaml), those its worker types can bring. Both are asked
     of the cluster (its resources, its head's autoscaler config), wherever the driver runs."""
     import ray
 
     now = float(ray.cluster_resources().get("GPU", 0))
-    autoscaler = autoscaler_config() if joined else None
+    autoscaler = _autoscaler(autoscaler, joined)
     if not autoscaler:
         return now
     head = autoscaler.get("head_node_type")
@@ -423,23 +434,23 @@ def storage_problem(storage_path: str, nodes: int, max_workers: int = 0, shared:
     )
 
 
-def check_storage_for_cluster(storage_path: str, shared: bool = False, joined: bool = True) -> None:
+def check_storage_for_cluster(storage_path: str, shared: bool = False, joined: bool = True,
+                              autoscaler: Any = ASK) -> None:
     """Raise ConfigError at once if the connected Ray cluster cannot use `storage_path`."""
     import ray
 
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    problem = storage_problem(storage_path, nodes, _max_workers(autoscaler_config() if joined else None), shared)
+    problem = storage_problem(storage_path, nodes, _max_workers(_autoscaler(autoscaler, joined)), shared)
     if problem:
         raise ConfigError(problem)
 
 
-def largest_node(joined: bool = True) -> dict[str, float]:
+def largest_node(joined: bool = True, autoscaler: Any = ASK) -> dict[str, float]:
     """The most CPUs and GPUs one node has, or can have: alive nodes now and, on an autoscaling
     cluster, its worker types (a trial's resources must fit on one node, or it waits forever)."""
     import ray
 
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    autoscaler = autoscaler_config() if joined else None
-    types = (autoscaler or {}).get("available_node_types", {}) or {}
+    types = (_autoscaler(autoscaler, joined) or {}).get("available_node_types", {}) or {}
     nodes += [dict(node_type.get("resources", {}) or {}) for node_type in types.values()]
     return {key: max([float(node.get(key, 0) or 0) for node in nodes] or [0.0]) for key in ("CPU", "GPU")}

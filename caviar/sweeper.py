@@ -72,9 +72,10 @@ def trial_resources(config: Config, cluster_gpus: float) -> dict[str, float]:
 def _check_cluster(config: Config, storage_path: str, joined: bool) -> dict[str, float]:
     """The resources per trial on the Ray cluster just started or joined, after checking that its
     nodes can all reach `storage_path` (raises ConfigError before anything is written)."""
-    cluster.check_storage_for_cluster(storage_path, shared=config.storage_shared, joined=joined)
-    resources = trial_resources(config, cluster.cluster_gpus(joined=joined))
-    largest = cluster.largest_node(joined=joined)
+    autoscaler = cluster.autoscaler_config() if joined else None  # asked of the head once, for all three
+    cluster.check_storage_for_cluster(storage_path, shared=config.storage_shared, joined=joined, autoscaler=autoscaler)
+    resources = trial_resources(config, cluster.cluster_gpus(joined=joined, autoscaler=autoscaler))
+    largest = cluster.largest_node(joined=joined, autoscaler=autoscaler)
     for key, name in (("cpu", "cpus_per_trial"), ("gpu", "gpus_per_trial")):
         if resources[key] > largest[key.upper()] + 1e-9:
             raise ConfigError(f"resources.{name} is {resources[key]:g} but no node of this Ray cluster has (or can "
