@@ -11,8 +11,9 @@ from caviar.errors import CaviarError
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", nargs="?", help="experiment YAML file (default: the built-in defaults, "
-                        "identical to experiments/default.yaml)")
+    parser.add_argument("experiment", nargs="?", help="a shipped experiment's name (smoke, staged, cpu-budget, ...: "
+                        "`caviar experiments` lists them) or a YAML file (default: the built-in defaults, "
+                        "identical to the shipped `default`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set search.num_samples=128 (repeatable)")
 
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--budget", metavar="DURATION", help="wall-clock budget such as 30m or 2h: trials, epochs and "
                        "stages are sized to fit it on this machine or cluster (throughput measured at the start), "
                        "and the sweep stops at the deadline with everything saved; same as --set budget=...")
+    sweep.add_argument("--log", action="append", choices=["mlflow", "wandb"], help="also log every trial to "
+                       "MLflow or Weights & Biases (repeatable); same as --set log=mlflow. Destinations follow the "
+                       "trackers' own settings (MLFLOW_TRACKING_URI, WANDB_PROJECT, WANDB_MODE)")
     sweep.add_argument("--stage", type=int, metavar="N", help="staged experiments: rerun from stage N (earlier "
                        "stages are kept; an interrupted stage N resumes); with an experiment file or --resume")
 
@@ -67,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override the experiment's saved config, e.g. --set data.root=/data")
 
+    commands.add_parser("experiments", help="the shipped experiments, one line each: trials, epochs, what they "
+                        "cost on a CPU and on one GPU, what they reached in the benchmarks")
+
+    export = commands.add_parser("export", help="a saved ensemble as one TorchScript or ONNX file (pixels in, "
+                                 "averaged probabilities out) that runs without caviar")
+    export.add_argument("ensemble", help="the folder `caviar ensemble` wrote (default EXPERIMENT/ensemble)")
+    export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                        help="torchscript (torch.jit.load; uint8 or float input) or onnx (onnxruntime and others)")
+    export.add_argument("--out", help="file to write (default: ENSEMBLE/ensemble.pt or .onnx); never overwritten")
+    export.add_argument("--input", choices=["uint8", "float"], default="uint8", help="onnx: the graph's input "
+                        "type, uint8 0..255 (default) or float32 0..1; a TorchScript file takes either")
+
     config = commands.add_parser("config", help="print the resolved config (defaults < file < --set)")
     _config_args(config)
 
@@ -88,6 +104,8 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides.append(f"storage={args.storage}")
     if args.name:
         overrides.append(f"name={args.name}")
+    if args.log:
+        overrides.append(f"log={','.join(args.log)}")
     if args.budget:
         if args.resume:
             raise CaviarError("--budget plans a new sweep; a resumed sweep finishes the trials its plan drew")
@@ -129,6 +147,20 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiments(args: argparse.Namespace) -> int:
+    from caviar.catalog import describe
+
+    print(describe())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from caviar.export import export
+
+    print(f"Exported: {export(args.ensemble, args.format, out=args.out, input_type=args.input)}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from caviar.checks import check_experiment, format_results
 
@@ -153,7 +185,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"sweep": _sweep, "ensemble": _ensemble, "config": _config, "check": _check, "report": _report,
-            "cluster": _cluster}
+            "cluster": _cluster, "experiments": _experiments, "export": _export}
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature

@@ -152,7 +152,7 @@ def _mount_problems(config: dict[str, Any], root: Path) -> list[str]:
         if bad:
             problems.append(
                 f"file_mounts[{remote}]: {local} holds {bad}; the launcher would hash and copy it. "
-                "Mount only what installs caviar (caviar/, experiments/, pyproject.toml, README.md)"
+                "Mount only what installs caviar (caviar/, pyproject.toml, README.md)"
             )
     return problems
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from caviar import shipped
 from caviar.errors import CaviarError
 
 Scalar = Union[bool, int, float, str]
@@ -378,6 +379,21 @@ class Config(_Strict):
     # Wall-clock budget of the sweep, e.g. 30m or 2h (caviar.budget): trials, epochs and stages
     # are sized to fit it on the machine or cluster it runs on; null = run what the file says.
     budget: Optional[str] = None
+    # Experiment trackers that also receive every trial (hyperparameters, per-epoch metrics) through
+    # Ray Tune's logger callbacks, and the leaderboard and ensemble figures (caviar.tracking):
+    # mlflow, wandb; [] = the experiment folder only. Each needs its extra (`pip install caviar[mlflow]`).
+    log: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):  # --set log=mlflow, --set log=mlflow,wandb
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError(f"names a tracker twice (got {value})")
+        return value
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -573,7 +589,12 @@ def read_saved_config(folder: str) -> dict[str, Any]:
     return parse_yaml(text, location)
 
 
-def _read_experiment(path: str | Path) -> dict[str, Any]:
+def _read_experiment(source: str | Path) -> dict[str, Any]:
+    """An experiment file, or a shipped experiment by name (`smoke`: caviar.shipped)."""
+    try:
+        path = shipped.resolve(source)
+    except CaviarError as error:
+        raise ConfigError(str(error)) from None
     return read_yaml(path, "experiment file")
 
 

@@ -1,0 +1,143 @@
+"""caviar.export: one TorchScript / ONNX file per ensemble, whose outputs are Ensemble.predict's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from caviar import cli
+from caviar.ensembler import Ensemble
+from caviar.export import export
+from caviar.models import build_model
+
+MEMBERS = [  # two families, different depths and activations, BN statistics away from their defaults
+    ("convnet", {"conv_layers": 2, "conv_width": 16, "fc_layers": 1, "fc_width": 32, "dropout": 0.3}),
+    ("convnet", {"conv_layers": 1, "conv_width": 8, "fc_layers": 2, "fc_width": 16, "activation": "elu"}),
+    ("resnet", {"dropout": 0.2}),
+]
+WEIGHTS = [0.6, 0.1, 0.3]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved ensemble of three small members with random weights (so they disagree), as
+    `caviar ensemble` writes it."""
+    torch.manual_seed(0)
+    models, descriptions = [], []
+    for family, hparams in MEMBERS:
+        model = build_model(family, hparams, width=0.125, num_classes=10)
+        for parameter in model.parameters():
+            parameter.data.normal_(0, 0.3)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+        models.append(model.eval())
+        descriptions.append({"family": family, "width": 0.125, "num_classes": 10, "hparams": hparams})
+    folder = tmp_path_factory.mktemp("ens") / "ensemble"
+    Ensemble(models, np.array(WEIGHTS), ["a", "b", "c"], descriptions).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def float32_predict(monkeypatch):
+    """Ensemble.predict in float32: where the device has native bf16 it predicts in bf16 (caviar.train);
+    the exported file computes in float32, so that is the reference to match to float rounding."""
+    import caviar.train
+
+    monkeypatch.setattr(caviar.train, "uses_bf16", lambda device, amp: False)
+
+
+def _reference(folder, x) -> np.ndarray:
+    return Ensemble.load(folder).predict(x)
+
+
+def test_torchscript_matches_predict_for_uint8_and_float(saved, images, float32_predict, tmp_path):
+    """The TorchScript module gives Ensemble.predict's probabilities for uint8 and 0..1 float input,
+    with the member weights baked in (the plain mean of the members is different)."""
+    path = export(saved, "torchscript", out=tmp_path / "e.pt")
+    module = torch.jit.load(str(path))
+    expected = _reference(saved, images)
+    got_uint8 = module(images).numpy()
+    got_float = module(images.float() / 255).numpy()
+    np.testing.assert_allclose(got_uint8, expected, atol=1e-5)
+    np.testing.assert_allclose(got_float, expected, atol=1e-5)
+    np.testing.assert_allclose(got_uint8.sum(axis=1), 1.0, atol=1e-5)
+    uniform = Ensemble.load(saved).member_probs(images).mean(axis=0)
+    assert np.abs(uniform - expected).max() > 1e-3  # the weights matter, so the check above sees them
+
+
+def test_torchscript_is_close_to_bf16_predict(saved, images, tmp_path):
+    """Without patching: on a bf16 device predict differs by bf16 rounding only; the classes agree."""
+    module = torch.jit.load(str(export(saved, "torchscript", out=tmp_path / "e.pt")))
+    expected, got = _reference(saved, images), module(images).numpy()
+    assert np.abs(got - expected).max() < 0.03
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.8
+
+
+@pytest.mark.parametrize("input_type", ["uint8", "float"])
+def test_onnx_matches_predict_in_onnxruntime(saved, images, float32_predict, tmp_path, input_type):
+    """The ONNX file, run by onnxruntime, gives Ensemble.predict's probabilities, any batch size."""
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (pip install 'caviar[export]')")
+    ort = pytest.importorskip("onnxruntime", reason="pip install 'caviar[export]'")
+    path = export(saved, "onnx", out=tmp_path / "e.onnx", input_type=input_type)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    x = images.numpy() if input_type == "uint8" else (images.numpy() / 255).astype(np.float32)
+    expected = _reference(saved, images)
+    for n in (9, 1):
+        (got,) = session.run(None, {"images": x[:n]})
+        np.testing.assert_allclose(got, expected[:n], atol=1e-5)
+
+
+def test_files_load_without_caviar(saved, images, tmp_path):
+    """torch.jit.load and onnxruntime read the files in a Python where importing caviar fails."""
+    pytest.importorskip("onnxruntime", reason="pip install 'caviar[export]'")
+    pytest.importorskip("onnxscript", reason="pip install 'caviar[export]'")
+    ts, ox = export(saved, "torchscript", out=tmp_path / "e.pt"), export(saved, "onnx", out=tmp_path / "e.onnx")
+    np.save(tmp_path / "x.npy", images.numpy())
+    script = f"""
+import sys
+sys.modules["caviar"] = None  # any `import caviar` now fails
+import numpy as np, onnxruntime, torch
+x = np.load({str(tmp_path / "x.npy")!r})
+a = torch.jit.load({str(ts)!r})(torch.from_numpy(x)).numpy()
+b = onnxruntime.InferenceSession({str(ox)!r}).run(None, {{"images": x}})[0]
+np.save({str(tmp_path / "out.npy")!r}, np.stack([a, b]))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=120)
+    a, b = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert a.shape == (9, 10)
+
+
+def test_cli_writes_the_default_file_and_never_overwrites(saved, capsys):
+    """`caviar export DIR` writes DIR/ensemble.pt; a second run, or any existing --out, is refused (exit 2)."""
+    assert cli.main(["export", str(saved)]) == 0
+    assert f"Exported: {saved / 'ensemble.pt'}" in capsys.readouterr().out
+    before = (saved / "ensemble.pt").read_bytes()
+    assert cli.main(["export", str(saved)]) == 2
+    assert "already exists; caviar does not overwrite files" in capsys.readouterr().err
+    assert (saved / "ensemble.pt").read_bytes() == before
+    mine = saved.parent / "notes.onnx"
+    mine.write_text("mine")
+    assert cli.main(["export", str(saved), "--format", "onnx", "--out", str(mine)]) == 2
+    assert mine.read_text() == "mine"
+    (saved / "ensemble.pt").unlink()
+
+
+def test_bad_arguments_are_one_message_and_exit_2(saved, tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path)]) == 2
+    assert "holds no ensemble.json" in capsys.readouterr().err
+    assert cli.main(["export", str(saved), "--out", str(tmp_path / "no" / "such" / "e.pt")]) == 2
+    assert "does not exist; create it" in capsys.readouterr().err
+    assert not list(saved.glob("*.partial"))
