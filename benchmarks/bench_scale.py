@@ -99,9 +99,9 @@ def experiment(name: str, storage: Path, root: Path, trials: int, epochs: int, v
     }
 
 
-def sweep_has_flag(flag: str, env: dict[str, str]) -> bool:
-    help_text = subprocess.run([sys.executable, "-m", "caviar", "sweep", "--help"], cwd=REPO, env=env,
-                               capture_output=True, text=True).stdout
+def sweep_has_flag(flag: str, env: dict[str, str], code: Path = REPO) -> bool:
+    help_text = subprocess.run([sys.executable, "-m", "caviar", "sweep", "--help"], cwd=code, env=env,
+                               capture_output=True, text=True, check=False).stdout
     return flag in help_text
 
 
@@ -276,13 +276,13 @@ class TreeMeter:
 
 
 def run_measured(cmd: list[str], log: Path, env: dict[str, str], timeout_s: float,
-                 interval: float = 0.5) -> dict[str, Any]:
+                 interval: float = 0.5, code: Path = REPO) -> dict[str, Any]:
     """Run `cmd` under REAPER (own session, output to `log`) while polling its process tree."""
     begin = time.perf_counter()
     killed = False
     report = log.with_suffix(".reaper.json")
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", REAPER, str(report), *cmd], cwd=REPO, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-c", REAPER, str(report), *cmd], cwd=code, stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         meter = TreeMeter(proc.pid)
         signals = [(signal.SIGINT, 90.0), (signal.SIGTERM, 30.0), (signal.SIGKILL, 30.0)]
@@ -310,10 +310,12 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str], timeout_s: floa
                        "user_s": round(usage.get("user_s", 0.0), 1), "system_s": round(usage.get("system_s", 0.0), 1)}}
 
 
-def run_timed(cmd: list[str], log: Path, env: dict[str, str], timeout_s: float = 1800) -> dict[str, Any]:
+def run_timed(cmd: list[str], log: Path, env: dict[str, str], timeout_s: float = 1800,
+              code: Path = REPO) -> dict[str, Any]:
     begin = time.perf_counter()
     with open(log, "w") as out:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout_s).returncode
+        rc = subprocess.run(cmd, cwd=code, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
+                        check=False).returncode
     return {"rc": rc, "wall_s": round(time.perf_counter() - begin, 2),
             "log_tail": log.read_text().splitlines()[-8:] if rc else []}
 
@@ -328,19 +330,47 @@ def console(log: Path, top: int = 12) -> dict[str, Any]:
             "top_shapes": [{"lines": n, "shape": s} for s, n in shapes.most_common(top)]}
 
 
-def du(folder: Path) -> dict[str, Any]:
-    """Disk used (allocated blocks) and apparent size of every file under `folder`."""
+def du(folder: Path, group=None, top: int = 8) -> dict[str, Any]:
+    """Disk used (allocated blocks) and apparent size of every file under `folder`; with `group`
+    (relative path -> a label), the largest groups too."""
     used = size = files = 0
+    groups: dict[str, list[int]] = {}
     for base, _, names in os.walk(folder):
         for name in names:
+            path = os.path.join(base, name)
             try:
-                st = os.lstat(os.path.join(base, name))
+                st = os.lstat(path)
             except OSError:
                 continue
             used += st.st_blocks * 512
             size += st.st_size
             files += 1
-    return {"disk_bytes": used, "apparent_bytes": size, "files": files}
+            if group is not None:
+                g = groups.setdefault(group(os.path.relpath(path, folder)), [0, 0])
+                g[0] += st.st_blocks * 512
+                g[1] += 1
+    out: dict[str, Any] = {"disk_bytes": used, "apparent_bytes": size, "files": files}
+    if group is not None:
+        out["largest"] = [{"what": k, "disk_bytes": v[0], "files": v[1]}
+                          for k, v in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]]
+    return out
+
+
+def by_file_name(relative: str) -> str:
+    """An experiment folder's file, by its name with ids and numbers masked (trial_#/result.json)."""
+    return re.sub(r"[0-9a-f]{5}_\d{5}|\d+(\.\d+)?", "#", relative.split(os.sep, 1)[-1] if "trial_" in relative else relative)
+
+
+def by_ray_folder(relative: str) -> str:
+    """Ray's temp folder, by the part of a session it is in (logs, artifacts: Tune's staging)."""
+    parts = relative.split(os.sep)
+    session = next((i for i, p in enumerate(parts) if p.startswith("session_")), None)
+    if session is None or session + 1 >= len(parts):
+        return re.sub(r"\d+", "#", relative)
+    rest = parts[session + 1:]
+    if rest[0] == "logs" and len(rest) > 1:
+        return "logs/" + re.sub(r"[0-9a-f]{16,}|\d+", "#", rest[1])
+    return rest[0] + ("/" if len(rest) > 1 else "")
 
 
 def trial_time(folder: Path) -> dict[str, Any]:
@@ -359,25 +389,37 @@ def trial_time(folder: Path) -> dict[str, Any]:
     return {"pure_training_s": total, "result_rows": rows, "trial_folders": trials}
 
 
-def read_leaderboard(folder: Path) -> dict[str, Any]:
+READ_LEADERBOARD = r"""
+import json, sys, time
+begin = time.perf_counter()
+import pandas as pd
+from caviar.config import load_config
+try:
+    from caviar.experiment import _collect  # what the sweep calls at its end
+except ImportError:
+    from caviar.sweeper import _collect  # before caviar.experiment existed
+imports = time.perf_counter() - begin
+folder = sys.argv[1]
+begin = time.perf_counter()
+table = pd.read_csv(folder + "/leaderboard.csv")
+csv_s = time.perf_counter() - begin
+config = load_config(folder + "/caviar.yaml")
+begin = time.perf_counter()
+rebuilt = _collect(folder, config)
+print(json.dumps({"csv_read_s": round(csv_s, 3), "rows": len(table), "rebuild_s": round(time.perf_counter() - begin, 2),
+                  "rebuilt_rows": len(rebuilt), "imports_s": round(imports, 2)}))
+"""
+
+
+def read_leaderboard(folder: Path, env: dict[str, str], code: Path = REPO) -> dict[str, Any]:
     """Time to read leaderboard.csv, and to rebuild the leaderboard from the trial folders (what
-    the sweep does at its end, through caviar.reader)."""
-    import pandas as pd
-
-    with common.Timer() as csv:
-        table = pd.read_csv(folder / "leaderboard.csv")
-    out: dict[str, Any] = {"csv_read_s": round(csv.seconds, 3), "rows": len(table)}
+    the sweep does at its end, through caviar.reader), in a process of the caviar under test."""
+    done = subprocess.run([sys.executable, "-c", READ_LEADERBOARD, str(folder)], cwd=code, env=env,
+                          capture_output=True, text=True, check=False)
     try:
-        from caviar.config import load_config
-        from caviar.experiment import _collect
-
-        config = load_config(str(folder / "caviar.yaml"))
-        with common.Timer() as rebuild:
-            rebuilt = _collect(str(folder), config)
-        out |= {"rebuild_s": round(rebuild.seconds, 2), "rebuilt_rows": len(rebuilt)}
-    except Exception as error:  # a private helper of caviar: report, do not fail the benchmark
-        out["rebuild_error"] = f"{type(error).__name__}: {error}"
-    return out
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"rows": 0, "error": (done.stderr or done.stdout)[-1500:]}
 
 
 # ---------------------------------------------------------------- main
@@ -394,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--verbose", action="store_true", help="pass --verbose to caviar sweep (only if it has one)")
     p.add_argument("--tag", default="", help="suffix of the default JSON name: results/scale-<N>-<tag>.json")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds before the sweep is interrupted")
+    p.add_argument("--code", default=None, metavar="REV",
+                   help="run caviar as committed at REV (git archive into the workdir), not the working tree")
     p.add_argument("--no-post", action="store_true", help="skip report and ensemble")
     p.add_argument("--dry-run", action="store_true", help="print the plan (yaml, commands), run nothing")
     args = p.parse_args(argv)
@@ -444,14 +488,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
                "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
-        if args.verbose and not sweep_has_flag("--verbose", env):
+        code, code_info = REPO, _code_version()
+        if args.code:  # run a commit's caviar (cwd and PYTHONPATH: the driver and Ray's workers import it)
+            code, code_info = export_code(args.code, work)
+            env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
+        if args.verbose and not sweep_has_flag("--verbose", env, code):
             raise SystemExit("bench_scale: `caviar sweep` has no --verbose yet; run without --verbose")
         log = work / f"{name}-{stamp}.log"
         print(f"Scale: {args.trials} trials on {slots} slots; console in {log}", flush=True)
         print("$ " + shlex.join(sweep_cmd), flush=True)
         try:
-            run = run_measured(sweep_cmd, log, env, args.timeout)
-            ray_tmp_du = du(Path(ray_tmp))
+            run = run_measured(sweep_cmd, log, env, args.timeout, code=code)
+            ray_tmp_du = du(Path(ray_tmp), by_ray_folder)
         finally:
             shutil.rmtree(ray_tmp, ignore_errors=True)
         print(f"  sweep: rc {run['rc']}, {run['wall_s']:.1f} s", flush=True)
@@ -459,14 +507,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         cons = console(log)
         log_tail = log.read_text(errors="replace").splitlines()[-15:] if run["rc"] else []
-        disk = du(folder)
+        disk = du(folder, by_file_name)
         states = sorted(folder.glob("experiment_state-*.json"))
         times = trial_time(folder)
-        board = read_leaderboard(folder) if (folder / "leaderboard.csv").exists() else {"rows": 0}
+        board = read_leaderboard(folder, env, code) if (folder / "leaderboard.csv").exists() else {"rows": 0}
         post: dict[str, Any] = {}
         if not args.no_post and run["rc"] == 0:
             for what, cmd in post_cmds.items():
-                post[what] = run_timed(cmd, work / f"{name}-{stamp}-{what}.log", env)
+                post[what] = run_timed(cmd, work / f"{name}-{stamp}-{what}.log", env, code=code)
                 print(f"  {what}: rc {post[what]['rc']}, {post[what]['wall_s']:.1f} s", flush=True)
 
     n = args.trials
@@ -491,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "pure_per_trial_s": round(pure / max(1, times["result_rows"]) * args.epochs, 3),
         "result_rows": times["result_rows"],
         "ideal_s": round(ideal, 1),
-        "fit_efficiency": round(ideal / fit_s, 3) if fit_s == fit_s and fit_s > 0 else None,
+        "fit_efficiency": round(ideal / fit_s, 3) if fit_s > 0 else None,
         "overhead_per_trial_slot_s": round((fit_s - ideal) * slots / n, 3),
         "command_overhead_per_trial_slot_s": round((run["wall_s"] - ideal) * slots / n, 3),
         "cpu": {"user_s": run["rusage"]["user_s"], "system_s": run["rusage"]["system_s"]},
@@ -515,13 +563,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "experiment_disk_bytes": disk["disk_bytes"], "experiment_files": disk["files"],
         "disk_per_trial_bytes": round(disk["disk_bytes"] / n),
         "experiment_state_bytes": sum(s.stat().st_size for s in states),
+        "experiment_largest": disk.get("largest", []),
         "ray_tmp_disk_bytes": ray_tmp_du["disk_bytes"],
+        "ray_tmp_largest": ray_tmp_du.get("largest", []),
         # memory
         "driver_peak_rss_mb": tree["driver_peak_rss_mb"],
         # after the sweep
         "leaderboard": board,
         "report": post.get("report"), "ensemble": post.get("ensemble"),
-        "post_total_s": round(post_s, 2) if post_s == post_s else None,
+        "post_total_s": round(post_s, 2) if post else None,
         "console_log": str(log) if args.workdir else None,
         "experiment": str(folder) if args.workdir else None,
     }
@@ -573,6 +623,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     print()
     print(common.table(kinds, ["process", "processes", "write_mb", "wchar_mb", "peak_rss_mb"],
                        title="Bytes by process kind"))
+    for title, listing in (("Experiment folder", disk.get("largest", [])), ("Ray temp folder", ray_tmp_du.get("largest", []))):
+        print(f"\n{title}, largest parts:")
+        for part in listing[:6]:
+            print(f"  {part['disk_bytes'] / mb:9.1f} MB  {part['files']:6d} files  {part['what']}")
     print("\nMost frequent console lines (digits masked):")
     for shape in cons["top_shapes"][:8]:
         print(f"  {shape['lines']:7d}  {shape['shape']}")
@@ -591,19 +645,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                 "cpus_per_trial": args.cpus_per_trial, "slots": slots, "space": SPACE, "experiment": spec,
                 "overrides": args.overrides, "verbose": args.verbose, "sweep_command": shlex.join(sweep_cmd),
                 "post_commands": {k: shlex.join(v) for k, v in post_cmds.items()}, "tiny": args.tiny,
-                "tag": args.tag, "caviar_code": _code_version()}
+                "tag": args.tag, "caviar_code": code_info}
     return common.write_json(args.out, NAME, command, settings, results, goals, info)
+
+
+def export_code(rev: str, work: Path) -> tuple[Path, dict[str, Any]]:
+    """caviar/ as committed at `rev`, extracted under `work` (the working tree is left alone)."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    target = work / f"code-{commit[:10]}"
+    if not (target / "caviar" / "__init__.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", commit, "caviar"], cwd=REPO,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target, {"commit": commit, "rev": rev, "from": f"git archive into {target}"}
 
 
 def _code_version() -> dict[str, Any]:
     """The commit the sweep ran, and whether caviar/ had uncommitted changes (others edit the tree)."""
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30,
+                                  check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"commit": git("rev-parse", "HEAD"), "caviar_dirty": bool(git("status", "--porcelain", "--", "caviar"))}
+    return {"commit": git("rev-parse", "HEAD"), "from": "working tree",
+            "caviar_uncommitted_changes": bool(git("status", "--porcelain", "--", "caviar"))}
 
 
 if __name__ == "__main__":
