@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import caviar
-from caviar import storage
+from caviar import storage, tracking
 from caviar.budget import parse_duration
 from caviar.config import Config, ConfigError, load_config, read_saved_config
 from caviar.data import load_test_set, prepare_data
@@ -198,6 +198,7 @@ def ensemble(
                           f"`caviar sweep` wrote, e.g. ~/caviar_results/cifar10-asha")
     begin = time.time()
     config: Config = load_config(read_saved_config(path), overrides)
+    tracking.check(config)  # a tracker that cannot run is said now, not after the evaluation
     check_output_folder(str(out) if out is not None else storage.join(path, "ensemble"))
     sweeps = experiment_sweeps(path, config, overrides)
     records, home = [], {}  # home: trial id -> the sweep (folder, config) it ran in
@@ -274,6 +275,7 @@ def ensemble(
     }
     result = EnsembleResult(overall["accuracy"], overall["nll"], overall["ece"], table, by_kind, ens, info)
     result.save(str(out) if out is not None else storage.join(path, "ensemble"))
+    tracking.log_ensemble(config, path, str(out) if out is not None else storage.join(path, "ensemble"), info)
     return result
 
 

@@ -23,7 +23,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from caviar import budget as budgets
-from caviar import cluster, storage
+from caviar import cluster, storage, tracking
 from caviar.config import CONFIG_FILE, Config, ConfigError, load_config, read_saved_config
 from caviar.data import SplitData, prepare_data
 from caviar.leaderboard import (
@@ -135,8 +135,9 @@ def _trainable(config: Config, data: SplitData, resources: dict[str, float]) -> 
     return tune.with_resources(trainable, resources)
 
 
-def _run_config(config: Config, storage_path: str) -> tune.RunConfig:
+def _run_config(config: Config, storage_path: str, callbacks: list | None = None) -> tune.RunConfig:
     return tune.RunConfig(
+        callbacks=callbacks,
         name=config.name,
         storage_path=storage_path,
         checkpoint_config=tune.CheckpointConfig(
@@ -301,6 +302,7 @@ def sweep(
     else:
         config = load_config(config, overrides, **values)
     config = config.resolved()
+    tracking.check(config)  # MLflow / W&B installed and reachable, before any data is read
     if config.stages:
         from caviar.stages import run_staged
 
@@ -346,7 +348,8 @@ def sweep(
         if resume is None:
             # Everything that can refuse the config (searcher, scheduler) is built before caviar.yaml
             # is written: a failed start must not leave a folder that counts as a sweep.
-            tune_config, run_config = _tune_config(config, time_left(deadline)), _run_config(config, storage_path)
+            tune_config = _tune_config(config, time_left(deadline))
+            run_config = _run_config(config, storage_path, callbacks=tracking.callbacks(config, path))
             storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
             tuner = tune.Tuner(trainable, param_space=_param_space(config), tune_config=tune_config,
                                run_config=run_config)
@@ -373,6 +376,7 @@ def sweep(
                 "command_wall_time_s": round(time.time() - begin, 1),
             }
         _write_results(path, table, summary)
+        tracking.log_sweep(config, path)  # the leaderboard to the trackers' parent run (log: in the config)
     finally:
         if started:
             ray.shutdown()
