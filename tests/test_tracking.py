@@ -19,16 +19,15 @@ from conftest import ray_env
 
 @pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
 def test_missing_package_names_the_extra_before_any_work(tracker, monkeypatch, tmp_path, capsys):
-    """Without the tracker's package: exit 2 naming `pip install 'caviar[<tracker>]'`; no data read."""
-    import caviar.data
-    import caviar.experiment
-
+    """Without the tracker's package: exit 2 naming `pip install 'caviar[<tracker>]'`, said before the
+    data is looked at (a missing data folder would be the error otherwise) and nothing written."""
     monkeypatch.setitem(sys.modules, tracker, None)  # importlib finds no such package now
-    for module in (caviar.data, caviar.experiment):
-        monkeypatch.setattr(module, "prepare_data", lambda *a, **k: pytest.fail("data read"))
-    assert cli.main(["sweep", "smoke", "--log", tracker, "--storage", str(tmp_path)]) == 2
-    assert f"pip install 'caviar[{tracker}]'" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+    storage = tmp_path / "results"
+    assert cli.main(["sweep", "smoke", "--log", tracker, "--storage", str(storage), "--set",
+                     f"data.root={tmp_path / 'no-data'}", "--set", "data.download=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"pip install 'caviar[{tracker}]'" in err and "data.root" not in err
+    assert not storage.exists()
     # a saved experiment that logs to it: `caviar ensemble` refuses before loading anything
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "caviar.yaml").write_text(f"name: exp\nlog: [{tracker}]\n")
