@@ -186,3 +186,36 @@ def test_wandb_offline_runs_for_trials_sweep_and_ensemble(tracked):
     (ensemble,) = [run for run in runs if run["job_type"] == "ensemble"]
     saved = json.loads((tracked["experiment"] / "ensemble" / "ensemble.json").read_text())
     assert ensemble["summary"]["ensemble_accuracy"] == pytest.approx(saved["accuracy"])
+
+
+def test_a_trial_resumed_with_new_values_keeps_its_run(tmp_path, monkeypatch):
+    """PBT changes a trial's hyperparameters and restarts it: the same MLflow run goes on (MLflow refuses
+    a changed param, which would stop the sweep), a child of the sweep's run, with the first values."""
+    pytest.importorskip("mlflow", reason="pip install 'caviar[mlflow]'")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    config = load_config("smoke", ["log=mlflow", f"storage={tmp_path}"])
+    path = str(tmp_path / config.name)
+    Path(path).mkdir()
+    (callback,) = tracking.callbacks(config, path)
+    callback.setup()
+
+    class Trial:  # what the callback reads of Ray's Trial
+        config = {"lr": 0.1, "batch_size": 64}
+
+        def __str__(self) -> str:
+            return "train_trial_00000"
+
+    trial = Trial()
+    callback.log_trial_start(trial)
+    callback.log_trial_result(1, trial, {"val_acc": 0.5, "training_iteration": 1})
+    trial.config = {"lr": 0.2, "batch_size": 64}  # an exploit perturbed it
+    callback.log_trial_start(trial)
+    callback.log_trial_result(2, trial, {"val_acc": 0.6, "training_iteration": 2})
+    callback.log_trial_end(trial)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(callback._trial_runs[trial])
+    assert run.data.params["lr"] == "0.1" and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == json.loads(Path(path, "tracking.json").read_text())["mlflow"]["run_id"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
