@@ -35,23 +35,23 @@ NAME = "overhead"
 @contextlib.contextmanager
 def actor_reuse(enabled: bool) -> Iterator[None]:
     """caviar's sweeper as shipped (reuse on) or with Tune's reuse_actors turned off."""
-    import caviar.sweeper as sweeper
+    import caviar.tuning as tuning
 
     if enabled:
         yield
         return
-    original = sweeper._tune_config
+    original = tuning.tune_config
 
     def without_reuse(config, *args):
         tune_config = original(config, *args)
         tune_config.reuse_actors = False
         return tune_config
 
-    sweeper._tune_config = without_reuse
+    tuning.tune_config = without_reuse
     try:
         yield
     finally:
-        sweeper._tune_config = original
+        tuning.tune_config = original
 
 
 def pure_training(configs: list[dict[str, Any]], data, settings, cpus_per_trial: float) -> list[tuple[float, float]]:

@@ -90,7 +90,7 @@ class Throughput:
 
 def measure(config: Config, data: Any, device: Any = None, configs: int = 3, seconds_each: float = 1.5) -> Throughput:
     """Time training steps and an evaluation pass of `configs` configs drawn from the space, on
-    `device` with the trial's thread count. Runs inside a Ray task (caviar.sweeper), which passes
+    `device` with the trial's thread count. Runs inside a Ray task (caviar.experiment), which passes
     the device Ray assigned it."""
     import statistics
 

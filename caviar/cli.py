@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="experiment folder name; same as --set name=...")
     sweep.add_argument("--resume", metavar="FOLDER", help="finish an interrupted sweep in FOLDER "
                        "(completed trials are not re-run). Resuming loads Ray Tune's saved state, which "
-                       "unpickles: resume only folders you or your sweeps wrote")
+                       "unpickles: caviar refuses state files that differ from the fingerprints its sweep saved "
+                       "(caviar-state.json)")
     sweep.add_argument("--budget", metavar="DURATION", help="wall-clock budget such as 30m or 2h: trials, epochs and "
                        "stages are sized to fit it on this machine or cluster (throughput measured at the start), "
                        "and the sweep stops at the deadline with everything saved; same as --set budget=...")
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "trackers' own settings (MLFLOW_TRACKING_URI, WANDB_PROJECT, WANDB_MODE)")
     sweep.add_argument("--stage", type=int, metavar="N", help="staged experiments: rerun from stage N (earlier "
                        "stages are kept; an interrupted stage N resumes); with an experiment file or --resume")
+    sweep.add_argument("--verbose", action="store_true", help="Ray Tune's own console output (a box per trial, "
+                       "tables of all trials, a line per checkpoint) instead of caviar's status line and events")
 
     check = commands.add_parser("check", help="sanity checks before spending compute: initial loss, overfitting "
                                 "20 images, gradient check; exit 1 if one fails")
@@ -97,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sweep(args: argparse.Namespace) -> int:
     from caviar.leaderboard import interrupted
-    from caviar.sweeper import describe, sweep
+    from caviar.console import describe
+    from caviar.sweeper import sweep
 
     overrides = list(args.overrides)
     if args.storage:
@@ -114,7 +118,7 @@ def _sweep(args: argparse.Namespace) -> int:
         raise CaviarError("--resume takes the experiment folder's own config; drop the experiment file argument")
     try:
         result = sweep(args.experiment, overrides=overrides, address=args.address, resume=args.resume,
-                       stage=args.stage)
+                       stage=args.stage, verbose=args.verbose)
     except KeyboardInterrupt:
         print("\nInterrupted. Completed trials and checkpoints are kept; finish with "
               "`caviar sweep --resume <experiment folder>`.", file=sys.stderr)

@@ -270,9 +270,14 @@ def check_cluster_file(path: str | Path, root: str | Path | None = None) -> dict
     `root` is where `ray up` will run (relative file_mounts are resolved from it; default: cwd).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"cluster file {path} is a folder; pass a Ray cluster YAML file such as cluster/aws.yaml")
     try:
         text = path.read_text()
         config = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"cluster file {path} is not a text file; pass a Ray cluster YAML file such as "
+                          "cluster/aws.yaml") from None
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"cluster file {path}: {error}") from None
     if not isinstance(config, dict):

@@ -24,7 +24,7 @@ from torch import nn
 import caviar
 from caviar import storage, tracking
 from caviar.budget import parse_duration
-from caviar.config import Config, ConfigError, load_config, read_saved_config
+from caviar.config import CONFIG_FILE, Config, ConfigError, load_config, read_saved_config
 from caviar.data import load_test_set, prepare_data
 from caviar.members import (
     KINDS, average_members, load_models, member_state, model_from_member_state, rank_trials, seed_members,
@@ -32,7 +32,7 @@ from caviar.members import (
 )
 from caviar.selection import SELECTORS, accuracy, combine, ece, nll
 from caviar.reader import has_state, read_trials
-from caviar.sweeper import CONFIG_FILE, rerun_with_seeds
+from caviar.reruns import rerun_with_seeds
 from caviar.train import pick_device, predict_logits
 
 ENSEMBLE_FILE = "ensemble.json"

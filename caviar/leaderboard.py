@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-# Written into the experiment folder when a sweep ends (caviar.sweeper).
+# Written into the experiment folder when a sweep ends (caviar.experiment).
 LEADERBOARD_FILE = "leaderboard.csv"
 SUMMARY_FILE = "summary.json"
 

@@ -31,6 +31,7 @@ import pyarrow.fs
 from ray import tune
 
 from caviar import storage
+from caviar.trial import RESUME_FILE
 
 STATE_PATTERN = re.compile(r"experiment_state-[\w.-]+\.json")
 CHECKPOINT_FILE = re.compile(r"epoch=(\d+)-val_acc=([0-9.]+|nan)\.pt")
@@ -110,8 +111,9 @@ def _history(fs: pyarrow.fs.FileSystem, folder: str) -> pd.DataFrame:
 
     result.json has every metric; Ray's progress.csv keeps only the columns of the first result
     (no avg_val_acc before averaging starts) but is flushed at every result, while result.json can
-    lag behind for a trial that PBT restarted or Ray paused. So rows come from result.json, and
-    later epochs that only progress.csv has are added from it.
+    lag behind for a trial that PBT restarted, and loses its earlier epochs when Ray pauses a trial
+    at a rung and starts it again (it is written anew). So rows come from result.json, and epochs
+    that only progress.csv has are added from it.
     """
     text = _text(fs, f"{folder}/result.json")
     rows = []
@@ -130,28 +132,57 @@ def _history(fs: pyarrow.fs.FileSystem, folder: str) -> pd.DataFrame:
         except (ValueError, pd.errors.ParserError):
             warnings.warn(f"skipping damaged {folder}/progress.csv", stacklevel=3)
             return history
-        if "epoch" in progress and len(progress) > len(history):
-            seen = history["epoch"].max() if "epoch" in history and len(history) else -1
-            history = pd.concat([history, progress[progress["epoch"] > seen]], ignore_index=True)
+        if "epoch" in progress:
+            seen = set(history["epoch"]) if "epoch" in history else set()
+            missing = progress[~progress["epoch"].isin(seen)]
+            if len(missing):
+                history = pd.concat([history, missing], ignore_index=True).sort_values("epoch", kind="stable")
+                history = history.reset_index(drop=True)
+    if "replayed" in history and "epoch" in history:
+        # A resumed trial reports its newest checkpoint's epoch again (caviar.trainable.resume_point):
+        # that row counts only where Ray had not logged the epoch already.
+        replayed = history["replayed"].fillna(False).astype(bool)
+        logged = history["epoch"].isin(set(history.loc[~replayed, "epoch"]))
+        again = history["epoch"].duplicated(keep="first")  # replayed by two resumes
+        history = history[~(replayed & (logged | again))].reset_index(drop=True)
     return history
 
 
-def _checkpoints(fs: pyarrow.fs.FileSystem, folder: str) -> tuple[list[tuple[tune.Checkpoint, dict]], Any]:
-    """(kept checkpoints best val_acc first, the latest) from the trial's checkpoint_<n> folders."""
+@dataclass
+class SavedCheckpoint:
+    """One `checkpoint_<n>` folder of a trial that holds a caviar checkpoint file."""
+
+    index: int  # Ray's <n>: later checkpoints have larger ones
+    checkpoint: tune.Checkpoint
+    epoch: int
+    val_acc: float
+    resumable: bool  # still has its RESUME_FILE (optimizer, schedule, RNG)
+
+
+def saved_checkpoints(fs: pyarrow.fs.FileSystem, folder: str) -> list[SavedCheckpoint]:
+    """The trial folder's checkpoints, oldest first; a folder being written (no checkpoint file
+    yet) or not caviar's is left out."""
     found = []
     for info in _listing(fs, folder):
         if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
         names = [f.base_name for f in _listing(fs, info.path)]
         matches = [m for m in map(CHECKPOINT_FILE.fullmatch, names) if m]
-        if not matches:  # a checkpoint being written, or not caviar's
+        if not matches:
             continue
         suffix = info.base_name.removeprefix("checkpoint_")
-        metrics = {"epoch": int(matches[0].group(1)), "val_acc": float(matches[0].group(2))}
-        found.append((int(suffix) if suffix.isdigit() else -1, tune.Checkpoint(path=info.path, filesystem=fs), metrics))
-    latest = max(found, key=lambda item: item[0])[1] if found else None
-    kept = sorted(found, key=lambda item: -1.0 if math.isnan(item[2]["val_acc"]) else -item[2]["val_acc"])
-    return [(checkpoint, metrics) for _, checkpoint, metrics in kept], latest
+        found.append(SavedCheckpoint(int(suffix) if suffix.isdigit() else -1,
+                                     tune.Checkpoint(path=info.path, filesystem=fs), int(matches[0].group(1)),
+                                     float(matches[0].group(2)), RESUME_FILE in names))
+    return sorted(found, key=lambda saved: saved.index)
+
+
+def _checkpoints(fs: pyarrow.fs.FileSystem, folder: str) -> tuple[list[tuple[tune.Checkpoint, dict]], Any]:
+    """(kept checkpoints best val_acc first, the latest) from the trial's checkpoint_<n> folders."""
+    found = saved_checkpoints(fs, folder)
+    kept = sorted(found, key=lambda saved: -1.0 if math.isnan(saved.val_acc) else -saved.val_acc)
+    return ([(saved.checkpoint, {"epoch": saved.epoch, "val_acc": saved.val_acc}) for saved in kept],
+            found[-1].checkpoint if found else None)
 
 
 def read_trials(location: str) -> list[TrialRecord]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from caviar import storage
+from caviar import reader, storage
 from caviar.border import border_warnings, scored
 from caviar.charts import plot_curves, plot_ensemble, plot_filters, plot_hparams, plot_rungs, plot_update_ratio
 from caviar.config import CONFIG_FILE, Config, ConfigError, build_config, read_yaml
@@ -42,27 +42,9 @@ ENSEMBLE_FILE = Path("ensemble") / "ensemble.json"
 
 
 # ---------------------------------------------------------------- reading an experiment folder
-def _history(trial_dir: Path) -> pd.DataFrame:
-    """One row per reported epoch; a line being written right now is skipped."""
-    rows = []
-    path = trial_dir / "result.json"
-    try:
-        text = path.read_text() if path.exists() else ""
-    except (OSError, UnicodeDecodeError):
-        warnings.warn(f"skipping damaged {path}", stacklevel=2)
-        text = ""
-    if text:
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows.append({k: v for k, v in row.items() if k != "config"})
-    return pd.DataFrame(rows)
-
-
 def read_trials(folder: Path, config: Config) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(table best first, histories by trial_id) from the trial folders, finished or running."""
+    """(table best first, histories by trial_id) from the trial folders, finished or running
+    (caviar.reader: plain files only, damaged ones skipped with a warning)."""
     statuses: dict[str, str] = {}
     board = folder / LEADERBOARD_FILE
     if board.exists():
@@ -73,29 +55,20 @@ def read_trials(folder: Path, config: Config) -> tuple[pd.DataFrame, dict[str, p
             warnings.warn(f"skipping damaged {board} ({type(error).__name__}); statuses come from the trial folders",
                           stacklevel=2)
     rows, histories = [], {}
-    for trial_dir in sorted(folder.glob("trial_*")):
-        params = trial_dir / "params.json"
-        if not trial_dir.is_dir() or not params.exists():
-            continue
-        trial_id = trial_dir.name.removeprefix("trial_")
-        try:
-            hparams = json.loads(params.read_text())
-            if not isinstance(hparams, dict):
-                raise ValueError("not a mapping")
-        except (ValueError, UnicodeDecodeError, OSError) as error:
-            warnings.warn(f"skipping {trial_dir}: its params.json is damaged ({type(error).__name__})", stacklevel=2)
-            continue
-        history = _history(trial_dir)
+    for record in reader.read_trials(str(folder)):
+        history = record.history if record.history is not None else pd.DataFrame()
         epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 0
-        ray_status = "TERMINATED" if epochs >= config.search.max_epochs else "RUNNING"
-        row = trial_row(trial_id, ray_status, hparams, history, config.search.max_epochs,
-                        path=str(trial_dir))
-        if trial_id in statuses:
-            row["status"] = statuses[trial_id]
+        ray_status = record.ray_status
+        if ray_status == "RUNNING" and epochs >= config.search.max_epochs:  # no saved state says otherwise
+            ray_status = "TERMINATED"
+        row = trial_row(record.trial_id, ray_status, record.hparams, history, config.search.max_epochs,
+                        retries=record.retries, path=record.path)
+        if record.trial_id in statuses:
+            row["status"] = statuses[record.trial_id]
         elif row["status"] == "unfinished":
             row["status"] = "running"
         rows.append(row)
-        histories[trial_id] = history
+        histories[record.trial_id] = history
     table = pd.DataFrame(rows)
     if not table.empty:
         table = table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)

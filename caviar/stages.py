@@ -21,16 +21,19 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from caviar import storage
+from caviar import connect, storage
 from caviar.border import format_warnings
-from caviar.budget import stage_deadline
+from caviar.budget import apply as apply_plan, parse_duration, stage_deadline
 from caviar.config import (
     CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config, read_saved_config,
 )
+from caviar.data import prepare_data
 from caviar.errors import CaviarError
+from caviar.experiment import SweepResult, config_for_resume, plan_budget, run_experiment
 from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, interrupted
 from caviar.narrowing import next_space, param_spec
 from caviar.space import searched
+from caviar.train import images_per_epoch
 
 STAGES_FILE = "stages.json"
 
@@ -144,9 +147,7 @@ def _move_aside(path: str, log: Callable[[str], None]) -> None:
     log(f"Kept the previous run of {Path(path).name} as {Path(path).name}.prev{k}")
 
 
-def _load_stage(path: str) -> Any:
-    from caviar.sweeper import SweepResult
-
+def _load_stage(path: str) -> SweepResult:
     table = pd.read_csv(storage.join(path, LEADERBOARD_FILE)) if storage.exists(
         storage.join(path, LEADERBOARD_FILE)) else pd.DataFrame()
     summary = json.loads(storage.read_text(storage.join(path, SUMMARY_FILE)))
@@ -170,6 +171,7 @@ def run_staged(
     start: int | None = None,
     begun: float | None = None,
     log: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> StagedResult:
     """Run the stages of `config` (resolved) in ``storage/name/``.
 
@@ -180,8 +182,6 @@ def run_staged(
     With `budget` in the config (a new run), every stage is sized to fit it (caviar.budget) and
     the stages share its deadline, counted from `begun`.
     """
-    from caviar import sweeper
-
     stages = config.stages
     if start is not None and not 1 <= start <= len(stages):
         raise ConfigError(f"--stage {start}: the experiment has stages 1..{len(stages)}")
@@ -190,7 +190,7 @@ def run_staged(
         raise ConfigError(f"experiment folder {root} already holds a staged sweep; continue it with "
                           f"`caviar sweep --resume {root}`, rerun from a stage with --stage N, or start another "
                           "with --set name=<new name>")
-    started = sweeper._start_ray(address)
+    started = connect.start_ray(address, verbose)
     deadline, budget_plan = None, None
     if config.budget and not resume and start is None:
         config, budget_plan, deadline = _plan_stages(config, begun or time.time(), address_started=started, log=log)
@@ -256,14 +256,14 @@ def run_staged(
             plan["stages"].append(entry | {"status": "running"})
             _write_plan(root, _with_history(plan, previous))
             if state == "partial":
-                stage_result = sweeper.sweep(resume=path, address=address)
+                stage_result = run_experiment(config_for_resume(path), resume=True, address=address, log=log,
+                                              verbose=verbose)
             else:
                 ends = None if deadline is None else stage_deadline(budget_plan.stages, index, time.time(), deadline)
-                stage_result = sweeper.sweep(stage_config(config, index, space, root, points), address=address,
-                                             deadline=ends, log=log)
+                stage_result = run_experiment(stage_config(config, index, space, root, points).resolved(),
+                                              address=address, deadline=ends, log=log, verbose=verbose)
             result.stages.append(stage_result)
             entry["space"] = _space_spec(stage_result.config.space)  # a resumed stage keeps its own
-            counts = stage_result.summary["counts"]
             finished = not interrupted(stage_result.summary)
             plan["stages"][-1] = entry | {"status": "done" if finished else "interrupted", **_outcome(stage_result)}
             _write_plan(root, _with_history(plan, previous))
@@ -286,23 +286,20 @@ def _plan_stages(config: Config, begun: float, *, address_started: bool,
                  log: Callable[[str], None]) -> tuple[Config, Any, float]:
     """Size every stage to the budget (one throughput probe for the whole run): the planned
     config, the plan, and the deadline the stages share."""
-    from caviar import budget, sweeper
-    from caviar.data import prepare_data
-    from caviar.train import images_per_epoch
 
-    budget_s = budget.parse_duration(config.budget)
+    budget_s = parse_duration(config.budget)
     data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
                         split_seed=config.data.split_seed, download=config.data.download)
-    resources = sweeper._check_cluster(config, storage.resolve(config.storage), joined=not address_started)
+    resources = connect.check_cluster(config, storage.resolve(config.storage), joined=not address_started)
     total = len(data.train_y)
     subsets = [total if s.train_subset is None or s.train_subset == 1.0
                else min(total, int(s.train_subset) if isinstance(s.train_subset, int) else int(s.train_subset * total))
                for s in config.stages]
     images = [images_per_epoch(n, config.train.epoch_size) for n in subsets]
-    planned = sweeper.plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begun,
+    planned = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begun,
                                   stage_train_images=images)
     log(planned.describe())
-    return budget.apply(config, planned), planned, begun + budget_s
+    return apply_plan(config, planned), planned, begun + budget_s
 
 
 def _with_history(plan: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:

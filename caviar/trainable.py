@@ -15,7 +15,7 @@ import ray
 import torch
 from ray import tune
 
-from caviar import devices
+from caviar import devices, reader
 from caviar.babysit import BABYSIT_FILE, Babysitter
 from caviar.data import SplitData
 from caviar.trial import Trial, TrialSettings, data_tensors, find_checkpoint_file, load_checkpoint_file
@@ -65,11 +65,44 @@ def train_trial(hparams: dict[str, Any], data: SplitData, settings: TrialSetting
         _run(Trial(hparams, settings, device=device), data)
 
 
+def resume_point(given: tune.Checkpoint | None, hparams: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """The state the trial continues from, and whether it is newer than the checkpoint Ray gives.
+
+    That is the newest resumable checkpoint in the trial's own folder on storage, else the one Ray
+    gives (PBT's exploit hands over another trial's: that one wins). Ray's saved experiment state
+    is a snapshot taken every so often, not at every checkpoint (see caviar.callbacks), and Ctrl-C
+    lets a trial finish the epoch it is in after the driver stopped listening: so Ray may name an
+    older checkpoint than the trial reached, or none at all. Continuing from the newest one trains
+    no epoch twice. Ray's numbering of checkpoint folders is moved past the newest, so the next
+    one never lands in a folder that exists.
+    """
+    context = tune.get_context().get_storage()
+    fs, folder = context.storage_filesystem, context.trial_fs_path
+    saved = reader.saved_checkpoints(fs, folder)
+    if saved:
+        context.current_checkpoint_index = max(context.current_checkpoint_index, saved[-1].index)
+    newest = next((s for s in reversed(saved) if s.resumable), None)
+    foreign = given is not None and not given.path.startswith(folder.rstrip("/") + "/")  # PBT
+    if newest is not None and not foreign and (given is None or newest.checkpoint.path != given.path):
+        with newest.checkpoint.as_directory() as local:
+            state = load_checkpoint_file(find_checkpoint_file(local))
+        # A trial id Ray drew again after a crash, for another config, must not take this state.
+        if state.get("hparams") == dict(hparams):
+            return state, True
+    if given is None:
+        return None, False
+    with given.as_directory() as local:
+        return load_checkpoint_file(find_checkpoint_file(local)), False
+
+
 def _run(trial: Trial, data: SplitData) -> None:
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trial.load_state(load_checkpoint_file(find_checkpoint_file(folder)))
+    state, newer = resume_point(tune.get_checkpoint(), trial.hparams)
+    if state is not None:
+        trial.load_state(state)
+    if newer and state.get("metrics"):
+        # Ray may not have logged this epoch (its driver stopped before the result arrived): report
+        # it again, marked, so result.json has every epoch; readers drop it where Ray had it.
+        tune.report(dict(state["metrics"]) | {"replayed": True})
     tensors = data_tensors(data, trial.device)
     # Per-layer histograms and update/weight ratios at a few epochs, written into the trial's
     # folder (synced to storage with each checkpoint); measured on a step that is then undone.

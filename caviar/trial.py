@@ -21,6 +21,9 @@ from caviar.train import (
 )
 
 CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
+# Beside it in a checkpoint folder: the state only resuming needs (see Trial.save).
+RESUME_FILE = "resume.pt"
+RESUME_KEYS = ("optimizer", "scheduler", "rng")
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,12 @@ def find_checkpoint_file(folder: str | Path) -> Path:
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's state, with its resume part (RESUME_FILE beside it) when it still has one."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    resume = Path(path).with_name(RESUME_FILE)
+    if resume.is_file():
+        state |= torch.load(resume, map_location="cpu", weights_only=True)
+    return state
 
 
 def averaged_weights(state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
@@ -217,6 +225,9 @@ class Trial:
         } | ({"averaged": self.averaged.state_dict()} if self.averaged is not None else {})
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if "optimizer" not in state:
+            raise ValueError(f"the checkpoint of epoch {state.get('epoch')} holds weights only (its {RESUME_FILE} "
+                             "was pruned when a later checkpoint replaced it); resume from the trial's latest one")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -257,6 +268,12 @@ class Trial:
                 module.p = float(self.hparams["dropout"])
 
     def save(self, folder: str | Path, metrics: dict[str, Any]) -> Path:
+        """Two files: the weights and what describes them (what the ensemble reads), and
+        RESUME_FILE with the optimizer, schedule and RNG states that only a resumed trial needs,
+        so a checkpoint kept for its score can drop them once it is no longer the latest
+        (caviar.callbacks.CheckpointPruner)."""
+        state = self.state(metrics)
         path = Path(folder) / checkpoint_name(self.epoch, metrics.get("val_acc", 0.0))
-        torch.save(self.state(metrics), path)
+        torch.save({key: value for key, value in state.items() if key not in RESUME_KEYS}, path)
+        torch.save({key: state[key] for key in RESUME_KEYS}, Path(folder) / RESUME_FILE)
         return path

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -25,6 +26,40 @@ SAMPLE = REPO.parent / "shared/data/cifar10-sample"
 def ray_env(temp_dir: str) -> dict[str, str]:
     """Environment for a subprocess that starts its own Ray: its own temp dir, auth off."""
     return {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def epochs_reported(trial_dir: Path) -> list[int]:
+    """The epochs in a trial's result.json, in order (a line being written is skipped)."""
+    import json
+
+    text = (trial_dir / "result.json").read_text() if (trial_dir / "result.json").exists() else ""
+    return [json.loads(line)["epoch"] for line in text.splitlines() if line.endswith("}")]
+
+
+def interrupt_sweep(experiment: Path, temp_dir: str, until: Callable[[], bool]) -> tuple[int, str]:
+    """`caviar sweep EXPERIMENT` in its own process, sent Ctrl-C (SIGINT) once `until()` holds;
+    its exit status and output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # Results reach the experiment folder with Ray's snapshots (every 10 s or more by default):
+    # every second here, so that `until` sees the sweep's progress in time.
+    driver = subprocess.Popen([sys.executable, "-m", "caviar", "sweep", str(experiment)], cwd=REPO,
+                              env=ray_env(temp_dir) | {"TUNE_GLOBAL_CHECKPOINT_S": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not until():
+            assert driver.poll() is None, driver.stdout.read()
+            time.sleep(0.3)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return driver.returncode, output
 
 
 @pytest.fixture

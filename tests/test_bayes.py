@@ -50,8 +50,8 @@ def test_tpe_sweep_runs_with_asha(ray_session, learnable_root, tmp_path):
 
 def test_tpe_without_optuna_says_how_to_install(monkeypatch):
     """Without Optuna, a tpe sweep stops before starting with the pip command."""
-    from caviar import sweeper
+    from caviar import tuning
 
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(ConfigError, match=r"caviar\[bayes\]"):
-        sweeper._search_alg(load_config(None, ["search.algorithm=tpe"]))
+        tuning.search_alg(load_config(None, ["search.algorithm=tpe"]))

@@ -193,6 +193,16 @@ def mocked_aws(monkeypatch, tmp_path):
         function()
 
 
+def test_a_binary_file_or_a_folder_is_not_a_cluster_file(tmp_path, capsys):
+    """`caviar cluster check` on a binary file or a folder: one line naming it, exit 2, no traceback."""
+    binary = tmp_path / "cluster.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    for path, said in ((binary, "is not a text file"), (tmp_path, "is a folder")):
+        assert cli.main(["cluster", "check", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+
+
 def test_aws_bootstrap_creates_a_closed_cluster(mocked_aws):
     """What `ray up cluster/aws.yaml` creates before launching anything (Ray's own bootstrap, run in
     process against moto): an instance profile whose role can write S3, used by the head and named by
@@ -322,14 +332,14 @@ def head_node(monkeypatch, tmp_path):
 def test_autoscaling_cluster_counts_the_gpus_it_can_add(head_node):
     """On a fresh autoscaling cluster (no GPU worker yet) gpus_per_trial=auto still means GPU shares,
     and local storage is refused: the trials will run on workers that are not there yet."""
-    from caviar.sweeper import _check_cluster
+    from caviar.connect import check_cluster
 
     assert cluster.cluster_gpus() == 16
     assert cluster.cluster_gpus(joined=False) == 0  # a private local instance ignores the file
     config = load_config({"resources": {"gpus_per_trial": "auto"}})
-    assert _check_cluster(config, "s3://bucket/caviar", joined=True) == {"cpu": 1.0, "gpu": 0.25}
+    assert check_cluster(config, "s3://bucket/caviar", joined=True) == {"cpu": 1.0, "gpu": 0.25}
     with pytest.raises(ConfigError, match="can add up to 10 workers"):
-        _check_cluster(config, "/tmp/caviar-results", joined=True)
+        check_cluster(config, "/tmp/caviar-results", joined=True)
 
 
 def test_gpus_a_cluster_can_add_are_asked_of_its_head(ray_session, monkeypatch, tmp_path):
@@ -339,7 +349,7 @@ def test_gpus_a_cluster_can_add_are_asked_of_its_head(ray_session, monkeypatch, 
     the file is hidden, the task in Ray's worker process still reads it.)"""
     from pathlib import Path
 
-    from caviar.sweeper import _check_cluster
+    from caviar.connect import check_cluster
 
     config = filled(load(AWS))
     config["available_node_types"]["gpu_1x"]["resources"] = {"CPU": 4, "GPU": 1}
@@ -356,6 +366,6 @@ def test_gpus_a_cluster_can_add_are_asked_of_its_head(ray_session, monkeypatch, 
     assert ray_session.cluster_resources().get("GPU", 0) == 0
     assert cluster.cluster_gpus(joined=True) == 16
     resources = load_config({"resources": {"gpus_per_trial": "auto"}})
-    assert _check_cluster(resources, "s3://bucket/caviar", joined=True) == {"cpu": 1.0, "gpu": 0.25}
+    assert check_cluster(resources, "s3://bucket/caviar", joined=True) == {"cpu": 1.0, "gpu": 0.25}
     with pytest.raises(ConfigError, match="can add up to 10 workers"):
-        _check_cluster(resources, str(tmp_path / "results"), joined=True)
+        check_cluster(resources, str(tmp_path / "results"), joined=True)

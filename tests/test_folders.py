@@ -54,6 +54,42 @@ def test_damaged_state_is_refused_before_anything_is_overwritten(finished, tmp_p
     assert {name: (copy / name).read_bytes() for name in kept} == kept
 
 
+class _Payload:
+    """Unpickling this runs code: it writes a marker file (what a planted payload would do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('planted code ran')",))
+
+
+@pytest.mark.parametrize("target", ["tuner.pkl", "searcher-state-planted.pkl", "experiment_state-9999.json"])
+def test_resume_refuses_state_files_caviar_did_not_write(finished, tmp_path, target):
+    """A payload put in tuner.pkl, or a new state file Ray would load (a newer experiment state, a
+    searcher state): --resume refuses before Ray unpickles anything, naming the file; the code never
+    runs. The untouched copy resumes, so the check is what refuses."""
+    import pickle
+
+    assert (finished / "caviar-state.json").exists()
+    marker = tmp_path / "ran"
+    planted = _copy(finished, tmp_path, "planted")
+    payload = pickle.dumps(_Payload(str(marker)))
+    if target.endswith(".json"):
+        state = max(planted.glob("experiment_state-*.json")).read_text()
+        (planted / target).write_text(state + " ")  # a "newer" state Ray would load instead
+    else:
+        (planted / target).write_bytes(payload)
+    with pytest.raises(ConfigError, match=f"{target.replace('.', '[.]')} is not what caviar's sweep wrote"):
+        caviar.sweep(resume=str(planted))
+    assert not marker.exists()
+    clean = _copy(finished, tmp_path, "clean")
+    assert len(caviar.sweep(resume=str(clean)).trials) == 3
+    (clean / "caviar-state.json").unlink()
+    with pytest.raises(ConfigError, match="no caviar-state.json there"):
+        caviar.sweep(resume=str(clean))
+
+
 def test_overrides_on_resume_are_limited(finished, tmp_path):
     """What the trials ran with cannot change on resume (named in the error); paths and resources can."""
     copy = _copy(finished, tmp_path)

@@ -62,10 +62,10 @@ class LocalCluster:
             return None
         return self.raylets.get(ppid)
 
-    def sweep(self, *args: str, driver: list[str] | None = None) -> subprocess.Popen:
+    def sweep(self, *args: str, driver: list[str] | None = None, **env: str) -> subprocess.Popen:
         command = driver + [*args, self.address] if driver else ["-m", "caviar", "sweep", *args, "--address", self.address]
-        return subprocess.Popen([sys.executable, *command], cwd=REPO, env=_env(self.temp_dir), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen([sys.executable, *command], cwd=REPO, env=_env(self.temp_dir) | env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def close(self) -> None:
         try:
@@ -118,7 +118,9 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(cluster, tmp_path, dat
     checkpoint: the trial resumes on another node with no gap and no repeat, and the sweep completes.
     The data folder is deleted once the driver has loaded it: trials get the data from the object store."""
     folder = tmp_path / "results" / "spread"
-    driver = cluster.sweep(str(experiment(tmp_path, data_root, "spread")))
+    # Results reach storage with Ray's snapshots of the experiment (every 10 s or more by default):
+    # every second here, so the test sees trials mid-epoch-run.
+    driver = cluster.sweep(str(experiment(tmp_path, data_root, "spread")), TUNE_GLOBAL_CHECKPOINT_S="1")
     node_of_pid: dict[int, int | None] = {}
     victim = removed = None
     deadline = time.time() + 240
@@ -178,12 +180,13 @@ def test_local_storage_on_multinode_cluster_is_refused(cluster, tmp_path, data_r
 
 def test_dead_driver_leaves_a_sweep_that_resume_finishes(cluster, tmp_path, data_root):
     """The driver killed (SIGKILL: no chance to save anything) mid-sweep; `caviar sweep --resume`
-    against the same cluster finishes every trial from what is on storage."""
+    against the same cluster finishes every trial from what is on storage: a trial that had
+    checkpointed continues from its newest checkpoint (no epoch trained twice), with no gap."""
     folder = tmp_path / "results" / "orphan"
     driver = cluster.sweep(str(experiment(tmp_path, data_root, "orphan", trials=2)))
     deadline = time.time() + 180
     try:
-        while time.time() < deadline and not any(len(results(t)) >= 2 for t in folder.glob("trial_*")):
+        while time.time() < deadline and not any(len(results(t)) >= 4 for t in folder.glob("trial_*")):
             assert driver.poll() is None, driver.stdout.read()
             time.sleep(0.2)
         driver.kill()
@@ -191,20 +194,28 @@ def test_dead_driver_leaves_a_sweep_that_resume_finishes(cluster, tmp_path, data
     finally:
         if driver.poll() is None:
             driver.kill()
+    before = {t.name: len(results(t)) for t in folder.glob("trial_*")}
     resumed = cluster.sweep("--resume", str(folder))
     output, _ = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, output
     board = pd.read_csv(folder / "leaderboard.csv")
     assert list(board["status"]) == ["completed"] * 2
     for trial_dir in folder.glob("trial_*"):
-        assert sorted({row["epoch"] for row in results(trial_dir)}) == list(range(1, EPOCHS + 1))  # no gap
+        # Ray's saved state lags behind (it is written every 10 s or so): each trial still continues
+        # from the newest checkpoint in its folder, so no epoch is trained twice and none is missing.
+        rows = results(trial_dir)
+        trained = [row["epoch"] for row in rows if not row.get("replayed")]
+        assert len(trained) == len(set(trained)), (trial_dir.name, before, rows)  # none trained twice
+        # an epoch whose result the dead driver never logged is reported again on resume, marked
+        epochs = sorted(set(trained) | {row["epoch"] for row in rows if row.get("replayed")})
+        assert epochs == list(range(1, EPOCHS + 1)), (trial_dir.name, before, rows)
 
 
 # A driver whose trials are caviar's own, except that each trial's first attempt dies right after
 # its epoch-2 checkpoint, taking its node's local working folder with it (a reclaimed spot node).
 CRASH_ONCE_DRIVER = """
 import shutil, sys
-import caviar, caviar.sweeper, caviar.trainable
+import caviar, caviar.tuning, caviar.trainable
 from ray import tune
 
 def crash_once(hparams, data, settings):
@@ -224,7 +235,7 @@ def crash_once(hparams, data, settings):
     finally:
         tune.report = report
 
-caviar.sweeper.train_trial = crash_once
+caviar.tuning.train_trial = crash_once
 caviar.sweep(sys.argv[1], address=sys.argv[2])
 """
 

@@ -88,6 +88,10 @@ def test_report_of_a_running_experiment(experiment, tmp_path):
     lines = (trial / "result.json").read_text().splitlines()
     assert len(lines) >= 2
     (trial / "result.json").write_text("\n".join(lines[:1]) + '\n{"epoch": 2, "val_a')
+    progress = (trial / "progress.csv").read_text().splitlines()
+    (trial / "progress.csv").write_text("\n".join(progress[:2]) + "\n")  # its header and epoch 1
+    for state in copy.glob("experiment_state-*.json"):  # a sweep's first seconds: no state saved yet
+        state.unlink()
     page = write_report(copy).read_text()
     trial_id = trial.name.removeprefix("trial_")
     row = next(line for line in page.split("<tr>") if trial_id in line)
@@ -155,15 +159,21 @@ def test_trials_have_histograms_and_update_ratios(experiment):
     assert any(t.startswith("gradients/features.0.weight") for t in tags)
 
 
-def test_probe_leaves_training_unchanged(learnable_root, tmp_path):
-    """A babysat trial ends with exactly the weights of an unobserved one (momentum SGD, dropout on)."""
+@pytest.mark.parametrize("optimizer,amp,channels_last", [
+    ("momentum", False, False),  # float32 NCHW
+    ("adam", True, True),  # the defaults: bf16 autocast where the CPU has it, channels-last
+])
+def test_probe_leaves_training_unchanged(learnable_root, tmp_path, optimizer, amp, channels_last):
+    """A babysat trial ends with exactly the weights of an unobserved one (dropout on), for SGD in
+    float32 and for Adam under the default mixed precision and memory layout."""
     data = prepare_data(learnable_root, val_size=500, train_subset=600)
     settings = TrialSettings(family="convnet", width=1.0, num_classes=10, max_epochs=2, augment=True,
-                             eval_batch_size=512, amp=False, channels_last=False, max_loss=23.0, threads=1)
+                             eval_batch_size=512, amp=amp, channels_last=channels_last, max_loss=23.0, threads=1)
+    lr = 0.02 if optimizer == "momentum" else 1e-3
     weights, threads = [], torch.get_num_threads()
     torch.set_num_threads(1)  # as in a trial: more threads than free cores slow small models down a lot
     for folder in (None, tmp_path):
-        trial = Trial(dict(SMALL_NET, optimizer="momentum", lr=0.02, dropout=0.3, seed=5), settings)
+        trial = Trial(dict(SMALL_NET, optimizer=optimizer, lr=lr, dropout=0.3, seed=5), settings)
         tensors = data_tensors(data, trial.device)
         sitter = Babysitter(folder, trial, tensors[0], tensors[1])
         sitter.maybe_probe()
@@ -172,6 +182,10 @@ def test_probe_leaves_training_unchanged(learnable_root, tmp_path):
             sitter.maybe_probe()
         sitter.close()
         weights.append(trial.model.state_dict())
+        states = trial.optimizer.state_dict()["state"]
+        weights[-1] |= {f"optimizer.{i}.{k}": v for i, s in states.items() for k, v in s.items()
+                        if isinstance(v, torch.Tensor)}
     torch.set_num_threads(threads)
+    assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert [r["epoch"] for r in read_babysit(tmp_path)] == [0, 1, 2]

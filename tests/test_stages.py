@@ -12,12 +12,13 @@ import pytest
 import yaml
 
 import caviar
+import caviar.console
 from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
 from caviar.narrowing import next_space
 from caviar.stages import stage_config
+from conftest import REPO, epochs_reported, interrupt_sweep
 from test_sweep import SMALL_NET, small_config
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE = StageConfig(name="coarse", epochs=1, num_samples=8, top=3, pad=0.1, widen=0.5)
 
 
@@ -197,7 +198,7 @@ def test_real_staged_run_completes_every_stage(staged):
     assert sorted(third["batch_size"]) == sorted(best_two["batch_size"])
     assert not set(third["seed"]) & set(best_two["seed"])
     assert (third["epochs"] == 2).all() and plan["stages"][2]["num_samples"] == 2
-    assert "Stages:" in caviar.sweeper.describe(staged) and "stages.json" in caviar.sweeper.describe(staged)
+    assert "Stages:" in caviar.console.describe(staged) and "stages.json" in caviar.console.describe(staged)
 
 
 def test_ensemble_of_a_staged_experiment_draws_from_every_stage(staged):
@@ -233,3 +234,34 @@ def test_rerun_from_a_stage_keeps_earlier_stages(staged):
     assert [s["status"] for s in plan["stages"]] == ["kept", "kept", "done"] and plan["previous_runs"]
     with pytest.raises(ConfigError, match="stages 1..3"):
         caviar.sweep(resume=root, stage=4)
+
+
+def test_staged_run_interrupted_mid_stage_resumes_that_stage(ray_session, learnable_root, tmp_path, ray_temp_dir):
+    """Ctrl-C during stage 2 of a real staged run, then `--resume` of the experiment folder: stage 1
+    is kept as it was, stage 2's trials continue (every epoch once, none trained twice) and stage 3
+    runs."""
+    tree = small_config(learnable_root, tmp_path / "results", "halted", max_concurrent=1)
+    tree["stages"] = [
+        {"name": "coarse", "epochs": 1, "num_samples": 3, "scheduler": "random", "top": 2},
+        {"name": "medium", "epochs": 8, "num_samples": 2, "scheduler": "random", "top": 2},
+        {"name": "fine", "epochs": 1, "num_samples": 1, "from_top": 1},
+    ]
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tree))
+    root = tmp_path / "results" / "halted"
+    code, output = interrupt_sweep(tmp_path / "exp.yaml", ray_temp_dir, until=lambda: any(
+        len(epochs_reported(t)) >= 2 for t in root.glob("stage2-medium/trial_*")))
+    assert code == 130 and f"caviar sweep --resume {root}" in output, output
+    first = (root / "stage1-coarse" / "leaderboard.csv").read_bytes()
+    before = {t.name: epochs_reported(t) for t in root.glob("stage2-medium/trial_*")}
+    assert not (root / "stage3-fine").exists()
+
+    result = caviar.sweep(resume=root)
+    plan = json.loads((root / "stages.json").read_text())
+    assert [s["status"] for s in plan["stages"]] == ["done", "done", "done"]
+    assert (root / "stage1-coarse" / "leaderboard.csv").read_bytes() == first
+    for trial_dir in root.glob("stage2-medium/trial_*"):
+        epochs = epochs_reported(trial_dir)
+        assert epochs == list(range(1, 9)), (trial_dir.name, epochs)  # no gap, no repeat
+        assert epochs[:len(before.get(trial_dir.name, []))] == before.get(trial_dir.name, [])
+    assert len(result.stages) == 3 and list(result.trials["status"]) == ["completed"]
+

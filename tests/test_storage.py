@@ -26,7 +26,7 @@ def test_leaderboard_paths_keep_the_scheme_of_the_storage(ray_session, learnable
     """A sweep on URI storage (file:// here; s3:// behaves alike, without a bucket to test on): the
     leaderboard's trial folders and best checkpoints are URIs that reach storage, not bare paths."""
     import caviar
-    from caviar import sweeper
+    from caviar import experiment
     from caviar.config import load_config
     from test_sweep import small_config
 
@@ -34,7 +34,7 @@ def test_leaderboard_paths_keep_the_scheme_of_the_storage(ray_session, learnable
     tree["storage"] = f"file://{tmp_path}/results"
     result = caviar.sweep(load_config(tree))
     assert result.path == f"file://{tmp_path}/results/uri"
-    table = sweeper._collect(result.path, result.config)
+    table = experiment._collect(result.path, result.config)
     board = pd.read_csv(tmp_path / "results" / "uri" / "leaderboard.csv")
     for frame in (table, board, result.trials):
         assert frame["path"].str.startswith(f"file://{tmp_path}/results/uri/trial_").all()

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +12,7 @@ import yaml
 
 import caviar
 from caviar.config import ConfigError, load_config
-from conftest import REPO, ray_env
+from conftest import epochs_reported, interrupt_sweep
 
 SMALL_NET = dict(conv_layers=2, conv_width=16, fc_layers=1, fc_width=32, optimizer="adam", init="he",
                  batch_norm=True, activation="relu", grad_clip=0, batch_size=64, dropout=0.1,
@@ -93,15 +89,70 @@ def test_checkpoints_are_named_by_score_and_pruned(asha):
     assert len(list(trial_dir.glob("checkpoint_*"))) <= 3
 
 
+def test_checkpoint_keep_keeps_the_best_and_the_latest(asha):
+    """In every trial folder, the kept checkpoints are its `checkpoint.keep` best epochs by val_acc
+    plus its latest one; every epoch dropped scored no better than the worst one kept for its score."""
+    for trial_dir in Path(asha.path).glob("trial_*"):
+        history = {row["epoch"]: row["val_acc"] for row in map(json.loads, (trial_dir / "result.json").read_text()
+                                                                 .splitlines()) if not row.get("diverged")}
+        kept = {int(f.name.split("-")[0].removeprefix("epoch=")) for f in trial_dir.glob("checkpoint_*/epoch=*.pt")}
+        if not history:
+            continue
+        latest = max(history)
+        assert latest in kept, trial_dir.name
+        by_score = kept - {latest}
+        assert len(by_score) <= 2, sorted(kept)
+        dropped = set(history) - kept
+        if by_score and dropped:
+            assert min(history[e] for e in by_score) >= max(history[e] for e in dropped), (history, kept)
+
+
+def test_trial_processes_are_reused(asha):
+    """Ray's actor reuse: 8 trials on 2 slots ran in far fewer than 8 worker processes."""
+    pids = {json.loads(line)["pid"] for t in Path(asha.path).glob("trial_*")
+            for line in (t / "result.json").read_text().splitlines()}
+    assert 1 <= len(pids) <= 4, pids
+
+
+def test_a_leaderboard_row_reruns_the_trial_exactly(asha):
+    """The best trial's leaderboard row (hyperparameters and seed), trained again outside Ray with
+    the experiment's settings, gives the very validation figures the sweep recorded, epoch by epoch."""
+    import torch
+
+    from caviar.config import SpaceConfig
+    from caviar.data import prepare_data
+    from caviar.trial import Trial, TrialSettings, data_tensors
+
+    row, config = asha.best, asha.config
+    hparams = {name: (row[name].item() if hasattr(row[name], "item") else row[name])
+               for name in SpaceConfig.model_fields if name in row} | {"seed": int(row["seed"])}
+    from caviar.reader import read_trials
+
+    record = next(r for r in read_trials(asha.path) if r.trial_id == row["trial_id"])
+    recorded = record.history.sort_values("epoch").to_dict("records")
+    data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
+                        split_seed=config.data.split_seed, download=False)
+    settings = TrialSettings.from_config(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        trial = Trial(hparams, settings)
+        tensors = data_tensors(data, trial.device)
+        for expected in recorded[:2]:
+            metrics = trial.run_epoch(*tensors)
+            assert (metrics["epoch"], metrics["val_acc"], metrics["val_loss"]) == \
+                (expected["epoch"], expected["val_acc"], expected["val_loss"])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_existing_experiment_is_not_overwritten(asha):
     """Starting a sweep into a folder that holds one is refused with the resume command."""
     with pytest.raises(ConfigError, match="--resume"):
         caviar.sweep(asha.config)
 
 
-def _epochs(trial_dir: Path) -> list[int]:
-    lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
-    return [json.loads(line)["epoch"] for line in lines]
+_epochs = epochs_reported
 
 
 def test_interrupted_sweep_resumes_without_rerunning(ray_session, learnable_root, tmp_path, ray_temp_dir):
@@ -110,20 +161,10 @@ def test_interrupted_sweep_resumes_without_rerunning(ray_session, learnable_root
                         max_epochs=3, max_concurrent=1)
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tree))
     folder = tmp_path / "results" / "resumable"
-    driver = subprocess.Popen([sys.executable, "-m", "caviar", "sweep", str(tmp_path / "exp.yaml")], cwd=REPO,
-                              env=ray_env(ray_temp_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not any(len(_epochs(t)) == 3 for t in folder.glob("trial_*")):
-            assert driver.poll() is None, driver.stdout.read()
-            time.sleep(0.5)
-        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    code, output = interrupt_sweep(tmp_path / "exp.yaml", ray_temp_dir,
+                                   until=lambda: any(len(_epochs(t)) == 3 for t in folder.glob("trial_*")))
     assert "caviar sweep --resume" in output, output
-    assert driver.returncode == 130
+    assert code == 130
     before = {t.name: _epochs(t) for t in folder.glob("trial_*")}
     finished_before = [name for name, epochs in before.items() if epochs == [1, 2, 3]]
     assert finished_before and len(finished_before) < 4
@@ -151,10 +192,10 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
     import gc
     import weakref
 
-    from caviar import sweeper
+    from caviar import experiment
 
     loaded = []
-    real_prepare = sweeper.prepare_data
+    real_prepare = experiment.prepare_data
 
     def spy(*args, **kwargs):
         data = real_prepare(*args, **kwargs)
@@ -168,8 +209,8 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
         alive_during_fit.append(loaded[0]() is not None)
         raise _StopBeforeTraining
 
-    monkeypatch.setattr(sweeper, "prepare_data", spy)
-    monkeypatch.setattr(sweeper.tune.Tuner, "fit", fit)
+    monkeypatch.setattr(experiment, "prepare_data", spy)
+    monkeypatch.setattr(experiment.tune.Tuner, "fit", fit)
     with pytest.raises(_StopBeforeTraining):
         caviar.sweep(load_config(small_config(learnable_root, tmp_path, "dropped")))
     assert alive_during_fit == [False]
@@ -178,20 +219,20 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
 def test_frequent_snapshot_warning_is_off_during_fit_only(monkeypatch):
     """Ray's "snapshotting triggered multiple times" warning is silenced while caviar's sweeps run,
     the environment is restored afterwards, and a threshold the user set is left alone."""
-    from caviar import sweeper
+    from caviar import tuning
 
     seen = []
 
     class Tuner:
         def fit(self):
-            seen.append(os.environ.get(sweeper._SNAPSHOT_WARNING))
+            seen.append(os.environ.get(tuning.SNAPSHOT_WARNING))
 
-    monkeypatch.delenv(sweeper._SNAPSHOT_WARNING, raising=False)
-    sweeper._fit(Tuner())
-    assert seen == ["0"] and sweeper._SNAPSHOT_WARNING not in os.environ
-    monkeypatch.setenv(sweeper._SNAPSHOT_WARNING, "12")
-    sweeper._fit(Tuner())
-    assert seen[-1] == "12" and os.environ[sweeper._SNAPSHOT_WARNING] == "12"
+    monkeypatch.delenv(tuning.SNAPSHOT_WARNING, raising=False)
+    tuning.fit(Tuner())
+    assert seen == ["0"] and tuning.SNAPSHOT_WARNING not in os.environ
+    monkeypatch.setenv(tuning.SNAPSHOT_WARNING, "12")
+    tuning.fit(Tuner())
+    assert seen[-1] == "12" and os.environ[tuning.SNAPSHOT_WARNING] == "12"
 
 
 def test_resources_no_node_has_are_refused_before_anything_runs(ray_session, learnable_root, tmp_path):

@@ -70,12 +70,22 @@ def test_resume_continues_exactly(tensors, tmp_path):
 
 
 def test_checkpoint_carries_what_rebuilds_it(tensors, tmp_path):
-    """The checkpoint holds weights, optimizer, scheduler, epoch, RNG, hparams and settings; loads weights_only."""
+    """The checkpoint holds weights, optimizer, scheduler, epoch, RNG, hparams and settings; loads
+    weights_only. What only resuming needs is in its own file, so it can be dropped from a
+    checkpoint kept for the ensemble; without it the weights still load, a resume is refused."""
+    from caviar.trial import RESUME_FILE, load_checkpoint_file
+
     trial = Trial(HPARAMS, settings())
     path = trial.save(tmp_path, trial.run_epoch(*tensors))
-    state = torch.load(path, weights_only=True)
+    state = load_checkpoint_file(path)
     assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "hparams", "settings", "metrics"}
     assert state["hparams"]["seed"] == 1 and state["settings"]["family"] == "convnet"
+    weights = torch.load(path, weights_only=True)
+    assert set(weights) >= {"model", "epoch", "hparams", "settings"} and "optimizer" not in weights
+    (tmp_path / RESUME_FILE).unlink()
+    assert set(load_checkpoint_file(path)) == set(weights)
+    with pytest.raises(ValueError, match="holds weights only"):
+        Trial(HPARAMS, settings()).load_state(load_checkpoint_file(path))
 
 
 def test_checkpoint_names_sort_by_score():

@@ -1,0 +1,140 @@
+"""Ray Tune's objects for a resolved config: the trainable with its resources, the searcher,
+the scheduler, the run and tune configs, and `fit`. The one place caviar builds a Tuner's parts
+(Ray's API has changed often; see ../shared/DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from caviar.callbacks import CheckpointPruner, StateSeal
+from caviar.config import Config, ConfigError
+from caviar.data import SplitData
+from caviar.schedulers import PromotingASHA, pbt_scheduler
+from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
+from caviar.trainable import train_trial
+from caviar.trial import TrialSettings
+
+
+def trainable(config: Config, data: SplitData, resources: dict[str, float]) -> Any:
+    # with_parameters puts the dataset in the object store once; every trial on a node maps
+    # the same copy instead of loading (or downloading) its own.
+    trainable = tune.with_parameters(train_trial, data=data, settings=TrialSettings.from_config(config))
+    return tune.with_resources(trainable, resources)
+
+
+def run_config(config: Config, storage_path: str, *, verbose: bool = False,
+               callbacks: list[tune.Callback] | None = None) -> tune.RunConfig:
+    """`callbacks` run on the driver beside caviar's checkpoint pruning; `verbose` brings back Ray
+    Tune's own console output (a box per trial, tables of every trial) in place of caviar's."""
+    pbt = config.search.scheduler == "pbt"
+    return tune.RunConfig(
+        name=config.name,
+        storage_path=storage_path,
+        checkpoint_config=tune.CheckpointConfig(
+            # Ray deletes nothing (and so never forces a snapshot of the whole experiment state
+            # per checkpoint): CheckpointPruner keeps the best `checkpoint.keep` and the latest.
+            # PBT copies other trials' recent checkpoints while they train on, so there Ray's own
+            # pruning keeps 4 or more (Ray warns at 2 or fewer).
+            num_to_keep=max(config.checkpoint.keep, 4) if pbt else None,
+            checkpoint_score_attribute="val_acc",
+            checkpoint_score_order="max",
+        ),
+        # A crashed trial (lost node, OOM) restarts from its last checkpoint, not from scratch.
+        failure_config=tune.FailureConfig(max_failures=config.checkpoint.max_failures),
+        # Files a trial writes in its own folder (caviar.babysit's TensorBoard histograms) reach
+        # the experiment folder on storage with every checkpoint.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        callbacks=list(callbacks or []) + [StateSeal()] + ([] if pbt else [CheckpointPruner(config.checkpoint.keep)]),
+        verbose=2 if verbose else 0,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """``trial_<id>`` instead of Ray's name with every hyperparameter in it (the leaderboard has them)."""
+    return f"trial_{trial.trial_id}"
+
+
+def search_alg(config: Config) -> Any:
+    """random: Ray's BasicVariantGenerator; tpe: Ray's OptunaSearch over the same space (see
+    caviar.space.OptunaDefineByRun for how the scales map), behind a ConcurrencyLimiter if asked."""
+    search = config.search
+    if search.algorithm == "random":
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent,
+                                     points_to_evaluate=search.points or None)
+    try:
+        import optuna  # noqa: F401
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise ConfigError("search.algorithm: tpe needs Optuna; install it with `pip install 'caviar[bayes]'` "
+                          "(or use search.algorithm: random)") from None
+    searcher = OptunaSearch(OptunaDefineByRun(config.space, search.seed), metric="val_acc", mode="max",
+                            seed=search.seed, points_to_evaluate=search.points or None)
+    if search.max_concurrent:
+        from ray.tune.search import ConcurrencyLimiter
+
+        return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    return searcher
+
+
+def param_space(config: Config) -> dict[str, Any]:
+    # A searcher that owns the space (TPE) gets only the fixed values from Ray's param_space.
+    return to_param_space(config.space) if config.search.algorithm == "random" else fixed_values(config.space)
+
+
+def scheduler(config: Config) -> Any:
+    search = config.search
+    if search.scheduler == "asha":
+        return PromotingASHA(
+            time_attr="epoch",
+            max_t=search.max_epochs,
+            grace_period=min(search.grace_period, search.max_epochs),
+            reduction_factor=search.reduction_factor,
+            min_rung_trials=search.min_rung_trials,
+        )
+    if search.scheduler == "pbt":
+        if search.algorithm != "random":
+            raise ConfigError("search.scheduler: pbt draws its population at random and mutates it; use "
+                              "search.algorithm: random with it")
+        return pbt_scheduler(to_param_space(config.space), search.pbt_interval, search.seed)
+    return FIFOScheduler()
+
+
+def tune_config(config: Config, time_budget_s: float | None = None) -> tune.TuneConfig:
+    search = config.search
+    return tune.TuneConfig(
+        metric="val_acc",
+        mode="max",
+        num_samples=search.num_samples,
+        scheduler=scheduler(config),
+        search_alg=search_alg(config),
+        # One process per slot, reused by trial after trial: a fresh process costs seconds.
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+        # The planner (caviar.budget) sizes the sweep to fit; this is the safety net that stops
+        # every trial at the deadline (checkpoints kept) if the estimate was off.
+        time_budget_s=time_budget_s,
+    )
+
+
+# Ray Tune warns when it snapshots the experiment state more than once in 5 s because trials have
+# saved `num_to_keep` checkpoints each: only PBT sweeps leave that pruning to Ray (see run_config),
+# and there a local snapshot of a small population takes milliseconds. Its warning for a *slow*
+# snapshot (30 s) stays on.
+SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
+
+def fit(tuner: tune.Tuner) -> None:
+    """`tuner.fit()` without Ray's frequent-snapshot warning, unless the user set its threshold."""
+    if SNAPSHOT_WARNING in os.environ:
+        tuner.fit()
+        return
+    os.environ[SNAPSHOT_WARNING] = "0"
+    try:
+        tuner.fit()
+    finally:
+        del os.environ[SNAPSHOT_WARNING]
