@@ -284,3 +284,18 @@ def apply(config: Config, planned: Plan) -> Config:
         tree["search"]["max_epochs"] = planned.max_epochs
         tree["search"]["grace_period"] = min(tree["search"]["grace_period"], planned.max_epochs)
     return build_config(tree, "planned config")
+
+
+def epochs_that_fit(seconds_left: float, epoch_s: list[float], slots: int) -> int:
+    """Epochs each of the configs timed at `epoch_s` (seconds per epoch, measured as they trained in
+    an earlier stage) can train in `seconds_left` on `slots` trial slots, in waves of `slots` at a
+    time, the slowest setting the pace. At least 1.
+
+    The plan made at the start timed one configuration of the space; the configs that won the
+    search are often wider and slower. A stage cut short by the deadline would stop its cosine
+    schedule half way, at a high learning rate, so a stage that trains chosen configs is sized
+    again from their own speed before it starts.
+    """
+    waves = math.ceil(len(epoch_s) / max(1, slots))
+    usable = (seconds_left - STAGE_STARTUP_S - TRIAL_OVERHEAD_S * waves) * UTILISATION
+    return max(1, int(usable / (waves * max(epoch_s))))

@@ -52,6 +52,10 @@ def trial_row(
         "epochs": epochs,
         "final_val_loss": float(history["val_loss"].iloc[-1]) if "val_loss" in history and len(history) else math.nan,
         "retries": retries,
+        # seconds per epoch as the trial saw them (training, evaluation, checkpoint): what the
+        # budget planner sizes a later stage of the same config with
+        "epoch_s": float(history["time_this_iter_s"].median()) if "time_this_iter_s" in history and len(history)
+        else math.nan,
     }
     row.update({k: v for k, v in hparams.items()})
     row["path"] = path

@@ -23,7 +23,7 @@ import pandas as pd
 
 from caviar import connect, storage
 from caviar.border import format_warnings
-from caviar.budget import apply as apply_plan, parse_duration, stage_deadline
+from caviar.budget import apply as apply_plan, epochs_that_fit, parse_duration, stage_deadline
 from caviar.config import (
     CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config, read_saved_config,
 )
@@ -252,7 +252,12 @@ def run_staged(
             if deadline is not None and deadline - time.time() < 5:
                 log(f"The budget is spent: stage {index} ({stage.name}) and later ones do not run.")
                 break
-            _announce(log, index, stages, entry, state)
+            if deadline is not None and points and state != "partial":
+                config = _sized_to_the_deadline(config, index, result.stages[-1].trials, len(points),
+                                                stage_deadline(budget_plan.stages, index, time.time(), deadline),
+                                                budget_plan.slots, log)
+                entry["epochs"] = config.stages[index - 1].epochs
+            _announce(log, index, config.stages, entry, state)
             plan["stages"].append(entry | {"status": "running"})
             _write_plan(root, _with_history(plan, previous))
             if state == "partial":
@@ -300,6 +305,25 @@ def _plan_stages(config: Config, begun: float, *, address_started: bool,
                                   stage_train_images=images)
     log(planned.describe())
     return apply_plan(config, planned), planned, begun + budget_s
+
+
+def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, count: int, ends: float, slots: int,
+                           log: Callable[[str], None]) -> Config:
+    """`config` with stage `index` (which trains the prior stage's top `count` configs) given the
+    epochs that fit before `ends` at those configs' own measured speed (caviar.budget.epochs_that_fit)."""
+    from caviar.border import scored
+
+    timed = scored(prior).head(count)
+    if "epoch_s" not in timed or timed["epoch_s"].isna().any() or not len(timed):
+        return config  # a stage run before caviar timed epochs: keep the plan
+    stage = config.stages[index - 1]
+    left = ends - time.time()
+    epochs = epochs_that_fit(left, [float(s) for s in timed["epoch_s"]], slots)
+    log(f"   {epochs} epochs fit in the {left:.0f} s left for this stage, at up to {timed['epoch_s'].max():.1f} s per "
+        f"epoch (these configs' speed in stage {index - 1}; the plan said {stage.epochs})")
+    stages = list(config.stages)
+    stages[index - 1] = stage.model_copy(update={"epochs": epochs})
+    return config.model_copy(update={"stages": stages})
 
 
 def _with_history(plan: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 
@@ -299,3 +300,25 @@ def test_a_concurrency_cap_never_stalls_the_sweep():
     scheduler.on_trial_result(controller, trials[2], _result(1, 0.9))  # 3 at rung 1 now: t0 lost it
     trials[2].status = "TERMINATED"
     assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == ["t0"]
+
+
+def test_a_from_top_stage_is_sized_from_its_configs_own_speed():
+    """Before the train stage starts, its epochs are what fits in the time left at the speed its
+    chosen configs showed in the search (the slowest sets the pace; waves when more configs than
+    slots), so its cosine schedule ends by the deadline instead of being cut half way."""
+    import time
+
+    from caviar.stages import _sized_to_the_deadline
+
+    assert budget.epochs_that_fit(1000, [10.0, 20.0], slots=2) == int((1000 - 5 - 1) * 0.85 / 20)
+    assert budget.epochs_that_fit(1000, [10.0, 20.0], slots=1) == int((1000 - 5 - 2) * 0.85 / 40)
+    assert budget.epochs_that_fit(3, [10.0], slots=2) == 1  # at least one
+    config = load_config("experiments/cpu-budget.yaml")
+    prior = pd.DataFrame({"status": ["completed", "early-stopped", "diverged"], "best_val_acc": [0.9, 0.8, 0.95],
+                          "epoch_s": [12.0, 24.0, 1.0]})
+    lines: list[str] = []
+    sized = _sized_to_the_deadline(config, 2, prior, 2, time.time() + 600, 2, lines.append)
+    assert sized.stages[1].epochs == budget.epochs_that_fit(600, [12.0, 24.0], 2) != config.stages[1].epochs
+    assert sized.stages[0] == config.stages[0] and "24.0 s per epoch" in lines[0]
+    untimed = prior.drop(columns="epoch_s")
+    assert _sized_to_the_deadline(config, 2, untimed, 2, time.time() + 600, 2, lines.append) is config
