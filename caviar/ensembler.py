@@ -6,6 +6,7 @@ shadows it (see README, Layout).
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import shutil
@@ -26,6 +27,7 @@ from caviar import storage, tracking
 from caviar.budget import parse_duration
 from caviar.config import CONFIG_FILE, Config, ConfigError, load_config, read_saved_config
 from caviar.data import load_test_set, prepare_data
+from caviar.leaderboard import LEADERBOARD_FILE, SINKING, SUMMARY_FILE
 from caviar.members import (
     KINDS, average_members, load_models, member_state, model_from_member_state, rank_trials, seed_members,
     snapshot_members, top_members,
@@ -159,6 +161,26 @@ def _plot(result: EnsembleResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _read_best_trials(sweep: str, top_k: int) -> list[Any]:
+    """The trials of a sweep the ensemble may draw from: when the sweep has finished, only the best
+    few by its leaderboard.csv (reading 10,000 trial folders takes half a minute; the members come
+    from the top), else, or when those lack checkpoints, every trial."""
+    wanted = max(top_k, 1) * 3 + 10  # room for trials whose checkpoints are gone or damaged
+    board = storage.join(sweep, LEADERBOARD_FILE)
+    if storage.exists(storage.join(sweep, SUMMARY_FILE)) and storage.exists(board):
+        try:
+            table = pd.read_csv(io.StringIO(storage.read_text(board)))
+            table = table[~table["status"].isin(SINKING)].sort_values("best_val_acc", ascending=False)
+            only = {f"trial_{trial_id}" for trial_id in table["trial_id"].astype(str).head(wanted)}
+        except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError):
+            only = None  # damaged or not caviar's: read the folders
+        if only is not None and len(table) > wanted:
+            records = read_trials(sweep, only=only)
+            if len(rank_trials(records)) >= min(top_k, len(only)):
+                return records
+    return read_trials(sweep)
+
+
 def _seeds_for(base: int, count: int) -> list[int]:
     """`count` new seeds derived from the trial's own, so a re-run asks for the same ones again."""
     return [(base + 104729 * (i + 1)) % (2**31 - 1) for i in range(count)]
@@ -203,7 +225,7 @@ def ensemble(
     sweeps = experiment_sweeps(path, config, overrides)
     records, home = [], {}  # home: trial id -> the sweep (folder, config) it ran in
     for sweep_path, sweep_config in sweeps:
-        for record in read_trials(sweep_path):
+        for record in _read_best_trials(sweep_path, top_k):
             records.append(record)
             home[record.trial_id] = (sweep_path, sweep_config)
     ranked = rank_trials(records)

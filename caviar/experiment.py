@@ -135,7 +135,7 @@ def run_experiment(
         else:
             # Finished trials stay finished; interrupted ones continue from their checkpoints.
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        tuning.fit(tuner)
+        tuning.fit(tuner, config.search.num_samples)
         table = _collect(path, config)
         if deadline is not None and time.time() >= deadline - 1.0 and "status" in table:
             # Ray stops every trial at the deadline but saves the running and paused ones' status

@@ -126,7 +126,9 @@ def _history(fs: pyarrow.fs.FileSystem, folder: str) -> pd.DataFrame:
             rows.append({k: v for k, v in row.items() if k != "config"})
     history = pd.DataFrame(rows)
     csv = _text(fs, f"{folder}/progress.csv")
-    if csv:
+    # A header and one line per epoch: parsed only when it may hold epochs result.json lacks (the
+    # parse is most of the reading time of a 10,000-trial folder).
+    if csv and csv.count("\n") - 1 > len(rows):
         try:
             progress = pd.read_csv(io.StringIO(csv))
         except (ValueError, pd.errors.ParserError):
@@ -185,14 +187,17 @@ def _checkpoints(fs: pyarrow.fs.FileSystem, folder: str) -> tuple[list[tuple[tun
             found[-1].checkpoint if found else None)
 
 
-def read_trials(location: str) -> list[TrialRecord]:
-    """Every trial of the experiment at `location` (local path or URI), from plain files only."""
+def read_trials(location: str, only: set[str] | None = None) -> list[TrialRecord]:
+    """Every trial of the experiment at `location` (local path or URI), from plain files only;
+    with `only`, just the trials whose folders (``trial_<id>``) it names."""
     fs, root = storage.filesystem(location)
     saved = _saved_states(fs, root)
     folders = sorted(info.base_name for info in _listing(fs, root)
                      if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("trial_"))
     records = []
     for name in sorted(set(folders) | set(saved)):
+        if only is not None and name not in only:
+            continue
         folder = f"{root.rstrip('/')}/{name}"
         state = saved.get(name, {})
         text = _text(fs, f"{folder}/params.json")

@@ -128,13 +128,29 @@ def tune_config(config: Config, time_budget_s: float | None = None) -> tune.Tune
 SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
 
 
-def fit(tuner: tune.Tuner) -> None:
-    """`tuner.fit()` without Ray's frequent-snapshot warning, unless the user set its threshold."""
-    if SNAPSHOT_WARNING in os.environ:
-        tuner.fit()
-        return
-    os.environ[SNAPSHOT_WARNING] = "0"
+# Ray Tune rewrites its whole experiment state (~20 kB per trial) and copies the driver's folder of
+# every trial's result files to storage at each snapshot, by default every 10 s or more: at 10,000
+# trials that alone wrote 23 GB (benchmarks/README.md, scale). With a period that grows with the
+# number of trials, the snapshots of a sweep write bytes in proportion to its trials, not to their
+# square; a resumed trial continues from its newest checkpoint however old the snapshot
+# (caviar.trainable.resume_point). TUNE_GLOBAL_CHECKPOINT_S set by the user wins.
+SNAPSHOT_PERIOD = "TUNE_GLOBAL_CHECKPOINT_S"
+SNAPSHOT_S_PER_TRIAL = 0.01
+MIN_SNAPSHOT_S = 10.0
+
+
+def snapshot_period(trials: int) -> float:
+    return max(MIN_SNAPSHOT_S, SNAPSHOT_S_PER_TRIAL * trials)
+
+
+def fit(tuner: tune.Tuner, trials: int = 0) -> None:
+    """`tuner.fit()` with Ray's experiment snapshots every snapshot_period(trials) seconds and
+    without its frequent-snapshot warning, unless the user set either."""
+    settings = {SNAPSHOT_WARNING: "0", SNAPSHOT_PERIOD: f"{snapshot_period(trials):g}"}
+    added = {key: value for key, value in settings.items() if key not in os.environ}
+    os.environ.update(added)
     try:
         tuner.fit()
     finally:
-        del os.environ[SNAPSHOT_WARNING]
+        for key in added:
+            del os.environ[key]

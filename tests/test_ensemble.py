@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from ray import tune
@@ -222,3 +223,33 @@ def test_planted_payload_in_the_experiment_state_never_runs(experiment, tmp_path
     assert len(read_trials(str(copy))) == 4
     caviar.ensemble(str(copy), top_k=2, seeds=0, out=tmp_path / "out")
     assert not marker.exists()
+
+
+def test_a_finished_sweep_is_read_from_its_best_trials_only(tmp_path, monkeypatch):
+    """With thousands of trials, the ensemble reads only the best few trial folders named by the
+    finished sweep's leaderboard.csv (diverged ones left out); without a summary (still running) or
+    with a damaged leaderboard it reads every folder."""
+    import types
+
+    from caviar import ensembler
+
+    rows = [{"trial_id": f"t{i:03d}", "status": "diverged" if i == 0 else "completed", "best_val_acc": 1 - i / 100}
+            for i in range(100)]
+    pd.DataFrame(rows).to_csv(tmp_path / "leaderboard.csv", index=False)
+    (tmp_path / "summary.json").write_text("{}")
+    asked = []
+
+    def read_trials(location, only=None):
+        asked.append(only)
+        names = only if only is not None else {f"trial_t{i:03d}" for i in range(100)}
+        return [types.SimpleNamespace(trial_id=n.removeprefix("trial_"), checkpoints=[(None, {"val_acc": 0.5})])
+                for n in sorted(names)]
+
+    monkeypatch.setattr(ensembler, "read_trials", read_trials)
+    assert len(ensembler._read_best_trials(str(tmp_path), top_k=5)) == 25
+    assert asked[-1] == {f"trial_t{i:03d}" for i in range(1, 26)}  # the 25 best, the diverged one left out
+    (tmp_path / "leaderboard.csv").write_text("not,a\nleaderboard")
+    assert len(ensembler._read_best_trials(str(tmp_path), top_k=5)) == 100 and asked[-1] is None
+    pd.DataFrame(rows).to_csv(tmp_path / "leaderboard.csv", index=False)
+    (tmp_path / "summary.json").unlink()
+    assert len(ensembler._read_best_trials(str(tmp_path), top_k=5)) == 100 and asked[-1] is None

@@ -216,23 +216,28 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
     assert alive_during_fit == [False]
 
 
-def test_frequent_snapshot_warning_is_off_during_fit_only(monkeypatch):
-    """Ray's "snapshotting triggered multiple times" warning is silenced while caviar's sweeps run,
-    the environment is restored afterwards, and a threshold the user set is left alone."""
+def test_snapshot_period_grows_with_the_trials_and_the_user_setting_wins(monkeypatch):
+    """While caviar's sweeps run, Ray snapshots its state every max(10 s, 0.01 s x trials) (bytes
+    written in proportion to the trials, not their square) and its frequent-snapshot warning is off;
+    the environment is restored afterwards, and values the user set are left alone."""
     from caviar import tuning
 
     seen = []
 
     class Tuner:
         def fit(self):
-            seen.append(os.environ.get(tuning.SNAPSHOT_WARNING))
+            seen.append((os.environ.get(tuning.SNAPSHOT_WARNING), os.environ.get(tuning.SNAPSHOT_PERIOD)))
 
-    monkeypatch.delenv(tuning.SNAPSHOT_WARNING, raising=False)
-    tuning.fit(Tuner())
-    assert seen == ["0"] and tuning.SNAPSHOT_WARNING not in os.environ
+    for key in (tuning.SNAPSHOT_WARNING, tuning.SNAPSHOT_PERIOD):
+        monkeypatch.delenv(key, raising=False)
+    tuning.fit(Tuner(), 64)
+    tuning.fit(Tuner(), 10_000)
+    assert seen == [("0", "10"), ("0", "100")]
+    assert tuning.SNAPSHOT_WARNING not in os.environ and tuning.SNAPSHOT_PERIOD not in os.environ
     monkeypatch.setenv(tuning.SNAPSHOT_WARNING, "12")
-    tuning.fit(Tuner())
-    assert seen[-1] == "12" and os.environ[tuning.SNAPSHOT_WARNING] == "12"
+    monkeypatch.setenv(tuning.SNAPSHOT_PERIOD, "3")
+    tuning.fit(Tuner(), 10_000)
+    assert seen[-1] == ("12", "3") and os.environ[tuning.SNAPSHOT_PERIOD] == "3"
 
 
 def test_resources_no_node_has_are_refused_before_anything_runs(ray_session, learnable_root, tmp_path):
