@@ -134,7 +134,6 @@ class _Counts:
     epochs: int = 0
     diverged: set = field(default_factory=set)
     errored: set = field(default_factory=set)
-    early: set = field(default_factory=set)
 
 
 class ProgressPrinter(tune.Callback):
@@ -143,9 +142,9 @@ class ProgressPrinter(tune.Callback):
     one with the path of its error log. Replaces Ray Tune's per-trial boxes and tables, which run
     to tens of thousands of lines at thousands of trials (`caviar sweep --verbose` keeps them)."""
 
-    def __init__(self, total: int, max_epochs: int, *, deadline: float | None = None,
-                 log: Callable[[str], None] = print, every_s: float = STATUS_EVERY_S):
-        self.total, self.max_epochs, self.deadline, self.log, self.every_s = total, max_epochs, deadline, log, every_s
+    def __init__(self, total: int, *, deadline: float | None = None, log: Callable[[str], None] = print,
+                 every_s: float = STATUS_EVERY_S):
+        self.total, self.deadline, self.log, self.every_s = total, deadline, log, every_s
         self.begin = time.time()
         self.last_status = self.begin
         self.best: tuple[float, str, int] | None = None  # (val_acc, trial_id, epoch)

@@ -124,7 +124,7 @@ def run_experiment(
         if not resume:
             # Everything that can refuse the config (searcher, scheduler) is built before caviar.yaml
             # is written: a failed start must not leave a folder that counts as a sweep.
-            progress = [] if verbose else [ProgressPrinter(config.search.num_samples, config.search.max_epochs,
+            progress = [] if verbose else [ProgressPrinter(config.search.num_samples,
                                                            deadline=deadline, log=log)]
             tune_config = tuning.tune_config(config, time_left(deadline))
             run_config = tuning.run_config(config, storage_path, verbose=verbose,

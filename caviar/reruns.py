@@ -43,7 +43,7 @@ def rerun_with_seeds(
                 tune_config=tune.TuneConfig(metric="val_acc", mode="max", reuse_actors=True,
                                             trial_dirname_creator=tuning.trial_dirname),
                 run_config=tuning.run_config(run, experiment, callbacks=[
-                    ProgressPrinter(len(missing), config.search.max_epochs, log=print)]),
+                    ProgressPrinter(len(missing), log=print)]),
             ))
         finally:
             if started:

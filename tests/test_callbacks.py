@@ -63,7 +63,7 @@ def test_pruner_finishes_at_the_end_and_adopts_checkpoints_from_before_a_resume(
 def test_console_is_a_line_per_event_kind_and_a_status_line(tmp_path):
     """1,000 trials, a third diverging: a few event lines, a status line with counts and the best."""
     lines: list[str] = []
-    printer = ProgressPrinter(1000, 1, log=lines.append, every_s=3600)
+    printer = ProgressPrinter(1000, log=lines.append, every_s=3600)
     printer.setup()
     trials = []
     for i in range(1000):

@@ -152,9 +152,6 @@ def test_existing_experiment_is_not_overwritten(asha):
         caviar.sweep(asha.config)
 
 
-_epochs = epochs_reported
-
-
 def test_interrupted_sweep_resumes_without_rerunning(ray_session, learnable_root, tmp_path, ray_temp_dir):
     """Ctrl-C mid-sweep, then `--resume`: finished trials are not re-run, the rest complete, no epoch twice."""
     tree = small_config(learnable_root, tmp_path / "results", "resumable", scheduler="random", num_samples=4,
@@ -162,19 +159,19 @@ def test_interrupted_sweep_resumes_without_rerunning(ray_session, learnable_root
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tree))
     folder = tmp_path / "results" / "resumable"
     code, output = interrupt_sweep(tmp_path / "exp.yaml", ray_temp_dir,
-                                   until=lambda: any(len(_epochs(t)) == 3 for t in folder.glob("trial_*")))
+                                   until=lambda: any(len(epochs_reported(t)) == 3 for t in folder.glob("trial_*")))
     assert "caviar sweep --resume" in output, output
     assert code == 130
-    before = {t.name: _epochs(t) for t in folder.glob("trial_*")}
+    before = {t.name: epochs_reported(t) for t in folder.glob("trial_*")}
     finished_before = [name for name, epochs in before.items() if epochs == [1, 2, 3]]
     assert finished_before and len(finished_before) < 4
 
     result = caviar.sweep(resume=folder)
     assert list(result.trials["status"]) == ["completed"] * 4
     for trial_dir in folder.glob("trial_*"):
-        assert _epochs(trial_dir) == [1, 2, 3], trial_dir.name  # no gap, no repeat
+        assert epochs_reported(trial_dir) == [1, 2, 3], trial_dir.name  # no gap, no repeat
     for name in finished_before:
-        assert _epochs(folder / name) == before[name]
+        assert epochs_reported(folder / name) == before[name]
 
 
 def test_resume_of_a_folder_without_sweep_is_an_error(tmp_path):
