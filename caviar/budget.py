@@ -286,16 +286,34 @@ def apply(config: Config, planned: Plan) -> Config:
     return build_config(tree, "planned config")
 
 
-def epochs_that_fit(seconds_left: float, epoch_s: list[float], slots: int) -> int:
-    """Epochs each of the configs timed at `epoch_s` (seconds per epoch, measured as they trained in
-    an earlier stage) can train in `seconds_left` on `slots` trial slots, in waves of `slots` at a
-    time, the slowest setting the pace. At least 1.
+# A stage that trains the search's winners (`from_top`) passes over a winner slower than the
+# configuration the plan timed by more than 1 / this share: it could train less than this share of
+# the epochs the plan meant for it, so its search score came from a schedule it cannot get. Measured in issue 10 (benchmarks/README.md section 7, run 3): the two best configs
+# of a 30-minute search were 1.7 and 2.5 times slower than the planned one, so they trained 7.5
+# passes each where the plan meant ~20, and the ensemble ended 1.9 points below a hand-picked
+# config trained for 40; the third best, 3 times faster than the slowest, scored 0.8 point less in
+# the search.
+AFFORDABLE_SHARE = 0.5
 
-    The plan made at the start timed one configuration of the space; the configs that won the
-    search are often wider and slower. A stage cut short by the deadline would stop its cosine
-    schedule half way, at a high learning rate, so a stage that trains chosen configs is sized
-    again from their own speed before it starts.
+
+def affordable(epoch_s: list[float], count: int, planned_epoch_s: float, seconds_left: float,
+               slots: int) -> list[tuple[int, int]]:
+    """The configs a `from_top` stage trains, out of candidates timed at `epoch_s` (seconds per
+    epoch as they trained in the stage before, best candidate first), and the epochs each gets:
+    (index into `epoch_s`, epochs) pairs, best first.
+
+    They are the best `count` that can train at least AFFORDABLE_SHARE of the epochs a config of
+    the planned speed (`planned_epoch_s`) would (where fewer can, the next best fill the places),
+    on `slots` trial slots in waves of `slots`. Each gets as many epochs as fit at its own speed (at least 1): a fast config
+    trains longer instead of leaving its slot idle while a slow one finishes. The plan made at the
+    start timed one configuration of the space; the configs that won the search are often wider
+    and slower, and a stage cut short by the deadline would stop its cosine schedule half way, at a
+    high learning rate, so the stage is sized again just before it starts.
     """
-    waves = math.ceil(len(epoch_s) / max(1, slots))
+    count = min(count, len(epoch_s))
+    waves = math.ceil(count / max(1, slots))
     usable = (seconds_left - STAGE_STARTUP_S - TRIAL_OVERHEAD_S * waves) * UTILISATION
-    return max(1, int(usable / (waves * max(epoch_s))))
+    fits = [max(1, int(usable / (waves * seconds))) for seconds in epoch_s]
+    good = [i for i, seconds in enumerate(epoch_s) if AFFORDABLE_SHARE * seconds <= planned_epoch_s][:count]
+    rest = [i for i in range(len(epoch_s)) if i not in good][: count - len(good)]
+    return [(i, fits[i]) for i in sorted(good + rest)]

@@ -46,7 +46,8 @@ def trial_row(
     best_idx = val.idxmax() if val.notna().any() else None
     row: dict[str, Any] = {
         "trial_id": trial_id,
-        "status": trial_status(ray_status, diverged, epochs, max_epochs),
+        # a trial sized on its own (caviar.trial.TRIAL_EPOCHS_KEY) is complete at its own count
+        "status": trial_status(ray_status, diverged, epochs, int(hparams.get("max_epochs") or max_epochs)),
         "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
         "best_epoch": int(history.loc[best_idx, "epoch"]) if best_idx is not None else 0,
         "epochs": epochs,

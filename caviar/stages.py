@@ -23,7 +23,7 @@ import pandas as pd
 
 from caviar import connect, storage
 from caviar.border import format_warnings
-from caviar.budget import apply as apply_plan, epochs_that_fit, parse_duration, stage_deadline
+from caviar.budget import AFFORDABLE_SHARE, affordable, apply as apply_plan, parse_duration, stage_deadline
 from caviar.config import (
     CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config, read_saved_config,
 )
@@ -34,6 +34,7 @@ from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached,
 from caviar.narrowing import next_space, param_spec
 from caviar.space import searched
 from caviar.train import images_per_epoch
+from caviar.trial import TRIAL_EPOCHS_KEY
 
 STAGES_FILE = "stages.json"
 
@@ -65,8 +66,9 @@ def stage_config(config: Config, index: int, space: SpaceConfig, root: str,
     if stage.train_subset is not None:
         whole = isinstance(stage.train_subset, float) and stage.train_subset == 1.0
         tree["data"]["train_subset"] = None if whole else stage.train_subset
-    if points is not None:
-        search["points"], search["num_samples"], search["scheduler"] = points, len(points), "random"
+    if points is not None:  # exactly these configs: no search, no early stopping
+        search["points"], search["num_samples"] = points, len(points)
+        search["scheduler"], search["algorithm"] = "random", "random"
     return build_config(tree, f"stage {index} ({stage.name})")
 
 
@@ -253,10 +255,10 @@ def run_staged(
                 log(f"The budget is spent: stage {index} ({stage.name}) and later ones do not run.")
                 break
             if deadline is not None and points and state != "partial":
-                config = _sized_to_the_deadline(config, index, result.stages[-1].trials, len(points),
-                                                stage_deadline(budget_plan.stages, index, time.time(), deadline),
-                                                budget_plan.slots, log)
-                entry["epochs"] = config.stages[index - 1].epochs
+                config, points = _sized_to_the_deadline(
+                    config, index, result.stages[-1].trials, space,
+                    stage_deadline(budget_plan.stages, index, time.time(), deadline), budget_plan, log)
+                entry |= {"epochs": config.stages[index - 1].epochs, "points": points}
             _announce(log, index, config.stages, entry, state)
             plan["stages"].append(entry | {"status": "running"})
             _write_plan(root, _with_history(plan, previous))
@@ -307,23 +309,33 @@ def _plan_stages(config: Config, begun: float, *, address_started: bool,
     return apply_plan(config, planned), planned, begun + budget_s
 
 
-def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, count: int, ends: float, slots: int,
-                           log: Callable[[str], None]) -> Config:
-    """`config` with stage `index` (which trains the prior stage's top `count` configs) given the
-    epochs that fit before `ends` at those configs' own measured speed (caviar.budget.epochs_that_fit)."""
+def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, space: SpaceConfig, ends: float,
+                           planned: Any, log: Callable[[str], None]) -> tuple[Config, list[dict[str, Any]]]:
+    """Stage `index` (which trains the prior stage's best configs) sized to end by `ends`: the
+    configs it trains, picked and given their own epochs at the speed they showed in the prior
+    stage (caviar.budget.affordable; `planned` is the budget's Plan), and `config` with the
+    stage's epochs set to the longest."""
     from caviar.border import scored
 
-    timed = scored(prior).head(count)
-    if "epoch_s" not in timed or timed["epoch_s"].isna().any() or not len(timed):
-        return config  # a stage run before caviar timed epochs: keep the plan
     stage = config.stages[index - 1]
+    candidates = scored(prior)
+    if "epoch_s" not in candidates or candidates["epoch_s"].isna().any() or not len(candidates):
+        # a stage run before caviar timed epochs: keep the plan
+        return config, top_points(prior, space, stage.from_top, index)
     left = ends - time.time()
-    epochs = epochs_that_fit(left, [float(s) for s in timed["epoch_s"]], slots)
-    log(f"   {epochs} epochs fit in the {left:.0f} s left for this stage, at up to {timed['epoch_s'].max():.1f} s per "
-        f"epoch (these configs' speed in stage {index - 1}; the plan said {stage.epochs})")
+    chosen = affordable([float(s) for s in candidates["epoch_s"]], stage.from_top, planned.epoch_s, left,
+                        planned.slots)
+    points = top_points(prior, space, len(candidates), index)
+    picked = [points[i] | {TRIAL_EPOCHS_KEY: epochs} for i, epochs in chosen]
+    passed_over = [i for i in range(chosen[-1][0]) if i not in dict(chosen)]
+    log(f"   in the {left:.0f} s left for this stage (the plan said {stage.epochs} epochs at {planned.epoch_s:.1f} s "
+        "per epoch): " + ", ".join(f"#{i + 1} ({candidates['epoch_s'].iloc[i]:.1f} s per epoch) {epochs} epochs"
+                                   for i, epochs in chosen)
+        + (f"; passed over as more than {1 / AFFORDABLE_SHARE:.0f}x slower: "
+           f"{', '.join(f'#{i + 1}' for i in passed_over)}" if passed_over else ""))
     stages = list(config.stages)
-    stages[index - 1] = stage.model_copy(update={"epochs": epochs})
-    return config.model_copy(update={"stages": stages})
+    stages[index - 1] = stage.model_copy(update={"epochs": max(epochs for _, epochs in chosen)})
+    return config.model_copy(update={"stages": stages}), picked
 
 
 def _with_history(plan: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
 # Beside it in a checkpoint folder: the state only resuming needs (see Trial.save).
 RESUME_FILE = "resume.pt"
 RESUME_KEYS = ("optimizer", "scheduler", "rng")
+# A trial config's own epoch count, set when a stage sizes each of its configs to its own speed.
+TRIAL_EPOCHS_KEY = "max_epochs"
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,12 @@ class TrialSettings:
     ema_decay: float = 0.999
     epoch_size: int | float | None = None  # images per epoch (count or fraction); None = all
     bn_images: int = 10000  # training images used to recompute batch-norm statistics of the average
+    average_method: str = "none"  # as configured (`average` is what these epochs make of it)
+    average_start: float = 0.75  # the share of the epochs after which averaging starts
 
     @classmethod
     def from_config(cls, config: Config) -> "TrialSettings":
-        average_after = int(config.average.start * config.search.max_epochs)
-        return cls(
+        settings = cls(
             family=config.model.family,
             width=config.model.width,
             num_classes=config.model.num_classes,
@@ -60,12 +63,26 @@ class TrialSettings:
             channels_last=config.train.channels_last,
             max_loss=config.train.diverge_factor * math.log(config.model.num_classes),
             threads=max(1, int(config.resources.cpus_per_trial)),
-            average=effective_average(config.average.method, config.search.max_epochs - average_after),
-            average_after=average_after,
             ema_decay=config.average.ema_decay,
             epoch_size=config.train.epoch_size,
             bn_images=config.average.bn_images,
+            average_method=config.average.method,
+            average_start=config.average.start,
         )
+        return settings.with_epochs(config.search.max_epochs)
+
+    def with_epochs(self, max_epochs: int) -> "TrialSettings":
+        """These settings for a trial of `max_epochs` epochs: its LR schedule, its end, and when its
+        weight averaging starts all follow."""
+        average_after = int(self.average_start * max_epochs)
+        return replace(self, max_epochs=max_epochs, average_after=average_after,
+                       average=effective_average(self.average_method, max_epochs - average_after))
+
+    def for_trial(self, hparams: dict[str, Any]) -> "TrialSettings":
+        """A trial's own epoch count (`max_epochs` in its config, as a stage that trains chosen
+        configs gives each one: caviar.stages) wins over the sweep's."""
+        epochs = hparams.get(TRIAL_EPOCHS_KEY)
+        return self if epochs is None else self.with_epochs(int(epochs))
 
 
 def effective_average(method: str, averaged_epochs: int) -> str:
@@ -129,7 +146,8 @@ class Trial:
     """Model, optimizer, LR schedule and RNGs of one trial, from its hyperparameters."""
 
     def __init__(self, hparams: dict[str, Any], settings: TrialSettings, device: torch.device | None = None):
-        self.hparams, self.settings = dict(hparams), settings
+        self.hparams, self.settings = dict(hparams), settings.for_trial(hparams)
+        settings = self.settings
         self.device = device or pick_device()
         seed = trial_seed(hparams)
         torch.manual_seed(seed)  # weight init and dropout

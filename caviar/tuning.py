@@ -17,7 +17,7 @@ from caviar.data import SplitData
 from caviar.schedulers import PromotingASHA, pbt_scheduler
 from caviar.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.trainable import train_trial
-from caviar.trial import TrialSettings
+from caviar.trial import TRIAL_EPOCHS_KEY, TrialSettings
 
 
 def trainable(config: Config, data: SplitData, resources: dict[str, float]) -> Any:
@@ -83,7 +83,15 @@ def search_alg(config: Config) -> Any:
 
 def param_space(config: Config) -> dict[str, Any]:
     # A searcher that owns the space (TPE) gets only the fixed values from Ray's param_space.
-    return to_param_space(config.space) if config.search.algorithm == "random" else fixed_values(config.space)
+    if config.search.algorithm != "random":
+        return fixed_values(config.space)
+    params = to_param_space(config.space)
+    # Points that carry their own epoch count (a stage sized to each config's speed: caviar.stages)
+    # need the key in the space, or Ray refuses them; a choice of exactly their counts.
+    own_epochs = sorted({int(p[TRIAL_EPOCHS_KEY]) for p in config.search.points if TRIAL_EPOCHS_KEY in p})
+    if own_epochs:
+        params[TRIAL_EPOCHS_KEY] = tune.choice(own_epochs)
+    return params
 
 
 def scheduler(config: Config) -> Any:

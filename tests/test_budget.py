@@ -303,22 +303,46 @@ def test_a_concurrency_cap_never_stalls_the_sweep():
 
 
 def test_a_from_top_stage_is_sized_from_its_configs_own_speed():
-    """Before the train stage starts, its epochs are what fits in the time left at the speed its
-    chosen configs showed in the search (the slowest sets the pace; waves when more configs than
-    slots), so its cosine schedule ends by the deadline instead of being cut half way."""
+    """Before the train stage starts, each chosen config gets the epochs that fit in the time left
+    at the speed it showed in the search (waves when more configs than slots), so its cosine
+    schedule ends by the deadline and a fast config does not leave its slot idle."""
+    usable = (1000 - 5 - 1) * 0.85
+    assert budget.affordable([10.0, 20.0], 2, 10.0, 1000, slots=2) == [(0, int(usable / 10)), (1, int(usable / 20))]
+    two_waves = (1000 - 5 - 2) * 0.85 / 2
+    assert budget.affordable([10.0, 20.0], 2, 10.0, 1000, slots=1) == [(0, int(two_waves / 10)),
+                                                                        (1, int(two_waves / 20))]
+    assert budget.affordable([10.0], 1, 10.0, 3, slots=2) == [(0, 1)]  # at least one
+
+
+def test_a_from_top_stage_passes_over_winners_too_slow_to_train():
+    """A candidate more than twice as slow as the config the plan timed (it could train less than
+    half the epochs the plan meant) is passed over for the next best that can; where too few can,
+    the best of the rest fill the places."""
+    usable = (1000 - 5 - 1) * 0.85
+    chosen = budget.affordable([20.0, 21.0, 10.0], 2, 10.0, 1000, slots=2)  # planned at 10 s per epoch
+    assert chosen == [(0, int(usable / 20)), (2, int(usable / 10))]
+    assert budget.affordable([30.0, 40.0, 50.0], 2, 10.0, 1000, slots=2) == [(0, int(usable / 30)),
+                                                                            (1, int(usable / 40))]
+    assert len(budget.affordable([30.0, 10.0], 5, 10.0, 1000, slots=2)) == 2  # no more than there are
+
+
+def test_the_stage_gives_each_chosen_config_its_own_epochs():
     import time
 
     from caviar.stages import _sized_to_the_deadline
 
-    assert budget.epochs_that_fit(1000, [10.0, 20.0], slots=2) == int((1000 - 5 - 1) * 0.85 / 20)
-    assert budget.epochs_that_fit(1000, [10.0, 20.0], slots=1) == int((1000 - 5 - 2) * 0.85 / 40)
-    assert budget.epochs_that_fit(3, [10.0], slots=2) == 1  # at least one
     config = load_config("experiments/cpu-budget.yaml")
-    prior = pd.DataFrame({"status": ["completed", "early-stopped", "diverged"], "best_val_acc": [0.9, 0.8, 0.95],
-                          "epoch_s": [12.0, 24.0, 1.0]})
+    prior = pd.DataFrame({"status": ["completed", "early-stopped", "early-stopped", "diverged"],
+                          "best_val_acc": [0.9, 0.85, 0.8, 0.95], "epoch_s": [12.0, 60.0, 6.0, 1.0],
+                          "lr": [0.1, 0.01, 0.001, 1.0], "seed": [1, 2, 3, 4]})
     lines: list[str] = []
-    sized = _sized_to_the_deadline(config, 2, prior, 2, time.time() + 600, 2, lines.append)
-    assert sized.stages[1].epochs == budget.epochs_that_fit(600, [12.0, 24.0], 2) != config.stages[1].epochs
-    assert sized.stages[0] == config.stages[0] and "24.0 s per epoch" in lines[0]
+    planned = budget.Plan(budget_s=1800, seconds=1700, slots=2, epoch_s=12.0, scheduler="asha")
+    sized, points = _sized_to_the_deadline(config, 2, prior, config.space, time.time() + 600, planned, lines.append)
+    expected = dict(budget.affordable([12.0, 60.0, 6.0], 2, 12.0, 600, 2))
+    assert [p["lr"] for p in points] == [0.1, 0.001]  # the slow second best is passed over
+    assert [p["max_epochs"] for p in points] == [expected[0], expected[2]]
+    assert sized.stages[1].epochs == max(expected.values()) and sized.stages[0] == config.stages[0]
+    assert "passed over" in lines[0] and "#2" in lines[0]
     untimed = prior.drop(columns="epoch_s")
-    assert _sized_to_the_deadline(config, 2, untimed, 2, time.time() + 600, 2, lines.append) is config
+    same, points = _sized_to_the_deadline(config, 2, untimed, config.space, time.time() + 600, planned, lines.append)
+    assert same is config and [p["lr"] for p in points] == [0.1, 0.01] and "max_epochs" not in points[0]

@@ -265,3 +265,15 @@ def test_staged_run_interrupted_mid_stage_resumes_that_stage(ray_session, learna
         assert epochs[:len(before.get(trial_dir.name, []))] == before.get(trial_dir.name, [])
     assert len(result.stages) == 3 and list(result.trials["status"]) == ["completed"]
 
+
+
+def test_points_with_their_own_epoch_counts_train_that_many(ray_session, learnable_root, tmp_path):
+    """The configs a budgeted `from_top` stage trains each carry their own `max_epochs` (sized to
+    their speed): Ray takes them as given, and each trial ends, complete, at its own count."""
+    tree = small_config(learnable_root, tmp_path, "own-epochs", scheduler="random", num_samples=2, max_epochs=3)
+    base = {"lr": 2e-3, "batch_size": 64, "dropout": 0.0, "optimizer": "adam"}
+    tree["search"]["points"] = [base | {"seed": 1, "max_epochs": 1}, base | {"seed": 2, "max_epochs": 3}]
+    result = caviar.sweep(load_config(tree))
+    table = result.trials.sort_values("seed")
+    assert list(table["epochs"]) == [1, 3] and list(table["max_epochs"]) == [1, 3]
+    assert (table["status"] == "completed").all() and table["best_val_acc"].max() > 0.3

@@ -302,3 +302,18 @@ def test_epoch_size_is_images_seen_not_a_subset():
     seen = [torch.cat(list(_batches(1000, 50, generator, images_per_epoch(1000, 0.25)))) for _ in range(8)]
     assert all(len(epoch) == 250 for epoch in seen)
     assert len(torch.unique(torch.cat(seen))) > 850  # 8 quarter-epochs reach (nearly) every image
+
+
+def test_a_trial_config_with_its_own_epoch_count_trains_that_many(tensors):
+    """`max_epochs` in a trial's config (a budgeted stage sizes each winner to its own speed) sets
+    its end, its LR schedule's length and when its weight averaging starts, over the sweep's."""
+    sweep = averaging_settings("swa", max_epochs=20, start=0.5)
+    trial = Trial(HPARAMS | {"max_epochs": 2}, sweep)
+    assert trial.settings.max_epochs == 2 and trial.settings.average_after == 1 and trial.settings.average == "none"
+    first = trial.run_epoch(*tensors)
+    assert not trial.finished and "avg_val_acc" not in first
+    trial.run_epoch(*tensors)
+    assert trial.finished and trial.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ended
+    longer = Trial(HPARAMS | {"max_epochs": 4}, sweep)
+    assert longer.settings.average_after == 2 and longer.settings.average == "swa"
+    assert Trial(HPARAMS, sweep).settings == sweep
