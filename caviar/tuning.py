@@ -4,6 +4,7 @@ the scheduler, the run and tune configs, and `fit`. The one place caviar builds 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -157,8 +158,22 @@ def fit(tuner: tune.Tuner, trials: int = 0) -> None:
     settings = {SNAPSHOT_WARNING: "0", SNAPSHOT_PERIOD: f"{snapshot_period(trials):g}"}
     added = {key: value for key, value in settings.items() if key not in os.environ}
     os.environ.update(added)
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    analysis_log.addFilter(_unstarted_trials)
     try:
         tuner.fit()
     finally:
+        analysis_log.removeFilter(_unstarted_trials)
         for key in added:
             del os.environ[key]
+
+
+def _unstarted_trials(record: logging.LogRecord) -> bool:
+    """Drops Ray's warning that trials have no results when that is all it says (every failure a
+    missing file): they are the trials a deadline or the end of the search left unstarted, which
+    the leaderboard lists as not-started. Any other failure to read a trial still shows."""
+    message = record.getMessage()
+    if not message.startswith("Failed to fetch metrics"):
+        return True
+    failures = [line for line in message.splitlines()[1:] if line.startswith("- ")]
+    return not failures or not all("FileNotFoundError(" in line for line in failures)

@@ -237,6 +237,30 @@ def test_snapshot_period_grows_with_the_trials_and_the_user_setting_wins(monkeyp
     assert seen[-1] == ("12", "3") and os.environ[tuning.SNAPSHOT_PERIOD] == "3"
 
 
+def test_rays_warning_about_unstarted_trials_is_dropped_during_fit_but_other_failures_show(caplog):
+    """Trials a deadline left unstarted have no result files: Ray's ResultGrid warns about each at
+    the end of fit, though the leaderboard lists them as not-started. That warning is dropped; one
+    naming any other failure to read a trial still shows."""
+    import logging
+
+    from caviar import tuning
+
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    missing = "- train_trial_1: FileNotFoundError('Could not fetch metrics for train_trial_1')"
+    broken = "- train_trial_2: JSONDecodeError('Expecting value')"
+
+    class Tuner:
+        def fit(self):
+            log.warning(f"Failed to fetch metrics for 1 trial(s):\n{missing}")
+            log.warning(f"Failed to fetch metrics for 2 trial(s):\n{missing}\n{broken}")
+
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        tuning.fit(Tuner(), 8)
+        log.warning(f"Failed to fetch metrics for 1 trial(s):\n{missing}")  # outside caviar's fit: left alone
+    shown = [r.getMessage() for r in caplog.records if r.name == log.name]
+    assert len(shown) == 2 and "JSONDecodeError" in shown[0] and "JSONDecodeError" not in shown[1]
+
+
 def test_resources_no_node_has_are_refused_before_anything_runs(ray_session, learnable_root, tmp_path):
     """cpus_per_trial above what any node has (or can add): a clear error naming the key, no hang,
     and no experiment folder left behind."""
