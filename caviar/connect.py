@@ -3,6 +3,8 @@ once, and whether any node can run one at all (checked before anything is writte
 
 from __future__ import annotations
 
+import time
+
 import ray
 
 from caviar import cluster
@@ -90,12 +92,30 @@ def _check_reachable(address: str) -> None:
                           "head node's address and port (`ray status` on the head prints them)") from None
 
 
-def cluster_slots(config: Config, resources: dict[str, float]) -> int:
-    """How many trials of `resources` the Ray cluster runs at once now (search.max_concurrent caps it)."""
-    total = ray.cluster_resources()
+def cluster_slots(config: Config, resources: dict[str, float], pool: dict[str, float] | None = None) -> int:
+    """How many trials of `resources` the Ray cluster runs at once now (search.max_concurrent caps
+    it), out of `pool` (default: all its resources, ray.cluster_resources())."""
+    total = ray.cluster_resources() if pool is None else pool
     slots = int(total.get("CPU", 0) / resources["cpu"] + 1e-9)
     if resources["gpu"] > 0:
         slots = min(slots, int(total.get("GPU", 0) / resources["gpu"] + 1e-9))
     if config.search.max_concurrent:
         slots = min(slots, config.search.max_concurrent)
     return max(1, slots)
+
+
+# Ray returns a finished stage's resources a moment after its Tuner ends.
+FREE_WAIT_S = 10.0
+
+
+def free_slots(config: Config, resources: dict[str, float], expected: int, wait_s: float = FREE_WAIT_S) -> int:
+    """How many trials of `resources` can start now (ray.available_resources()), waiting up to
+    `wait_s` for `expected` to be free. Fewer stay free when other jobs share the cluster, or when
+    Ray did not give back a stopped trial's CPU: seen once on Ray 2.60 after it killed a paused
+    trial's process, where the next stage's second trial then waited for 19 minutes."""
+    ends = time.monotonic() + wait_s
+    while True:
+        free = cluster_slots(config, resources, ray.available_resources())
+        if free >= expected or time.monotonic() >= ends:
+            return free
+        time.sleep(0.5)

@@ -193,9 +193,10 @@ def run_staged(
                           f"`caviar sweep --resume {root}`, rerun from a stage with --stage N, or start another "
                           "with --set name=<new name>")
     started = connect.start_ray(address, verbose)
-    deadline, budget_plan = None, None
+    deadline, budget_plan, resources = None, None, None
     if config.budget and not resume and start is None:
-        config, budget_plan, deadline = _plan_stages(config, begun or time.time(), address_started=started, log=log)
+        config, budget_plan, deadline, resources = _plan_stages(config, begun or time.time(),
+                                                                address_started=started, log=log)
         stages = config.stages  # with the planned sizes
     storage.write_text(storage.join(root, CONFIG_FILE), config.to_yaml())
     previous = {}  # a rerun keeps the rules of the run it replaces in stages.json ("previous_runs")
@@ -255,9 +256,14 @@ def run_staged(
                 log(f"The budget is spent: stage {index} ({stage.name}) and later ones do not run.")
                 break
             if deadline is not None and points and state != "partial":
+                slots = connect.free_slots(config, resources, budget_plan.slots)
+                if slots < budget_plan.slots:
+                    log(f"   warning: only {slots} of the {budget_plan.slots} trial slots the plan counted are free "
+                        "now (another job holds the rest, or Ray has not given back an earlier trial's); "
+                        f"the stage is sized for {slots}")
                 config, points = _sized_to_the_deadline(
                     config, index, result.stages[-1].trials, space,
-                    stage_deadline(budget_plan.stages, index, time.time(), deadline), budget_plan, log)
+                    stage_deadline(budget_plan.stages, index, time.time(), deadline), budget_plan.epoch_s, slots, log)
                 entry |= {"epochs": config.stages[index - 1].epochs, "points": points}
             _announce(log, index, config.stages, entry, state)
             plan["stages"].append(entry | {"status": "running"})
@@ -290,9 +296,9 @@ def run_staged(
 
 
 def _plan_stages(config: Config, begun: float, *, address_started: bool,
-                 log: Callable[[str], None]) -> tuple[Config, Any, float]:
+                 log: Callable[[str], None]) -> tuple[Config, Any, float, dict[str, float]]:
     """Size every stage to the budget (one throughput probe for the whole run): the planned
-    config, the plan, and the deadline the stages share."""
+    config, the plan, the deadline the stages share, and a trial's resources."""
 
     budget_s = parse_duration(config.budget)
     data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
@@ -306,15 +312,16 @@ def _plan_stages(config: Config, begun: float, *, address_started: bool,
     planned = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begun,
                                   stage_train_images=images)
     log(planned.describe())
-    return apply_plan(config, planned), planned, begun + budget_s
+    return apply_plan(config, planned), planned, begun + budget_s, resources
 
 
 def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, space: SpaceConfig, ends: float,
-                           planned: Any, log: Callable[[str], None]) -> tuple[Config, list[dict[str, Any]]]:
-    """Stage `index` (which trains the prior stage's best configs) sized to end by `ends`: the
-    configs it trains, picked and given their own epochs at the speed they showed in the prior
-    stage (caviar.budget.affordable; `planned` is the budget's Plan), and `config` with the
-    stage's epochs set to the longest."""
+                           planned_epoch_s: float, slots: int,
+                           log: Callable[[str], None]) -> tuple[Config, list[dict[str, Any]]]:
+    """Stage `index` (which trains the prior stage's best configs) sized to end by `ends` on
+    `slots` trial slots: the configs it trains, picked and given their own epochs at the speed
+    they showed in the prior stage (caviar.budget.affordable; the plan timed `planned_epoch_s`),
+    and `config` with the stage's epochs set to the longest."""
     from caviar.border import scored
 
     stage = config.stages[index - 1]
@@ -323,12 +330,11 @@ def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, spac
         # a stage run before caviar timed epochs: keep the plan
         return config, top_points(prior, space, stage.from_top, index)
     left = ends - time.time()
-    chosen = affordable([float(s) for s in candidates["epoch_s"]], stage.from_top, planned.epoch_s, left,
-                        planned.slots)
+    chosen = affordable([float(s) for s in candidates["epoch_s"]], stage.from_top, planned_epoch_s, left, slots)
     points = top_points(prior, space, len(candidates), index)
     picked = [points[i] | {TRIAL_EPOCHS_KEY: epochs} for i, epochs in chosen]
     passed_over = [i for i in range(chosen[-1][0]) if i not in dict(chosen)]
-    log(f"   in the {left:.0f} s left for this stage (the plan said {stage.epochs} epochs at {planned.epoch_s:.1f} s "
+    log(f"   in the {left:.0f} s left for this stage (the plan said {stage.epochs} epochs at {planned_epoch_s:.1f} s "
         "per epoch): " + ", ".join(f"#{i + 1} ({candidates['epoch_s'].iloc[i]:.1f} s per epoch) {epochs} epochs"
                                    for i, epochs in chosen)
         + (f"; passed over as more than {1 / AFFORDABLE_SHARE:.0f}x slower: "

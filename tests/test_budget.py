@@ -336,13 +336,12 @@ def test_the_stage_gives_each_chosen_config_its_own_epochs():
                           "best_val_acc": [0.9, 0.85, 0.8, 0.95], "epoch_s": [12.0, 60.0, 6.0, 1.0],
                           "lr": [0.1, 0.01, 0.001, 1.0], "seed": [1, 2, 3, 4]})
     lines: list[str] = []
-    planned = budget.Plan(budget_s=1800, seconds=1700, slots=2, epoch_s=12.0, scheduler="asha")
-    sized, points = _sized_to_the_deadline(config, 2, prior, config.space, time.time() + 600, planned, lines.append)
+    sized, points = _sized_to_the_deadline(config, 2, prior, config.space, time.time() + 600, 12.0, 2, lines.append)
     expected = dict(budget.affordable([12.0, 60.0, 6.0], 2, 12.0, 600, 2))
     assert [p["lr"] for p in points] == [0.1, 0.001]  # the slow second best is passed over
     assert [p["max_epochs"] for p in points] == [expected[0], expected[2]]
     assert sized.stages[1].epochs == max(expected.values()) and sized.stages[0] == config.stages[0]
     assert "passed over" in lines[0] and "#2" in lines[0]
     untimed = prior.drop(columns="epoch_s")
-    same, points = _sized_to_the_deadline(config, 2, untimed, config.space, time.time() + 600, planned, lines.append)
+    same, points = _sized_to_the_deadline(config, 2, untimed, config.space, time.time() + 600, 12.0, 2, lines.append)
     assert same is config and [p["lr"] for p in points] == [0.1, 0.01] and "max_epochs" not in points[0]

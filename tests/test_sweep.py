@@ -261,6 +261,30 @@ def test_rays_warning_about_unstarted_trials_is_dropped_during_fit_but_other_fai
     assert len(shown) == 2 and "JSONDecodeError" in shown[0] and "JSONDecodeError" not in shown[1]
 
 
+def test_free_slots_counts_what_can_start_now(ray_session):
+    """A stage that trains chosen configs is sized for the trial slots free when it starts: a CPU
+    held elsewhere (another job, or one Ray did not give back) leaves one of the two."""
+    from caviar import connect
+
+    config = load_config(None, ["resources.cpus_per_trial=1", "resources.gpus_per_trial=0"])
+    resources = {"cpu": 1.0, "gpu": 0.0}
+    assert connect.cluster_slots(config, resources) == 2
+    assert connect.free_slots(config, resources, expected=2) == 2
+
+    @ray_session.remote(num_cpus=1)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    try:
+        ray_session.get(holder.ready.remote())
+        assert connect.free_slots(config, resources, expected=2, wait_s=1.0) == 1
+        assert connect.cluster_slots(config, resources) == 2  # the cluster's size is unchanged
+    finally:
+        ray_session.kill(holder)
+
+
 def test_resources_no_node_has_are_refused_before_anything_runs(ray_session, learnable_root, tmp_path):
     """cpus_per_trial above what any node has (or can add): a clear error naming the key, no hang,
     and no experiment folder left behind."""
