@@ -111,8 +111,9 @@ FREE_WAIT_S = 10.0
 def free_slots(config: Config, resources: dict[str, float], expected: int, wait_s: float = FREE_WAIT_S) -> int:
     """How many trials of `resources` can start now (ray.available_resources()), waiting up to
     `wait_s` for `expected` to be free. Fewer stay free when other jobs share the cluster, or when
-    Ray did not give back a stopped trial's CPU: seen once on Ray 2.60 after it killed a paused
-    trial's process, where the next stage's second trial then waited for 19 minutes."""
+    Ray did not give back a stopped trial's CPU: seen once on Ray 2.60 after it killed paused
+    trials' processes at the end of a search stage, where the next stage's second trial then
+    waited 15 minutes for a slot and the deadline cut it at 22 of its 138 epochs."""
     ends = time.monotonic() + wait_s
     while True:
         free = cluster_slots(config, resources, ray.available_resources())
