@@ -423,8 +423,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                     "storage": str(storage), "tiny": args.tiny}
         print(f"Data: {data_name} at {root}: {n_train - val_size} train / {val_size} validation / {n_test} test; "
               f"budget {seconds_text(budget_s)} per flow ({seconds_text(sweep_s)} sweep + {seconds_text(ens_s)} "
-              f"ensemble), {seconds_text(baseline_s)} for the baseline; about "
-              f"{seconds_text(budget_s * len(flows) + baseline_s)} in all", flush=True)
+              f"ensemble), {seconds_text(baseline_s) + ' for the baseline' if args.baseline else 'no baseline'}; "
+              f"about {seconds_text(budget_s * len(flows) + (baseline_s if args.baseline else 0))} in all", flush=True)
         ray_tmp = tempfile.mkdtemp(prefix="cvsq-", dir="/tmp")  # short: Ray's socket paths < 107 bytes
         env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         try:

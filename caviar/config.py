@@ -416,6 +416,20 @@ class Config(_Strict):
             raise ValueError(f"stage names must differ (got {names})")
         return value
 
+    @model_validator(mode="after")
+    def _points_name_the_space(self) -> "Config":
+        # Ray checks a point's keys only when the sweep starts (and a typo then fails inside it).
+        known = set(SpaceConfig.model_fields) | {"seed", "max_epochs"}  # max_epochs: caviar.trial.TRIAL_EPOCHS_KEY
+        for i, point in enumerate(self.search.points):
+            unknown = sorted(set(point) - known)
+            if unknown:
+                raise ValueError(f"search.points[{i}] names {', '.join(map(repr, unknown))}, which the space does not "
+                                 f"have; a point may set {', '.join(sorted(known))}")
+            epochs = point.get("max_epochs", 1)
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+                raise ValueError(f"search.points[{i}].max_epochs must be a whole number of epochs >= 1 (got {epochs!r})")
+        return self
+
     @field_validator("name")
     @classmethod
     def _name_is_a_folder_name(cls, value: str) -> str:

@@ -166,3 +166,12 @@ def test_damaged_saved_config_names_the_file(tmp_path):
         read_saved_config(str(tmp_path))
     with pytest.raises(ConfigError, match="not a caviar experiment folder"):
         read_saved_config(str(tmp_path / "nothing"))
+
+
+def test_a_point_naming_what_the_space_lacks_is_refused_before_any_compute():
+    """A typo in `search.points` names the point and the key; Ray would only fail at fit time."""
+    with pytest.raises(ConfigError, match=r"search.points\[1\] names 'lrr'.*may set .*weight_decay"):
+        load_config(None, ["search.points=[{lr: 0.1}, {lrr: 0.1}]"])
+    with pytest.raises(ConfigError, match=r"search.points\[0\].max_epochs must be a whole number"):
+        load_config(None, ["search.points=[{lr: 0.1, max_epochs: 0}]"])
+    assert load_config(None, ["search.points=[{lr: 0.1, seed: 3, max_epochs: 4}]"]).search.points[0]["max_epochs"] == 4
