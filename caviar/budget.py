@@ -288,11 +288,11 @@ def apply(config: Config, planned: Plan) -> Config:
 
 # A stage that trains the search's winners (`from_top`) passes over a winner slower than the
 # configuration the plan timed by more than 1 / this share: it could train less than this share of
-# the epochs the plan meant for it, so its search score came from a schedule it cannot get. Measured in issue 10 (benchmarks/README.md section 7, run 3): the two best configs
-# of a 30-minute search were 1.7 and 2.5 times slower than the planned one, so they trained 7.5
-# passes each where the plan meant ~20, and the ensemble ended 1.9 points below a hand-picked
-# config trained for 40; the third best, 3 times faster than the slowest, scored 0.8 point less in
-# the search.
+# the epochs the plan meant for it, so its search score came from a schedule it cannot get.
+# Measured in issue 10 (benchmarks/README.md section 7, run 3): the two best configs of a 30-minute
+# search were 1.7 and 2.5 times slower than the planned one, so they trained 7.5 passes each where
+# the plan meant ~20, and the ensemble ended 1.9 points below a hand-picked config trained for 40;
+# the third best, 3 times faster than the slowest, scored 0.8 point less in the search.
 AFFORDABLE_SHARE = 0.5
 
 
@@ -304,11 +304,12 @@ def affordable(epoch_s: list[float], count: int, planned_epoch_s: float, seconds
 
     They are the best `count` that can train at least AFFORDABLE_SHARE of the epochs a config of
     the planned speed (`planned_epoch_s`) would (where fewer can, the next best fill the places),
-    on `slots` trial slots in waves of `slots`. Each gets as many epochs as fit at its own speed (at least 1): a fast config
-    trains longer instead of leaving its slot idle while a slow one finishes. The plan made at the
-    start timed one configuration of the space; the configs that won the search are often wider
-    and slower, and a stage cut short by the deadline would stop its cosine schedule half way, at a
-    high learning rate, so the stage is sized again just before it starts.
+    on `slots` trial slots in waves of `slots`. Each gets as many epochs as fit at its own speed
+    (at least 1): a fast config trains longer instead of leaving its slot idle while a slow one
+    finishes. The plan made at the start timed one configuration of the space; the configs that
+    won the search are often wider and slower, and a stage cut short by the deadline would stop its
+    cosine schedule half way, at a high learning rate, so the stage is sized again just before it
+    starts.
     """
     count = min(count, len(epoch_s))
     waves = math.ceil(count / max(1, slots))

@@ -427,7 +427,8 @@ class Config(_Strict):
                                  f"have; a point may set {', '.join(sorted(known))}")
             epochs = point.get("max_epochs", 1)
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-                raise ValueError(f"search.points[{i}].max_epochs must be a whole number of epochs >= 1 (got {epochs!r})")
+                raise ValueError(f"search.points[{i}].max_epochs must be a whole number of epochs >= 1 "
+                                 f"(got {epochs!r})")
         return self
 
     @field_validator("name")
