@@ -170,6 +170,10 @@ class Plan:
     stages: list[dict[str, Any]] = field(default_factory=list)  # per stage: num_samples, epochs, share of time
     expected_trial_epochs: float = 0.0
     throughput: dict[str, Any] = field(default_factory=dict)
+    # epoch_s over what an epoch costs without the weight average's per-epoch passes (batch-norm
+    # recomputation and evaluation of the average, in its share of the epochs): a stage timed in
+    # a search, where trials rarely reach their averaging epochs, is scaled by it to train one.
+    average_factor: float = 1.0
 
     def describe(self) -> str:
         head = (f"Budget {format_duration(self.budget_s)}: {self.slots} trial slot{'s' if self.slots != 1 else ''}, "
@@ -232,9 +236,10 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
                           "or train on less data (data.train_subset)")
     available = _trial_epochs_available(seconds, slots, epoch_s)
     longest = int(LONGEST_TRIAL_SHARE * seconds / epoch_s)
+    plain_epoch_s = throughput.epoch_s(train_images, val_images) + EPOCH_OVERHEAD_S
     result = Plan(budget_s=budget_s, seconds=seconds, slots=slots, epoch_s=epoch_s,
                   scheduler=config.search.scheduler, expected_trial_epochs=available,
-                  throughput=asdict(throughput))
+                  throughput=asdict(throughput), average_factor=epoch_s / plain_epoch_s)
     if not config.stages:
         result.num_samples, result.max_epochs = _single(config.search.scheduler, available, longest, config, slots,
                                                         TRIAL_OVERHEAD_S / epoch_s)

@@ -263,7 +263,8 @@ def run_staged(
                         f"the stage is sized for {slots}")
                 config, points = _sized_to_the_deadline(
                     config, index, result.stages[-1].trials, space,
-                    stage_deadline(budget_plan.stages, index, time.time(), deadline), budget_plan.epoch_s, slots, log)
+                    stage_deadline(budget_plan.stages, index, time.time(), deadline), budget_plan.epoch_s,
+                    budget_plan.average_factor, slots, log)
                 entry |= {"epochs": config.stages[index - 1].epochs, "points": points}
             _announce(log, index, config.stages, entry, state)
             plan["stages"].append(entry | {"status": "running"})
@@ -316,12 +317,13 @@ def _plan_stages(config: Config, begun: float, *, address_started: bool,
 
 
 def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, space: SpaceConfig, ends: float,
-                           planned_epoch_s: float, slots: int,
+                           planned_epoch_s: float, average_factor: float, slots: int,
                            log: Callable[[str], None]) -> tuple[Config, list[dict[str, Any]]]:
     """Stage `index` (which trains the prior stage's best configs) sized to end by `ends` on
     `slots` trial slots: the configs it trains, picked and given their own epochs at the speed
-    they showed in the prior stage (caviar.budget.affordable; the plan timed `planned_epoch_s`),
-    and `config` with the stage's epochs set to the longest."""
+    they showed in the prior stage times `average_factor` (the weight average's extra passes,
+    caviar.budget.Plan), by caviar.budget.affordable (the plan timed `planned_epoch_s`), and
+    `config` with the stage's epochs set to the longest."""
     from caviar.border import scored
 
     stage = config.stages[index - 1]
@@ -330,13 +332,13 @@ def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, spac
         # a stage run before caviar timed epochs: keep the plan
         return config, top_points(prior, space, stage.from_top, index)
     left = ends - time.time()
-    chosen = affordable([float(s) for s in candidates["epoch_s"]], stage.from_top, planned_epoch_s, left, slots)
+    epoch_s = [float(s) * average_factor for s in candidates["epoch_s"]]
+    chosen = affordable(epoch_s, stage.from_top, planned_epoch_s, left, slots)
     points = top_points(prior, space, len(candidates), index)
     picked = [points[i] | {TRIAL_EPOCHS_KEY: epochs} for i, epochs in chosen]
     passed_over = [i for i in range(chosen[-1][0]) if i not in dict(chosen)]
     log(f"   in the {left:.0f} s left for this stage (the plan said {stage.epochs} epochs at {planned_epoch_s:.1f} s "
-        "per epoch): " + ", ".join(f"#{i + 1} ({candidates['epoch_s'].iloc[i]:.1f} s per epoch) {epochs} epochs"
-                                   for i, epochs in chosen)
+        "per epoch): " + ", ".join(f"#{i + 1} ({epoch_s[i]:.1f} s per epoch) {epochs} epochs" for i, epochs in chosen)
         + (f"; passed over as more than {1 / AFFORDABLE_SHARE:.0f}x slower: "
            f"{', '.join(f'#{i + 1}' for i in passed_over)}" if passed_over else ""))
     stages = list(config.stages)

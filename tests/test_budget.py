@@ -336,12 +336,27 @@ def test_the_stage_gives_each_chosen_config_its_own_epochs():
                           "best_val_acc": [0.9, 0.85, 0.8, 0.95], "epoch_s": [12.0, 60.0, 6.0, 1.0],
                           "lr": [0.1, 0.01, 0.001, 1.0], "seed": [1, 2, 3, 4]})
     lines: list[str] = []
-    sized, points = _sized_to_the_deadline(config, 2, prior, config.space, time.time() + 600, 12.0, 2, lines.append)
-    expected = dict(budget.affordable([12.0, 60.0, 6.0], 2, 12.0, 600, 2))
+    sized, points = _sized_to_the_deadline(config, 2, prior, config.space, time.time() + 600, 12.0, 1.1, 2,
+                                           lines.append)
+    expected = dict(budget.affordable([12.0 * 1.1, 60.0 * 1.1, 6.0 * 1.1], 2, 12.0, 600, 2))
     assert [p["lr"] for p in points] == [0.1, 0.001]  # the slow second best is passed over
     assert [p["max_epochs"] for p in points] == [expected[0], expected[2]]
     assert sized.stages[1].epochs == max(expected.values()) and sized.stages[0] == config.stages[0]
     assert "passed over" in lines[0] and "#2" in lines[0]
     untimed = prior.drop(columns="epoch_s")
-    same, points = _sized_to_the_deadline(config, 2, untimed, config.space, time.time() + 600, 12.0, 2, lines.append)
+    same, points = _sized_to_the_deadline(config, 2, untimed, config.space, time.time() + 600, 12.0, 1.1, 2,
+                                          lines.append)
     assert same is config and [p["lr"] for p in points] == [0.1, 0.01] and "max_epochs" not in points[0]
+
+
+def test_the_plan_says_what_the_weight_average_adds_to_an_epoch():
+    """A winner's speed is measured in the search, where trials rarely reach their averaging
+    epochs; its stage averages the last quarter of its epochs (SWA: a batch-norm pass and an
+    evaluation of the average each), so it is sized at the plan's ratio of the two costs."""
+    swa = load_config("experiments/cpu-budget.yaml")
+    p = _plan(swa, 1800)
+    train, val = 55000, 5000  # the images of one epoch, as _plan gives them
+    plain = train * 4e-4 + val * 1e-4 + budget.EPOCH_OVERHEAD_S
+    extra = 0.25 * (swa.average.bn_images + val) * 1e-4
+    assert p.average_factor == pytest.approx((plain + extra) / plain)
+    assert _plan(load_config("experiments/cpu-budget.yaml", ["average.method=none"]), 1800).average_factor == 1.0
