@@ -29,11 +29,18 @@ def ray_env(temp_dir: str) -> dict[str, str]:
 
 
 def epochs_reported(trial_dir: Path) -> list[int]:
-    """The epochs in a trial's result.json, in order (a line being written is skipped)."""
+    """The epochs a trial trained, in order, from its result.json (a line being written is
+    skipped). A resumed trial reports its newest checkpoint's epoch again, marked `replayed`, in
+    case the stopped driver never logged it (caviar.trainable); where Ray had logged it, that row
+    is the same result twice, not a second training, and the reader drops it too."""
     import json
 
     text = (trial_dir / "result.json").read_text() if (trial_dir / "result.json").exists() else ""
-    return [json.loads(line)["epoch"] for line in text.splitlines() if line.endswith("}")]
+    epochs: list[int] = []
+    for row in (json.loads(line) for line in text.splitlines() if line.endswith("}")):
+        if not (row.get("replayed") and row["epoch"] in epochs):
+            epochs.append(row["epoch"])
+    return epochs
 
 
 def interrupt_sweep(experiment: Path, temp_dir: str, until: Callable[[], bool]) -> tuple[int, str]:
