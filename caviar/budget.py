@@ -261,6 +261,8 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
     for sized, stage, f in zip(result.stages, config.stages, fractions):  # each stage's share of the time
         sized["share"] = sized["num_samples"] * (_stage_cost(config, stage, sized["epochs"], f) +
                                                  TRIAL_OVERHEAD_S / epoch_s)
+        # one epoch of the stage's trials (search.fidelity: seconds converts its rungs with it)
+        sized["epoch_s"] = round(throughput.epoch_s(round(f * train_images), val_images) + EPOCH_OVERHEAD_S, 3)
     total = sum(sized["share"] for sized in result.stages)
     for sized in result.stages:
         sized["share"] = round(sized["share"] / total, 4)
@@ -281,13 +283,18 @@ def stage_deadline(planned_stages: list[dict[str, Any]], index: int, now: float,
 def apply(config: Config, planned: Plan) -> Config:
     """`config` with the planned sizes (and the deadline) written in: what the sweep then runs."""
     tree = config.to_dict()
+    search = tree["search"]
     if planned.stages:
         for entry, sized in zip(tree["stages"], planned.stages):
             entry["num_samples"], entry["epochs"] = sized["num_samples"], sized["epochs"]
     else:
-        tree["search"]["num_samples"] = planned.num_samples
-        tree["search"]["max_epochs"] = planned.max_epochs
-        tree["search"]["grace_period"] = min(tree["search"]["grace_period"], planned.max_epochs)
+        search["num_samples"] = planned.num_samples
+        search["max_epochs"] = planned.max_epochs
+        search["grace_period"] = min(search["grace_period"], planned.max_epochs)
+    if search["fidelity"] == "seconds":
+        # an epoch as the search trains it: no weight average yet (each stage gets its own: caviar.stages)
+        search["epoch_seconds"] = round(planned.stages[0]["epoch_s"] if planned.stages else
+                                        planned.epoch_s / planned.average_factor, 3)
     return build_config(tree, "planned config")
 
 

@@ -137,7 +137,7 @@ def plot_hparams(table: pd.DataFrame, config: Config, warnings: list[dict[str, A
 
 def rung_epochs(config: Config) -> list[int]:
     s = config.search
-    if s.scheduler != "asha":
+    if s.scheduler != "asha" or s.fidelity == "seconds":  # rungs in seconds fall on no fixed epoch
         return []
     rungs, epoch = [], s.grace_period
     while epoch < s.max_epochs:
@@ -157,7 +157,9 @@ def plot_rungs(table: pd.DataFrame, config: Config, path: Path) -> Path:
         ax.axvline(rung + 0.5, color="tab:red", ls="--", lw=1)
         ax.text(rung + 0.55, max(reached or [1]) * 0.95, f"rung {rung}", color="tab:red", fontsize=8, va="top")
     ax.bar_label(bars, fontsize=7)
-    kind = "ASHA" if config.search.scheduler == "asha" else "no early stopping"
+    kind = "no early stopping"
+    if config.search.scheduler == "asha":
+        kind = "ASHA, rungs in seconds" if config.search.fidelity == "seconds" else "ASHA"
     ax.set_title(f"trials that reached each epoch ({kind}, {len(table)} trials)", fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel("trials")

@@ -258,6 +258,14 @@ class SearchConfig(_Strict):
     # Warn when the best trial sits in this outer fraction of a numeric range (in its sampling
     # scale, e.g. log10 for lr): a better value may lie beyond the edge (caviar.border).
     border_fraction: float = Field(0.1, gt=0, lt=0.5)
+    # What ASHA's rungs count (grace_period, then x reduction_factor, up to max_epochs): epochs, or
+    # the seconds those epochs take at `epoch_seconds`. A budget buys time, not epochs: in seconds,
+    # a config twice as fast has trained twice the epochs when it is judged, as it would in the
+    # time the budget leaves to train it (caviar.schedulers.PromotingASHA).
+    fidelity: Literal["epochs", "seconds"] = "epochs"
+    # Seconds of one epoch, what `fidelity: seconds` converts epochs with: with a budget, the planner
+    # writes the speed its probe measured (caviar.budget); without one, set it by hand.
+    epoch_seconds: Optional[float] = Field(None, gt=0)
 
 
 class ResourcesConfig(_Strict):
@@ -429,6 +437,21 @@ class Config(_Strict):
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
                 raise ValueError(f"search.points[{i}].max_epochs must be a whole number of epochs >= 1 "
                                  f"(got {epochs!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _seconds_have_a_unit(self) -> "Config":
+        if self.search.fidelity != "seconds":
+            return self
+        if not self.budget and self.search.epoch_seconds is None:
+            raise ValueError("search.fidelity: seconds converts ASHA's rungs from epochs to seconds at a measured "
+                             "speed: add a budget (budget: 30m or --budget 30m), which measures it, or set "
+                             "search.epoch_seconds yourself; or use search.fidelity: epochs")
+        schedulers = {"random" if stage.from_top else stage.scheduler or self.search.scheduler
+                      for stage in self.stages} or {self.search.scheduler}
+        if "asha" not in schedulers:
+            raise ValueError("search.fidelity: seconds sets what ASHA's rungs count, but no sweep of this experiment "
+                             f"uses ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
         return self
 
     @field_validator("name")

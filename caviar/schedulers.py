@@ -13,6 +13,12 @@ at least `min_rung_trials` (and eta) have; otherwise a new trial starts. So no t
 on the evidence of one or two rivals, and the slots go to new trials until there is evidence.
 When no new trial can start and none runs, the waiting trials that never made their rung's top
 are stopped, and the sweep ends.
+
+Rungs count epochs, or seconds of training (`time_attr="time_total_s"`, search.fidelity), so that
+trials of different speeds are compared after equal time. A trial reports at the end of an epoch,
+which rarely falls on a rung in seconds: its score there is read off the straight line between
+its last report before the rung and its first after, so a slow config is not judged after more
+time than a fast one.
 """
 
 from __future__ import annotations
@@ -32,12 +38,12 @@ class PromotingASHA(FIFOScheduler):
     1/`reduction_factor` of a rung that `min_rung_trials` trials have reached."""
 
     def __init__(self, time_attr: str = "epoch", metric: str | None = None, mode: str | None = None,
-                 max_t: int = 100, grace_period: int = 1, reduction_factor: int = 3, min_rung_trials: int = 3):
+                 max_t: float = 100, grace_period: float = 1, reduction_factor: int = 3, min_rung_trials: int = 3):
         super().__init__()
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
         self._max_t, self._eta = max_t, reduction_factor
         self._min_trials = max(reduction_factor, min_rung_trials)
-        self._milestones: list[int] = []
+        self._milestones: list[float] = []
         t = grace_period
         while t < max_t:
             self._milestones.append(t)
@@ -45,6 +51,7 @@ class PromotingASHA(FIFOScheduler):
         self._scores: list[dict[str, float]] = [{} for _ in self._milestones]  # rung -> trial id -> score
         self._promoted: list[set[str]] = [set() for _ in self._milestones]
         self._waiting: dict[str, int] = {}  # trial id -> the rung it is paused at
+        self._last: dict[str, tuple[float, float]] = {}  # trial id -> (time, score) of its last report
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         self._metric = self._metric or metric
@@ -65,12 +72,15 @@ class PromotingASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
-        t = result[self._time_attr]
+        t = float(result[self._time_attr])
         if t >= self._max_t or result.get("diverged"):
             return TrialScheduler.STOP
+        score = self._sign() * float(result[self._metric])
+        before = self._last.get(trial.trial_id)
+        self._last[trial.trial_id] = (t, score)
         for rung, milestone in enumerate(self._milestones):
             if t >= milestone and trial.trial_id not in self._scores[rung]:
-                self._scores[rung][trial.trial_id] = self._sign() * float(result[self._metric])
+                self._scores[rung][trial.trial_id] = score_at(milestone, before, (t, score))
                 if self.promotable(rung, trial.trial_id):
                     self._promoted[rung].add(trial.trial_id)
                 else:
@@ -114,18 +124,32 @@ class PromotingASHA(FIFOScheduler):
         return trials[best]
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
-        self._waiting.pop(trial.trial_id, None)
+        self._forget(trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
-        self._waiting.pop(trial.trial_id, None)
+        self._forget(trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self._waiting.pop(trial.trial_id, None)  # Ray may retry it from its checkpoint: keep its last report
+
+    def _forget(self, trial: Trial) -> None:
         self._waiting.pop(trial.trial_id, None)
+        self._last.pop(trial.trial_id, None)
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{m}: {len(s)} reached, {len(p)} promoted" for m, s, p in
                           zip(self._milestones, self._scores, self._promoted))
         return f"PromotingASHA ({len(self._waiting)} waiting) {rungs}"
+
+
+def score_at(milestone: float, before: tuple[float, float] | None, after: tuple[float, float]) -> float:
+    """A trial's score at `milestone`, between its reports `before` and `after` ((time, score)
+    pairs): interpolated where the milestone lies between them, else the `after` score."""
+    (t1, s1) = after
+    if before is None or not before[0] < milestone < t1:
+        return s1
+    t0, s0 = before
+    return s0 + (s1 - s0) * (milestone - t0) / (t1 - t0)
 
 
 def _stop_paused(tune_controller: Any, trial: Trial) -> None:

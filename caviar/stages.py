@@ -45,9 +45,10 @@ def stage_folder(index: int, stage: StageConfig) -> str:
 
 # ---------------------------------------------------------------- one stage's config
 def stage_config(config: Config, index: int, space: SpaceConfig, root: str,
-                 points: list[dict[str, Any]] | None = None) -> Config:
+                 points: list[dict[str, Any]] | None = None, epoch_seconds: float | None = None) -> Config:
     """A plain sweep config for stage `index` (1-based) with `space`, in the folder `root`;
-    `points` are the configs a `from_top` stage trains."""
+    `points` are the configs a `from_top` stage trains; `epoch_seconds` the planned seconds of one
+    of the stage's epochs (search.fidelity: seconds)."""
     stage = config.stages[index - 1]
     tree = config.to_dict()
     tree["stages"] = []
@@ -69,6 +70,10 @@ def stage_config(config: Config, index: int, space: SpaceConfig, root: str,
     if points is not None:  # exactly these configs: no search, no early stopping
         search["points"], search["num_samples"] = points, len(points)
         search["scheduler"], search["algorithm"] = "random", "random"
+    if search["scheduler"] != "asha":
+        search["fidelity"] = "epochs"  # it counts only ASHA's rungs
+    elif epoch_seconds is not None:
+        search["epoch_seconds"] = epoch_seconds
     return build_config(tree, f"stage {index} ({stage.name})")
 
 
@@ -274,7 +279,8 @@ def run_staged(
                                               verbose=verbose)
             else:
                 ends = None if deadline is None else stage_deadline(budget_plan.stages, index, time.time(), deadline)
-                stage_result = run_experiment(stage_config(config, index, space, root, points).resolved(),
+                speed = budget_plan.stages[index - 1].get("epoch_s") if budget_plan is not None else None
+                stage_result = run_experiment(stage_config(config, index, space, root, points, speed).resolved(),
                                               address=address, deadline=ends, log=log, verbose=verbose)
             result.stages.append(stage_result)
             entry["space"] = _space_spec(stage_result.config.space)  # a resumed stage keeps its own

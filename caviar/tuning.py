@@ -98,10 +98,17 @@ def param_space(config: Config) -> dict[str, Any]:
 def scheduler(config: Config) -> Any:
     search = config.search
     if search.scheduler == "asha":
+        # In seconds (search.fidelity), every rung is its epochs at the measured speed; a trial
+        # still ends at its own max_epochs, so a fast one may finish before the last rung.
+        unit = 1.0
+        if search.fidelity == "seconds":
+            if search.epoch_seconds is None:  # the planner writes it before any sweep starts
+                raise ConfigError("search.fidelity: seconds needs search.epoch_seconds (a budget measures it)")
+            unit = search.epoch_seconds
         return PromotingASHA(
-            time_attr="epoch",
-            max_t=search.max_epochs,
-            grace_period=min(search.grace_period, search.max_epochs),
+            time_attr="time_total_s" if search.fidelity == "seconds" else "epoch",
+            max_t=search.max_epochs * unit,
+            grace_period=min(search.grace_period, search.max_epochs) * unit,
             reduction_factor=search.reduction_factor,
             min_rung_trials=search.min_rung_trials,
         )

@@ -179,6 +179,90 @@ def test_min_rung_trials_raises_the_bar():
     assert verdicts == ["PAUSE"] * 4 + ["CONTINUE"]
 
 
+def test_rungs_in_seconds_compare_trials_after_equal_time():
+    """Rungs in seconds: a fast trial (5 s per epoch) and a slow one (7 s) are judged at 10 s, the
+    slow one's score read off the line between its reports at 7 s and 14 s; its higher raw score
+    (0.8 after 14 s) does not beat the fast one's 0.7 after 10 s. Rung 30 s: each has a score."""
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(3)]
+    scheduler = PromotingASHA(time_attr="time_total_s", metric="val_acc", mode="max", max_t=90, grace_period=10,
+                              reduction_factor=3, min_rung_trials=3)
+    controller = FakeController(trials)
+    fast, slow, third = trials
+
+    def report(trial, seconds, acc):
+        return scheduler.on_trial_result(controller, trial, {"time_total_s": seconds, "val_acc": acc})
+
+    assert report(fast, 5, 0.5) == "CONTINUE"
+    assert report(fast, 10, 0.7) == "PAUSE"  # at the rung, alone
+    assert report(slow, 7, 0.6) == "CONTINUE"
+    assert report(slow, 14, 0.8) == "PAUSE"
+    assert scheduler._scores[0]["t1"] == pytest.approx(0.6 + 0.2 * 3 / 7)
+    assert report(third, 12, 0.1) == "PAUSE"  # first report past the rung: its own score
+    fast.status = slow.status = third.status = "PAUSED"
+    assert scheduler.choose_trial_to_run(controller) is fast  # the top third of 3: the fast one
+    assert report(fast, 90, 0.9) == "STOP"  # max_t in seconds
+
+
+@pytest.mark.parametrize("before, after, expected", [
+    (None, (12.0, 0.5), 0.5),  # no report before the rung
+    ((4.0, 0.2), (12.0, 0.6), 0.2 + 0.4 * 6 / 8),  # rung 10 between 4 s and 12 s
+    ((10.0, 0.4), (12.0, 0.6), 0.6),  # the earlier report was on the rung itself: the later one counts
+])
+def test_score_at_a_rung(before, after, expected):
+    from caviar.schedulers import score_at
+
+    assert score_at(10.0, before, after) == pytest.approx(expected)
+
+
+def test_seconds_fidelity_needs_a_speed_and_asha():
+    """fidelity: seconds is refused without a budget or epoch_seconds, and where no sweep uses
+    ASHA; the planner writes the measured speed of an epoch as the search trains it (no average)."""
+    with pytest.raises(ConfigError, match="add a budget"):
+        load_config({"search": {"fidelity": "seconds"}})
+    with pytest.raises(ConfigError, match="no sweep of this experiment uses ASHA"):
+        load_config({"search": {"fidelity": "seconds", "scheduler": "random"}, "budget": "1h"})
+    assert load_config({"search": {"fidelity": "seconds", "epoch_seconds": 3.5}}).search.epoch_seconds == 3.5
+    config = load_config({"search": {"fidelity": "seconds"}, "budget": "1h"})
+    p = _plan(config, 3600)
+    planned = budget.apply(config, p)
+    assert planned.search.epoch_seconds == pytest.approx(p.epoch_s / p.average_factor, rel=1e-3)
+    assert planned.search.epoch_seconds < p.epoch_s  # the search's trials rarely reach their averaging epochs
+
+
+def test_the_asha_of_a_seconds_sweep_counts_seconds():
+    """tuning.scheduler turns the rungs' epochs into seconds at epoch_seconds; in epochs it is unchanged."""
+    from caviar import tuning
+
+    tree = {"search": {"scheduler": "asha", "max_epochs": 27, "grace_period": 1, "reduction_factor": 3,
+                       "fidelity": "seconds", "epoch_seconds": 12.0}}
+    seconds = tuning.scheduler(load_config(tree))
+    assert seconds._time_attr == "time_total_s" and seconds._milestones == [12.0, 36.0, 108.0]
+    assert seconds._max_t == 27 * 12.0
+    tree["search"]["fidelity"] = "epochs"
+    epochs = tuning.scheduler(load_config(tree))
+    assert epochs._time_attr == "epoch" and epochs._milestones == [1, 3, 9] and epochs._max_t == 27
+
+
+def test_a_staged_seconds_plan_times_each_stage():
+    """Each planned stage carries the seconds of one of its epochs (a subset stage's are fewer);
+    the stage's config converts its rungs with them, and a from_top stage (random) counts epochs."""
+    from caviar.stages import stage_config
+
+    config = load_config("experiments/cpu-budget.yaml")
+    assert config.search.fidelity == "seconds"
+    tree = config.to_dict()
+    tree["stages"][0]["train_subset"] = 0.2
+    config = load_config(tree)
+    p = _plan(config, 1800, stage_train_images=[11000, 55000])
+    first, second = (s["epoch_s"] for s in p.stages)
+    assert 0 < first < second
+    planned = budget.apply(config, p)
+    search = stage_config(planned, 1, planned.space, "/r/x", epoch_seconds=first).search
+    assert search.fidelity == "seconds" and search.epoch_seconds == first
+    train = stage_config(planned, 2, planned.space, "/r/x", points=[{"lr": 0.01}], epoch_seconds=second).search
+    assert train.fidelity == "epochs" and train.scheduler == "random"
+
+
 # ---------------------------------------------------------------- PBT's hyperparameters on a copied checkpoint
 def test_trial_adopts_perturbed_hyperparameters_from_a_copied_checkpoint():
     """PBT restores a better trial's checkpoint into a trial with perturbed lr/dropout/wd/momentum:
@@ -211,6 +295,7 @@ def budgeted(ray_session, learnable_root, tmp_path_factory):
     tree = small_config(learnable_root, tmp_path_factory.mktemp("results"), "budgeted", max_epochs=3)
     tree["space"]["lr"] = {"low": 1e-3, "high": 1e-2, "scale": "log"}
     tree["budget"] = "50s"
+    tree["search"]["fidelity"] = "seconds"
     return caviar.sweep(load_config(tree), log=lambda line: None)
 
 
@@ -235,6 +320,15 @@ def test_budgeted_sweep_keeps_every_result(budgeted):
     assert all(Path(p).exists() for p in trained["best_checkpoint"])
     saved = yaml.safe_load((Path(budgeted.path) / "caviar.yaml").read_text())
     assert saved["search"]["num_samples"] == budgeted.config.search.num_samples and saved["budget"] == "50s"
+
+
+def test_a_budgeted_sweep_in_seconds_converts_its_rungs_at_the_planned_speed(budgeted):
+    """search.fidelity: seconds: the speed of an epoch as the search trains it (no weight average)
+    is saved with the sweep, which ASHA's rungs in seconds were made from; the sweep learned."""
+    planned = json.loads((Path(budgeted.path) / "summary.json").read_text())["budget"]
+    assert budgeted.config.search.fidelity == "seconds"
+    assert budgeted.config.search.epoch_seconds == pytest.approx(planned["epoch_s"] / planned["average_factor"],
+                                                                  rel=1e-3)
 
 
 def test_pbt_population_exploits(ray_session, learnable_root, tmp_path):

@@ -52,6 +52,20 @@ def test_sweep_learns_and_asha_stops_some(asha):
     assert (table[table["status"] == "completed"]["epochs"] == 4).all()
 
 
+def test_a_trial_paused_at_a_rung_goes_on_counting_its_training_time(asha):
+    """A trial paused at a rung and resumed continues its time_total_s from the checkpoint (Ray
+    restores it): rungs in seconds (search.fidelity) rely on it, or a resumed trial would count
+    from 0 again and pass its next rung late."""
+    resumed = 0
+    for path in asha.trials["path"].dropna():
+        rows = [json.loads(line) for line in (Path(path) / "result.json").read_text().splitlines()
+                if line.endswith("}")]
+        times = [row["time_total_s"] for row in rows]
+        assert times == sorted(times), f"{path}: training time went back: {times}"
+        resumed += any(row.get("iterations_since_restore") == 1 and row["epoch"] > 1 for row in rows)
+    assert resumed, "no trial paused at a rung and resumed: the test saw nothing"
+
+
 def test_diverging_trial_is_marked_and_others_finish(asha):
     """lr = 1e6 trials are 'diverged' after one epoch; the sweep still completes the rest."""
     table = asha.trials
