@@ -100,7 +100,7 @@ def scheduler(config: Config) -> Any:
     if search.scheduler == "asha":
         # In seconds (search.fidelity), every rung is its epochs at the measured speed; a trial
         # still ends at its own max_epochs, so a fast one may finish before the last rung.
-        unit = 1.0
+        unit: float = 1  # epochs stay whole numbers
         if search.fidelity == "seconds":
             if search.epoch_seconds is None:  # the planner writes it before any sweep starts
                 raise ConfigError("search.fidelity: seconds needs search.epoch_seconds (a budget measures it)")
