@@ -29,7 +29,7 @@ Reported, as JSON and a table:
     python benchmarks/bench_scale.py --trials 10000     # the issue's goal
     python benchmarks/bench_scale.py --tag before       # -> results/scale-1000-before.json
     python benchmarks/bench_scale.py --dry-run          # the plan: yaml and commands, nothing run
-    python benchmarks/bench_scale.py --tiny             # 20 trials (what the tests run)
+    python benchmarks/bench_scale.py --tiny             # 8 trials (what the tests run)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import common  # noqa: E402
 
 NAME = "scale"
 REPO = common.REPO
-TINY_TRIALS = 20
+TINY_TRIALS = 8
 
 # The tiny model and search: random search, one epoch, shapes and rates drawn per trial.
 SPACE = {

@@ -164,7 +164,7 @@ def read_ensemble(folder: Path) -> dict[str, Any]:
     return {"ensemble_acc": doc.get("accuracy"), "best_single_acc": best.get("accuracy"),
             "best_member": best.get("name"), "gain": doc.get("gain_over_best_member"),
             "members": sum(1 for m in doc.get("members", []) if m.get("weight", 0) > 0),
-            "seed_rerun_epochs": len(reruns)}
+            "seed_rerun_epochs": len(reruns), "mirror_averaged": doc.get("flip") is True}
 
 
 def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, train_images: int, sweep_s: float,
@@ -257,12 +257,15 @@ def baseline_seed(root: str, val_size: int, seed: int, deadline: float, threads:
         history.append(trial.run_epoch(train_x, train_y, val_x, val_y) | {"s": time.perf_counter() - t})
         epoch_s = history[-1]["s"]
     probs = torch.softmax(predict_logits(trial.model, test_x, **kw), 1).numpy().astype(np.float32)
+    # the mirrored view too: caviar's ensemble averages each member over both (data.augment), so the
+    # baseline is reported both ways
+    mirrored = torch.softmax(predict_logits(trial.model, test_x.flip(3), **kw), 1).numpy().astype(np.float32)
     return {"seed": seed, "epochs": trial.epoch, "max_epochs": trial.settings.max_epochs,
             "stopped_at_deadline": stopped, "diverged": bool(history[-1]["diverged"]),
             "first_epoch_s": round(first_s, 2), "last_epoch_s": round(epoch_s, 2),
             "val_acc": history[-1].get("val_acc"), "val_acc_by_epoch": [h.get("val_acc") for h in history],
             "test_acc": float((probs.argmax(1) == test_y).mean()), "wall_s": round(time.time() - begin, 1),
-            "probs": probs}
+            "probs": probs, "mirrored_probs": mirrored}
 
 
 def estimate_epoch_s(root: Path, val_size: int, threads: int) -> float:
@@ -335,9 +338,11 @@ def run_baseline(root: Path, val_size: int, budget_s: float, slots: int, threads
     record: dict[str, Any] = {"hparams": BASELINE, "slots": slots, "threads_per_seed": threads, "budget_s": budget_s}
     if seeds:
         probs = np.mean([s.pop("probs") for s in seeds], axis=0)
+        mirrored = np.mean([s.pop("mirrored_probs") for s in seeds], axis=0)
         best = max(seeds, key=lambda s: s["val_acc"] or 0)  # chosen on validation, like ensemble.json's best_member
         ensemble_acc = float((probs.argmax(1) == test_y).mean())
         record |= {"ensemble_acc": ensemble_acc, "best_single_acc": best["test_acc"],
+                   "ensemble_acc_with_mirror": float((((probs + mirrored) / 2).argmax(1) == test_y).mean()),
                    "best_member": f"seed {best['seed']}", "gain": ensemble_acc - best["test_acc"],
                    "trials": len(seeds), "trial_epochs": sum(s["epochs"] for s in seeds),
                    "passes": sum(s["epochs"] for s in seeds), "seeds": seeds}

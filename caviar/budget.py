@@ -218,7 +218,7 @@ def _single(scheduler: str, trial_epochs: float, longest: int, config: Config, s
 
 
 def _stage_cost(config: Config, stage: Any, epochs: int, train_fraction: float) -> float:
-    scheduler = "random" if stage.from_top else stage.scheduler or config.search.scheduler
+    scheduler = stage.scheduler_run(config.search.scheduler)
     per_trial = (asha_epochs_per_trial(epochs, min(config.search.grace_period, epochs), config.search.reduction_factor)
                  if scheduler == "asha" else epochs)
     return per_trial * train_fraction

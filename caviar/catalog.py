@@ -75,9 +75,8 @@ def _sweeps(config: Config) -> list[tuple[int, int, str, float]]:
 
 def _stage(config: Config, stage: StageConfig) -> tuple[int, int, str, float]:
     subset = config.data.train_subset if stage.train_subset is None else stage.train_subset
-    if stage.from_top:
-        return stage.from_top, stage.epochs, "random", _fraction(subset)
-    return stage.num_samples, stage.epochs, stage.scheduler or config.search.scheduler, _fraction(subset)
+    return (stage.from_top or stage.num_samples, stage.epochs, stage.scheduler_run(config.search.scheduler),
+            _fraction(subset))
 
 
 def _fraction(subset: int | float | None) -> float:

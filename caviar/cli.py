@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--out", help="output folder (default: EXPERIMENT/ensemble)")
     ens.add_argument("--budget", metavar="DURATION", help="wall-clock budget such as 5m: as many of --seeds re-runs as "
                      "fit, with time kept for evaluating the members")
+    ens.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                     help="average each member over the image and its mirror image (default: when the members "
+                     "trained with random flips, data.augment)")
     ens.add_argument("--address", help="Ray cluster for the seed re-runs ('auto' or HOST:PORT)")
     ens.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override the experiment's saved config, e.g. --set data.root=/data")
@@ -145,7 +148,7 @@ def _ensemble(args: argparse.Namespace) -> int:
 
     result = ensemble(args.experiment, top_k=args.top_k, seeds=args.seeds, average=args.average,
                       snapshots=args.snapshots, select=args.select, out=args.out, address=args.address,
-                      overrides=args.overrides, budget=args.budget)
+                      overrides=args.overrides, budget=args.budget, flip=args.flip)
     print(describe(result))
     print(f"Written: {args.out or args.experiment.rstrip('/') + '/ensemble'} (ensemble.json, members.csv, ensemble.png)")
     return 0

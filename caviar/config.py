@@ -355,6 +355,11 @@ class StageConfig(_Strict):
     # num_samples is then N and the scheduler random (every trial to the end).
     from_top: Optional[int] = Field(None, ge=1)
 
+    def scheduler_run(self, default: str) -> str:
+        """The scheduler this stage's sweep runs: random for a from_top stage (every winner trains
+        to the end), else its own or `default` (search.scheduler)."""
+        return "random" if self.from_top else self.scheduler or default
+
     @field_validator("name")
     @classmethod
     def _stage_name(cls, value: str) -> str:
@@ -447,8 +452,7 @@ class Config(_Strict):
             raise ValueError("search.fidelity: seconds converts ASHA's rungs from epochs to seconds at a measured "
                              "speed: add a budget (budget: 30m or --budget 30m), which measures it, or set "
                              "search.epoch_seconds yourself; or use search.fidelity: epochs")
-        schedulers = {"random" if stage.from_top else stage.scheduler or self.search.scheduler
-                      for stage in self.stages} or {self.search.scheduler}
+        schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
         if "asha" not in schedulers:
             raise ValueError("search.fidelity: seconds sets what ASHA's rungs count, but no sweep of this experiment "
                              f"uses ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")

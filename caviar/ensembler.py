@@ -43,19 +43,29 @@ PLOT_FILE = "ensemble.png"
 
 
 class Ensemble:
-    """Models and their weights; `predict` is the weighted average of their probabilities."""
+    """Models and their weights; `predict` is the weighted average of their probabilities.
 
-    def __init__(self, models: list[nn.Module], weights: np.ndarray, names: list[str], descriptions: list[dict]):
+    With `flip`, each member's probabilities are the mean over the image and its mirror image
+    (test-time augmentation): members trained with random horizontal flips (data.augment) saw both
+    views in training, so the two are a second, free, ensemble inside each member.
+    """
+
+    def __init__(self, models: list[nn.Module], weights: np.ndarray, names: list[str], descriptions: list[dict],
+                 flip: bool = False):
         self.device = pick_device()
         self.models = [m.to(self.device).eval() for m in models]
         self.weights = np.asarray(weights, dtype=np.float64)
         self.names, self.descriptions = list(names), list(descriptions)
+        self.flip = bool(flip)
 
     def member_probs(self, images: Any, batch_size: int | str = "auto") -> np.ndarray:
         """(members, N, classes) softmax probabilities, float64."""
         x = _as_uint8_images(images)
+        views = [x, x.flip(3)] if self.flip else [x]  # NCHW: dim 3 is the width
         return np.stack([
-            torch.softmax(predict_logits(m, x, batch_size=batch_size), dim=1).double().numpy() for m in self.models
+            np.mean([torch.softmax(predict_logits(m, v, batch_size=batch_size), dim=1).double().numpy()
+                     for v in views], axis=0)
+            for m in self.models
         ])
 
     def predict(self, images: Any, batch_size: int | str = "auto") -> np.ndarray:
@@ -76,6 +86,7 @@ class Ensemble:
             entries.append({"name": name, "weight": float(weight), "file": file})
         document = dict(info or {})
         document["saved_members"] = entries
+        document["flip"] = self.flip
         (folder / ENSEMBLE_FILE).write_text(json.dumps(document, indent=2, default=str))
 
     @classmethod
@@ -83,10 +94,12 @@ class Ensemble:
         folder = Path(folder).expanduser()
         if not (folder / ENSEMBLE_FILE).is_file():
             raise ConfigError(f"{folder} holds no {ENSEMBLE_FILE}; pass the folder `caviar ensemble --out` wrote")
-        entries = json.loads((folder / ENSEMBLE_FILE).read_text())["saved_members"]
+        document = json.loads((folder / ENSEMBLE_FILE).read_text())
+        entries = document["saved_members"]
         saved = [torch.load(folder / e["file"], map_location="cpu", weights_only=True) for e in entries]
         return cls([model_from_member_state(s) for s in saved], np.array([e["weight"] for e in entries]),
-                   [e["name"] for e in entries], [{k: v for k, v in s.items() if k != "state_dict"} for s in saved])
+                   [e["name"] for e in entries], [{k: v for k, v in s.items() if k != "state_dict"} for s in saved],
+                   flip=document.get("flip") is True)  # ensembles saved before flips were an option: none
 
 
 def _as_uint8_images(images: Any) -> torch.Tensor:
@@ -202,13 +215,16 @@ def ensemble(
     address: str | None = None,
     overrides: list[str] | None = None,
     budget: str | float | None = None,
+    flip: bool | None = None,
 ) -> EnsembleResult:
     """Build, evaluate and save the ensemble of an experiment folder (local path or URI).
 
     Weights are chosen on the validation split; the test set is read only after that.
     `overrides` ("key=value") adjust the saved config, e.g. ``data.root=/elsewhere``. A staged
     experiment's folder draws members from every stage. `budget` (e.g. "5m") caps the seed
-    re-runs at as many as fit in it, with time kept for evaluating the members.
+    re-runs at as many as fit in it, with time kept for evaluating the members. `flip` averages
+    each member over the image and its mirror image; None (the default) does so when the members
+    trained with flips (`data.augment`).
     """
     if select not in SELECTORS:
         raise ConfigError(f"--select {select!r}: expected one of {sorted(SELECTORS)}")
@@ -250,8 +266,10 @@ def ensemble(
     if not loaded:
         raise ConfigError(f"no usable ensemble member in {path}: every checkpoint was missing or unreadable")
     chosen = [member for member, _, _ in loaded]
+    if flip is None:
+        flip = config.data.augment
     ens = Ensemble([m for _, m, _ in loaded], np.ones(len(loaded)), [m.name for m in chosen],
-                   [d for _, _, d in loaded])
+                   [d for _, _, d in loaded], flip=flip)
 
     data = prepare_data(config.data.root, val_size=config.data.val_size, split_seed=config.data.split_seed,
                         download=config.data.download)
@@ -287,7 +305,8 @@ def ensemble(
         "gain_over_best_member": overall["accuracy"] - float(best_single["test_acc"]),
         "by_kind": by_kind,
         "members": [{**row, "accuracy": row["test_acc"]} for row in table.to_dict("records")],
-        "settings": {"top_k": top_k, "seeds": seeds, "average": average, "snapshots": snapshots, "select": select},
+        "settings": {"top_k": top_k, "seeds": seeds, "average": average, "snapshots": snapshots, "select": select,
+                     "flip": flip},
         "provenance": {
             "config": config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"caviar": caviar.__version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -376,6 +395,8 @@ def describe(result: EnsembleResult) -> str:
         lines.append(f"{kind + ' only' if kind != 'all' else 'all members':>16}: acc {figures['accuracy']:.4f}  "
                      f"nll {figures['nll']:.4f}  ece {figures['ece']:.4f}  ({figures['members']} members)")
     best = result.info["best_member"]
+    if result.ensemble.flip:
+        lines.append("each member averaged over the image and its mirror image (--no-flip to leave that out)")
     lines.append(f"ensemble (test): acc {result.accuracy:.4f}  nll {result.nll:.4f}  ece {result.ece:.4f};  "
                  f"best single member {best['name']}: acc {best['accuracy']:.4f}  (gain {result.gain:+.4f})")
     return "\n".join(lines)

@@ -32,9 +32,10 @@ OPSET = 18
 class EnsembleModule(nn.Module):
     """(N, 3, 32, 32) uint8 0..255 or float 0..1 -> (N, classes) weighted mean of the members' softmax."""
 
-    def __init__(self, models: list[nn.Module], weights: list[float]) -> None:
+    def __init__(self, models: list[nn.Module], weights: list[float], flip: bool = False) -> None:
         super().__init__()
         self.members = nn.ModuleList(models)
+        self.flip = flip  # each member over the image and its mirror image, as the saved ensemble was evaluated
         w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
         self.register_buffer("weights", w / w.sum())  # (members,), summing to 1 as selection.combine does
         # Every member trained on the same normalised pixels (caviar.data.normalize); (1, 3, 1, 1)
@@ -49,7 +50,10 @@ class EnsembleModule(nn.Module):
         x = (pixels / 255.0 - self.mean) / self.std
         probs = []
         for i, member in enumerate(self.members):
-            probs.append(torch.softmax(member(x), dim=1) * self.weights[i])
+            p = torch.softmax(member(x), dim=1)
+            if self.flip:
+                p = 0.5 * (p + torch.softmax(member(torch.flip(x, dims=[3])), dim=1))
+            probs.append(p * self.weights[i])
         return torch.stack(probs).sum(dim=0)  # (members, N, classes) -> (N, classes)
 
 
@@ -84,11 +88,13 @@ def export(folder: str | Path, fmt: str = "torchscript", out: str | Path | None 
     target = Path(out).expanduser() if out is not None else default_out(folder, fmt)
     check_out(target)
     ensemble = Ensemble.load(folder)
-    module = EnsembleModule([m.cpu().eval() for m in ensemble.models], list(ensemble.weights)).eval()
+    module = EnsembleModule([m.cpu().eval() for m in ensemble.models], list(ensemble.weights),
+                            flip=ensemble.flip).eval()
     module.requires_grad_(False)  # inference only: outputs that need no torch.no_grad() to become numpy
     classes = int(ensemble.descriptions[0]["num_classes"])
     info = {"members": ensemble.names, "weights": [float(w) for w in module.weights], "classes": classes,
             "input": "NCHW (N, 3, 32, 32): uint8 0..255 or float 0..1", "output": "(N, classes) probabilities",
+            "mirror_averaged": ensemble.flip,
             "source": str(folder.resolve())}
     partial = target.with_name(target.name + ".partial")  # never a half-written file under the final name
     try:

@@ -16,6 +16,7 @@ from ray import tune
 
 import caviar
 import caviar.ensembler as ensembler_module
+from caviar.ensembler import Ensemble
 from caviar.config import ConfigError, load_config
 from caviar.data import load_test_set
 from caviar.members import Member, load_models
@@ -67,6 +68,36 @@ def test_disagreeing_members_ensemble_is_at_least_as_accurate(result):
     assert res.accuracy >= res.info["best_member"]["accuracy"]
     assert res.gain == pytest.approx(res.accuracy - res.info["best_member"]["accuracy"])
     assert 0 <= res.ece <= 1 and res.nll > 0
+
+
+def test_members_trained_with_flips_are_averaged_over_mirror_images(result):
+    """The fixture's members trained with random flips (data.augment, the default): each member's
+    probabilities are the mean over the image and its mirror image, and the saved ensemble keeps that."""
+    from caviar.train import predict_logits
+
+    res, out = result
+    assert res.ensemble.flip and res.info["settings"]["flip"] is True
+    assert json.loads((out / "ensemble.json").read_text())["flip"] is True and Ensemble.load(out).flip
+    images, _ = load_test_set(res.info["provenance"]["config"]["data"]["root"], download=False)
+    x = torch.from_numpy(images[:64])
+    model = res.ensemble.models[0]
+    plain, mirrored = (torch.softmax(predict_logits(model, v), 1).double().numpy() for v in (x, x.flip(3)))
+    assert np.abs(plain - mirrored).max() > 1e-3  # the mirror image is a different view
+    np.testing.assert_allclose(res.ensemble.member_probs(x)[0], (plain + mirrored) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("flip, overrides", [(False, []), (None, ["data.augment=false"])])
+def test_mirror_averaging_off_when_asked_or_members_trained_without_flips(experiment, tmp_path, flip, overrides):
+    """--no-flip, or members that never saw a mirror image (data.augment false): one view each."""
+    from caviar.train import predict_logits
+
+    res = caviar.ensemble(experiment, top_k=1, seeds=0, average=False, flip=flip, overrides=overrides,
+                          out=tmp_path / "ens")
+    assert not res.ensemble.flip and res.info["settings"]["flip"] is False
+    images, _ = load_test_set(res.info["provenance"]["config"]["data"]["root"], download=False)
+    x = torch.from_numpy(images[:64])
+    plain = torch.softmax(predict_logits(res.ensemble.models[0], x), 1).double().numpy()
+    np.testing.assert_allclose(res.ensemble.member_probs(x)[0], plain, atol=1e-6)
 
 
 def test_outputs_written(result):

@@ -44,6 +44,17 @@ def saved(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def saved_flip(saved, tmp_path_factory):
+    """The same ensemble saved with mirror averaging on (as `caviar ensemble` does for members
+    that trained with flips)."""
+    ensemble = Ensemble.load(saved)
+    ensemble.flip = True
+    folder = tmp_path_factory.mktemp("ens-flip") / "ensemble"
+    ensemble.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def images():
     return torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
 
@@ -82,6 +93,22 @@ def test_torchscript_is_close_to_bf16_predict(saved, images, tmp_path):
     expected, got = _reference(saved, images), module(images).numpy()
     assert np.abs(got - expected).max() < 0.03
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.8
+
+
+def test_mirror_averaging_is_exported(saved, saved_flip, images, float32_predict, tmp_path):
+    """An ensemble evaluated over each image and its mirror image exports that way: the TorchScript
+    and ONNX files give its predict (which differs from the unmirrored one)."""
+    mirrored = Ensemble.load(saved_flip)
+    assert mirrored.flip and not Ensemble.load(saved).flip
+    expected = mirrored.predict(images)
+    assert np.abs(expected - _reference(saved, images)).max() > 1e-3
+    module = torch.jit.load(str(export(saved_flip, "torchscript", out=tmp_path / "e.pt")))
+    np.testing.assert_allclose(module(images).numpy(), expected, atol=1e-5)
+    pytest.importorskip("onnxscript", reason="pip install 'caviar[export]'")
+    ort = pytest.importorskip("onnxruntime", reason="pip install 'caviar[export]'")
+    session = ort.InferenceSession(str(export(saved_flip, "onnx", out=tmp_path / "e.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("input_type", ["uint8", "float"])
