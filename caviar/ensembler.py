@@ -224,7 +224,7 @@ def ensemble(
     experiment's folder draws members from every stage. `budget` (e.g. "5m") caps the seed
     re-runs at as many as fit in it, with time kept for evaluating the members. `flip` averages
     each member over the image and its mirror image; None (the default) does so when the members
-    trained with flips (`data.augment`).
+    trained with flips (`data.augment`) and, under a `budget`, the second view fits in it.
     """
     if select not in SELECTORS:
         raise ConfigError(f"--select {select!r}: expected one of {sorted(SELECTORS)}")
@@ -266,13 +266,17 @@ def ensemble(
     if not loaded:
         raise ConfigError(f"no usable ensemble member in {path}: every checkpoint was missing or unreadable")
     chosen = [member for member, _, _ in loaded]
-    if flip is None:
-        flip = config.data.augment
     ens = Ensemble([m for _, m, _ in loaded], np.ones(len(loaded)), [m.name for m in chosen],
-                   [d for _, _, d in loaded], flip=flip)
+                   [d for _, _, d in loaded], flip=config.data.augment if flip is None else flip)
 
     data = prepare_data(config.data.root, val_size=config.data.val_size, split_seed=config.data.split_seed,
                         download=config.data.download)
+    if flip is None and ens.flip and budget is not None:
+        # The mirror view doubles the evaluation: by default it is left out when it would not fit.
+        # (Only the test set's size is used here; its images and labels are evaluated below.)
+        images = len(data.val_y) + len(load_test_set(config.data.root, download=config.data.download)[1])
+        ens.flip = mirror_fits(ens, data.val_x, images, parse_duration(budget) - (time.time() - begin))
+    flip = ens.flip
     val_probs = ens.member_probs(data.val_x)
     selector = SELECTORS[select]
     ens.weights = selector(val_probs, data.val_y)
@@ -379,6 +383,25 @@ def seeds_that_fit(best: Any, config: Config, wanted: int, seconds: float, addre
         warnings.warn(f"ensemble budget: {fit} of {wanted} seed re-runs fit (one takes ~{one_run:.0f} s, "
                       f"{slots} at a time, in {seconds:.0f} s less time for evaluation)", stacklevel=2)
     return fit
+
+
+def mirror_fits(ens: Ensemble, sample: Any, images: int, seconds: float) -> bool:
+    """Whether evaluating `images` images over both views fits in `seconds`, timed on a few of
+    `sample` with one view (warns when it does not)."""
+    few = sample[:256]
+    mirrored, ens.flip = ens.flip, False
+    try:
+        begin = time.perf_counter()
+        ens.member_probs(few)
+        needed = 2 * (time.perf_counter() - begin) / max(1, len(few)) * images
+    finally:
+        ens.flip = mirrored
+    if needed > seconds:
+        warnings.warn(f"ensemble budget: each member is evaluated on one view only; over the mirror images too it "
+                      f"would take ~{needed:.0f} s of the {max(0.0, seconds):.0f} s left (pass --flip to have it "
+                      "anyway)", stacklevel=2)
+        return False
+    return True
 
 
 def _ray_version() -> str:

@@ -100,6 +100,18 @@ def test_mirror_averaging_off_when_asked_or_members_trained_without_flips(experi
     np.testing.assert_allclose(res.ensemble.member_probs(x)[0], plain, atol=1e-6)
 
 
+def test_a_budget_too_short_for_the_mirror_view_leaves_it_out(experiment, tmp_path):
+    """Under --budget the mirror view (twice the evaluation) is dropped, with a warning, when it
+    would not fit; --flip keeps it whatever the budget."""
+    with pytest.warns(UserWarning, match="one view only"):
+        res = caviar.ensemble(experiment, top_k=1, seeds=0, average=False, budget=0.001, out=tmp_path / "a")
+    assert not res.ensemble.flip and res.info["settings"]["flip"] is False
+    res = caviar.ensemble(experiment, top_k=1, seeds=0, average=False, budget=0.001, flip=True, out=tmp_path / "b")
+    assert res.ensemble.flip
+    res = caviar.ensemble(experiment, top_k=1, seeds=0, average=False, budget="10m", out=tmp_path / "c")
+    assert res.ensemble.flip  # ample time: the default keeps it
+
+
 def test_outputs_written(result):
     """ensemble.json (figures, members with paths and weights, provenance), members.csv and the plot."""
     res, out = result
