@@ -8,7 +8,6 @@ back from the folder's plain files (caviar.reader), never from Ray's pickles.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -127,8 +126,7 @@ def run_experiment(
             # is written: a failed start must not leave a folder that counts as a sweep.
             progress = [] if verbose else [ProgressPrinter(config.search.num_samples,
                                                            deadline=deadline, log=log)]
-            tune_config = tuning.tune_config(config, time_left(deadline),
-                                             slots=functools.partial(connect.cluster_slots, config, resources))
+            tune_config = tuning.tune_config(config, time_left(deadline))
             run_config = tuning.run_config(config, storage_path, verbose=verbose,
                                            callbacks=progress + tracking.callbacks(config, path))
             storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())

@@ -12,10 +12,7 @@ a waiting trial only when it is in the top 1/eta of the trials that reached its 
 at least `min_rung_trials` (and eta) have; otherwise a new trial starts. So no trial passes a rung
 on the evidence of one or two rivals, and the slots go to new trials until there is evidence.
 When no new trial can start and none runs, the waiting trials that never made their rung's top
-are stopped, and the sweep ends. When the search has drawn all its trials but a slot is free while
-others still run toward a rung, the best waiting trial goes on in it rather than leave the slot
-idle until the rung is decided (`slots`): at the end of a 30-minute search on 2 slots one slot sat
-idle for over 2 minutes while the one promoted trial trained alone (issue 10).
+are stopped, and the sweep ends.
 
 Rungs count epochs, or seconds of training (`time_attr="time_total_s"`, search.fidelity), so that
 trials of different speeds are compared after equal time. A trial reports at the end of an epoch,
@@ -26,8 +23,7 @@ time than a fast one.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
+from typing import Any
 
 from ray import tune
 from ray.tune.experiment import Trial
@@ -42,12 +38,8 @@ class PromotingASHA(FIFOScheduler):
     1/`reduction_factor` of a rung that `min_rung_trials` trials have reached."""
 
     def __init__(self, time_attr: str = "epoch", metric: str | None = None, mode: str | None = None,
-                 max_t: float = 100, grace_period: float = 1, reduction_factor: int = 3, min_rung_trials: int = 3,
-                 slots: Callable[[], int] | None = None):
+                 max_t: float = 100, grace_period: float = 1, reduction_factor: int = 3, min_rung_trials: int = 3):
         super().__init__()
-        # How many trials run at once on the cluster (None: never use an idle slot early); asked at
-        # most every SLOTS_EVERY_S, since Ray asks for a trial to run at every step of its loop.
-        self._slots, self._slots_seen = slots, (0, -float("inf"))
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
         self._max_t, self._eta = max_t, reduction_factor
         self._min_trials = max(reduction_factor, min_rung_trials)
@@ -109,17 +101,10 @@ class PromotingASHA(FIFOScheduler):
         for trial in trials.values():
             if trial.status == Trial.PENDING:
                 return trial
-        running = sum(trial.status == Trial.RUNNING for trial in trials.values())
+        busy = any(trial.status in (Trial.RUNNING, Trial.PENDING) for trial in trials.values())
         waiting = [tid for tid in self._waiting if tid in trials and trials[tid].status == Trial.PAUSED]
-        if not waiting:
+        if busy or not waiting:
             return None
-        if running:
-            if not tune_controller.search_alg.is_finished() or running >= self._slot_count():
-                return None
-            # No trial will come to the free slot, and the running ones have yet to decide the waiting
-            # ones' rungs: the best waiting trial uses the slot meanwhile (it may later prove to have
-            # lost its rung, at the cost of time the slot would have idled).
-            return self._let_best_go_on(trials, waiting)
         if tune_controller.search_alg.is_finished():
             for tid in waiting:  # no rival can come: the waiting trials lost their rungs
                 del self._waiting[tid]
@@ -134,21 +119,9 @@ class PromotingASHA(FIFOScheduler):
             del self._waiting[worst]
             _stop_paused(tune_controller, trials[worst])
             return None
-        return self._let_best_go_on(trials, waiting)
-
-    def _let_best_go_on(self, trials: dict[str, Trial], waiting: list[str]) -> Trial:
-        """The waiting trial at the highest rung with the best score there, marked promoted."""
         best = max(waiting, key=lambda tid: (self._waiting[tid], self._scores[self._waiting[tid]][tid]))
         self._promoted[self._waiting.pop(best)].add(best)
         return trials[best]
-
-    def _slot_count(self) -> int:
-        if self._slots is None:
-            return 0
-        count, when = self._slots_seen
-        if time.monotonic() - when >= SLOTS_EVERY_S:
-            self._slots_seen = count, when = self._slots(), time.monotonic()
-        return count
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         self._forget(trial)
@@ -167,9 +140,6 @@ class PromotingASHA(FIFOScheduler):
         rungs = ", ".join(f"{m}: {len(s)} reached, {len(p)} promoted" for m, s, p in
                           zip(self._milestones, self._scores, self._promoted))
         return f"PromotingASHA ({len(self._waiting)} waiting) {rungs}"
-
-
-SLOTS_EVERY_S = 10.0
 
 
 def score_at(milestone: float, before: tuple[float, float] | None, after: tuple[float, float]) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
@@ -95,9 +95,7 @@ def param_space(config: Config) -> dict[str, Any]:
     return params
 
 
-def scheduler(config: Config, slots: Callable[[], int] | None = None) -> Any:
-    """Ray Tune's scheduler for the search; `slots` counts the trials the cluster runs at once
-    (PromotingASHA gives an idle slot to a waiting trial once the search has drawn every trial)."""
+def scheduler(config: Config) -> Any:
     search = config.search
     if search.scheduler == "asha":
         # In seconds (search.fidelity), every rung is its epochs at the measured speed; a trial
@@ -113,7 +111,6 @@ def scheduler(config: Config, slots: Callable[[], int] | None = None) -> Any:
             grace_period=min(search.grace_period, search.max_epochs) * unit,
             reduction_factor=search.reduction_factor,
             min_rung_trials=search.min_rung_trials,
-            slots=slots,
         )
     if search.scheduler == "pbt":
         if search.algorithm != "random":
@@ -123,14 +120,13 @@ def scheduler(config: Config, slots: Callable[[], int] | None = None) -> Any:
     return FIFOScheduler()
 
 
-def tune_config(config: Config, time_budget_s: float | None = None,
-                slots: Callable[[], int] | None = None) -> tune.TuneConfig:
+def tune_config(config: Config, time_budget_s: float | None = None) -> tune.TuneConfig:
     search = config.search
     return tune.TuneConfig(
         metric="val_acc",
         mode="max",
         num_samples=search.num_samples,
-        scheduler=scheduler(config, slots),
+        scheduler=scheduler(config),
         search_alg=search_alg(config),
         # One process per slot, reused by trial after trial: a fresh process costs seconds.
         reuse_actors=True,

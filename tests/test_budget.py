@@ -172,28 +172,6 @@ def test_waiting_trials_that_lost_are_stopped_at_the_end():
     assert sorted(controller.stopped) == ["t0", "t1"]
 
 
-@pytest.mark.parametrize("finished, slots, goes_on", [(True, 2, "t0"), (True, 1, None), (False, 2, None),
-                                                       (True, None, None)])
-def test_an_idle_slot_goes_to_the_best_waiting_trial_once_every_trial_is_drawn(finished, slots, goes_on):
-    """The best trial of rung 1 runs on; the others wait for rivals that will never come (the search
-    drew every trial). With a second slot free, the best waiting trial goes on in it instead of the
-    slot idling until the runner ends; not while the search may still draw a trial for that slot,
-    nor when the slots are all taken or unknown."""
-    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(4)]
-    scheduler = _asha(slots=None if slots is None else (lambda: slots))
-    controller = FakeController(trials, finished=finished)
-    verdicts = [scheduler.on_trial_result(controller, t, _result(1, acc)) for t, acc in zip(trials, (.5, .4, .9, .2))]
-    assert verdicts == ["PAUSE", "PAUSE", "CONTINUE", "PAUSE"]
-    for i in (0, 1, 3):
-        trials[i].status = "PAUSED"
-    chosen = scheduler.choose_trial_to_run(controller)
-    assert (chosen.trial_id if chosen else None) == goes_on and controller.stopped == []
-    if chosen:
-        chosen.status = "RUNNING"
-        assert scheduler.choose_trial_to_run(controller) is None  # both slots busy now
-        assert scheduler.on_trial_result(controller, chosen, _result(3, 0.6)) == "PAUSE"  # judged at rung 3 as usual
-
-
 def test_min_rung_trials_raises_the_bar():
     trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(5)]
     scheduler, controller = _asha(min_rung_trials=5), FakeController(trials)
