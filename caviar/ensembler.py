@@ -58,10 +58,11 @@ class Ensemble:
         self.names, self.descriptions = list(names), list(descriptions)
         self.flip = bool(flip)
 
-    def member_probs(self, images: Any, batch_size: int | str = "auto") -> np.ndarray:
-        """(members, N, classes) softmax probabilities, float64."""
+    def member_probs(self, images: Any, batch_size: int | str = "auto", flip: bool | None = None) -> np.ndarray:
+        """(members, N, classes) softmax probabilities, float64; `flip` (default: the ensemble's own)
+        says whether each member is averaged over the mirror images too."""
         x = _as_uint8_images(images)
-        views = [x, x.flip(3)] if self.flip else [x]  # NCHW: dim 3 is the width
+        views = [x, x.flip(3)] if (self.flip if flip is None else flip) else [x]  # NCHW: dim 3 is the width
         return np.stack([
             np.mean([torch.softmax(predict_logits(m, v, batch_size=batch_size), dim=1).double().numpy()
                      for v in views], axis=0)
@@ -276,7 +277,6 @@ def ensemble(
         # (Only the test set's size is used here; its images and labels are evaluated below.)
         images = len(data.val_y) + len(load_test_set(config.data.root, download=config.data.download)[1])
         ens.flip = mirror_fits(ens, data.val_x, images, parse_duration(budget) - (time.time() - begin))
-    flip = ens.flip
     val_probs = ens.member_probs(data.val_x)
     selector = SELECTORS[select]
     ens.weights = selector(val_probs, data.val_y)
@@ -310,7 +310,7 @@ def ensemble(
         "by_kind": by_kind,
         "members": [{**row, "accuracy": row["test_acc"]} for row in table.to_dict("records")],
         "settings": {"top_k": top_k, "seeds": seeds, "average": average, "snapshots": snapshots, "select": select,
-                     "flip": flip},
+                     "flip": ens.flip},
         "provenance": {
             "config": config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"caviar": caviar.__version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -389,13 +389,9 @@ def mirror_fits(ens: Ensemble, sample: Any, images: int, seconds: float) -> bool
     """Whether evaluating `images` images over both views fits in `seconds`, timed on a few of
     `sample` with one view (warns when it does not)."""
     few = sample[:256]
-    mirrored, ens.flip = ens.flip, False
-    try:
-        begin = time.perf_counter()
-        ens.member_probs(few)
-        needed = 2 * (time.perf_counter() - begin) / max(1, len(few)) * images
-    finally:
-        ens.flip = mirrored
+    begin = time.perf_counter()
+    ens.member_probs(few, flip=False)
+    needed = 2 * (time.perf_counter() - begin) / max(1, len(few)) * images
     if needed > seconds:
         warnings.warn(f"ensemble budget: each member is evaluated on one view only; over the mirror images too it "
                       f"would take ~{needed:.0f} s of the {max(0.0, seconds):.0f} s left (pass --flip to have it "
