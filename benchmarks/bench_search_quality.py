@@ -203,21 +203,6 @@ def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: in
 
 
 # ---------------------------------------------------------------- the hand-picked baseline
-def respan(trial: Any, max_epochs: int) -> None:
-    """Rebuild the trial's LR schedule for `max_epochs` and replay the epochs already run, so each
-    epoch gets the LR a trial created with that max_epochs would have had."""
-    from dataclasses import replace
-
-    from caviar.train import make_scheduler
-
-    for group in trial.optimizer.param_groups:
-        group["lr"] = group["initial_lr"]
-    trial.scheduler = make_scheduler(trial.hparams["lr_schedule"], trial.optimizer, max_epochs)
-    for _ in range(trial.epoch):
-        trial.scheduler.step()
-    trial.settings = replace(trial.settings, max_epochs=max_epochs)
-
-
 def baseline_seed(root: str, val_size: int, seed: int, deadline: float, threads: int) -> dict[str, Any]:
     """One seed of the baseline, in its own process: train until `deadline` (time.time()), then test."""
     import numpy as np
@@ -248,7 +233,7 @@ def baseline_seed(root: str, val_size: int, seed: int, deadline: float, threads:
     history.append(trial.run_epoch(train_x, train_y, val_x, val_y) | {"s": time.perf_counter() - t})
     first_s = epoch_s = history[-1]["s"]
     # cosine over as many epochs as fit: epoch 1 done, floor(time left / epoch time) more
-    respan(trial, max(1, 1 + int((deadline - time.time() - reserve) / epoch_s)))
+    trial.respan(max(1, 1 + int((deadline - time.time() - reserve) / epoch_s)))
     while not trial.finished and not history[-1]["diverged"]:
         if time.time() + epoch_s + reserve > deadline:
             stopped = True

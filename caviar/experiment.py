@@ -29,6 +29,9 @@ from caviar.reader import has_state, read_trials, saved_state_is_whole
 from caviar.seal import check_seal
 from caviar.train import images_per_epoch
 
+# A trial that fits its length to the deadline (fit_to_deadline) aims this many seconds before it:
+# its last epoch must be reported and checkpointed before Ray stops the experiment at the deadline.
+TRIAL_END_MARGIN_S = 10.0
 
 @dataclass
 class SweepResult:
@@ -73,6 +76,7 @@ def run_experiment(
     resume: bool = False,
     address: str | None = None,
     deadline: float | None = None,
+    fit_to_deadline: bool = False,
     begin: float | None = None,
     log: Callable[[str], None] = print,
     verbose: bool = False,
@@ -82,7 +86,8 @@ def run_experiment(
 
     With `budget` in the config (a new run), the sweep is planned to fit it (caviar.budget) and
     stopped at its deadline, counted from `begin`; `deadline` (seconds since the epoch) is how a
-    staged run passes its own down. `log` gets caviar's progress lines (caviar.callbacks); with
+    staged run passes its own down; with `fit_to_deadline` each trial fits its epoch count to it
+    (caviar.trial.Trial.refit: a stage that trains chosen configs to the end). `log` gets caviar's progress lines (caviar.callbacks); with
     `verbose`, Ray Tune's own console output comes instead.
     """
     begin = time.time() if begin is None else begin
@@ -116,7 +121,8 @@ def run_experiment(
             plan = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begin)
             config = budgets.apply(config, plan)
             log(plan.describe())
-        trainable = tuning.trainable(config, data, resources)
+        ends_by = deadline - TRIAL_END_MARGIN_S if fit_to_deadline and deadline is not None else None
+        trainable = tuning.trainable(config, data, resources, ends_by=ends_by)
         # The object store holds the dataset now; the driver's own copy would sit idle for the
         # whole sweep (147 MB for CIFAR-10, on the head node).
         del data

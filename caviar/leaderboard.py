@@ -46,8 +46,7 @@ def trial_row(
     best_idx = val.idxmax() if val.notna().any() else None
     row: dict[str, Any] = {
         "trial_id": trial_id,
-        # a trial sized on its own (caviar.trial.TRIAL_EPOCHS_KEY) is complete at its own count
-        "status": trial_status(ray_status, diverged, epochs, int(hparams.get("max_epochs") or max_epochs)),
+        "status": trial_status(ray_status, diverged, epochs, own_epochs(hparams, history, max_epochs)),
         "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
         "best_epoch": int(history.loc[best_idx, "epoch"]) if best_idx is not None else 0,
         "epochs": epochs,
@@ -62,6 +61,15 @@ def trial_row(
     row["path"] = path
     row["best_checkpoint"] = best_checkpoint
     return row
+
+
+def own_epochs(hparams: dict[str, Any], history: pd.DataFrame, max_epochs: int) -> int:
+    """The epochs that complete a trial: the count it last reported (a trial with a deadline fits
+    it to its speed: caviar.trial.Trial.refit), else its own (caviar.trial.TRIAL_EPOCHS_KEY, a
+    stage that sizes each config), else the sweep's."""
+    if "max_epochs" in history and history["max_epochs"].notna().any():
+        return int(history["max_epochs"].dropna().iloc[-1])
+    return int(hparams.get("max_epochs") or max_epochs)
 
 
 # Trials that sort below all others whatever their score: a diverged trial's best_val_acc is from

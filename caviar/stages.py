@@ -280,8 +280,11 @@ def run_staged(
             else:
                 ends = None if deadline is None else stage_deadline(budget_plan.stages, index, time.time(), deadline)
                 speed = budget_plan.stages[index - 1].get("epoch_s") if budget_plan is not None else None
+                # a stage sized to the deadline config by config: each trial refits its own length
+                refit = deadline is not None and bool(points)
                 stage_result = run_experiment(stage_config(config, index, space, root, points, speed).resolved(),
-                                              address=address, deadline=ends, log=log, verbose=verbose)
+                                              address=address, deadline=ends, fit_to_deadline=refit, log=log,
+                                              verbose=verbose)
             result.stages.append(stage_result)
             entry["space"] = _space_spec(stage_result.config.space)  # a resumed stage keeps its own
             finished = not interrupted(stage_result.summary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any
 
 import pyarrow.fs
@@ -108,8 +109,12 @@ def _run(trial: Trial, data: SplitData) -> None:
     # folder (synced to storage with each checkpoint); measured on a step that is then undone.
     sitter = Babysitter(trial_folder(), trial, tensors[0], tensors[1])
     sitter.maybe_probe()
+    # Seconds of each epoch in this process (training, evaluation, probes, checkpoint), the first
+    # left out of the mean (warm-up): the speed a trial with a deadline fits its length to.
+    epoch_s: list[float] = []
     try:
         while not trial.finished:
+            began = time.time()
             metrics = trial.run_epoch(*tensors)
             if metrics["diverged"]:
                 # Stop this trial now, with the worst score for ASHA; the sweep goes on.
@@ -119,5 +124,8 @@ def _run(trial: Trial, data: SplitData) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 trial.save(folder, metrics)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            epoch_s.append(time.time() - began)
+            if len(epoch_s) > 1:
+                trial.refit(sum(epoch_s[1:]) / (len(epoch_s) - 1), time.time())
     finally:
         sitter.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from ray import tune
@@ -21,10 +22,12 @@ from caviar.trainable import train_trial
 from caviar.trial import TRIAL_EPOCHS_KEY, TrialSettings
 
 
-def trainable(config: Config, data: SplitData, resources: dict[str, float]) -> Any:
+def trainable(config: Config, data: SplitData, resources: dict[str, float], ends_by: float | None = None) -> Any:
+    """`ends_by`: a deadline each trial fits its epoch count to (caviar.trial.Trial.refit)."""
     # with_parameters puts the dataset in the object store once; every trial on a node maps
     # the same copy instead of loading (or downloading) its own.
-    trainable = tune.with_parameters(train_trial, data=data, settings=TrialSettings.from_config(config))
+    settings = replace(TrialSettings.from_config(config), ends_by=ends_by)
+    trainable = tune.with_parameters(train_trial, data=data, settings=settings)
     return tune.with_resources(trainable, resources)
 
 

@@ -28,3 +28,14 @@ def test_diverged_and_errored_trials_sink_below_all_others():
     assert list(table["status"])[-2:] == ["diverged", "error"] and table["best_val_acc"][3] == 0.9
     assert "_sinks" not in table
     assert summarize(table, num_samples=5)["best_trial"]["trial_id"] == "completed"
+
+
+def test_a_trial_is_complete_at_the_length_it_last_reported():
+    """A trial that fit its length to a deadline (caviar.trial.Trial.refit) reports its count each
+    epoch: it is complete at the last one, not at the count its config or the sweep planned."""
+    shrunk = history(0.3, 0.4, 0.5).assign(max_epochs=[20, 3, 3])
+    stretched = history(0.3, 0.4, 0.5).assign(max_epochs=[2, 5, 5])
+    assert trial_row("shrunk", "TERMINATED", {"max_epochs": 20}, shrunk, max_epochs=4)["status"] == "completed"
+    assert trial_row("stretched", "TERMINATED", {"max_epochs": 2}, stretched, max_epochs=4)["status"] == "early-stopped"
+    assert trial_row("planned", "TERMINATED", {"max_epochs": 3}, history(0.3, 0.4, 0.5), max_epochs=4)["status"] \
+        == "completed"

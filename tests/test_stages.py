@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import yaml
 
 import caviar
 import caviar.console
+import caviar.experiment
 from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
 from caviar.narrowing import next_space
 from caviar.stages import stage_config
@@ -277,3 +279,21 @@ def test_points_with_their_own_epoch_counts_train_that_many(ray_session, learnab
     table = result.trials.sort_values("seed")
     assert list(table["epochs"]) == [1, 3] and list(table["max_epochs"]) == [1, 3]
     assert (table["status"] == "completed").all() and table["best_val_acc"].max() > 0.3
+
+
+def test_trials_fit_their_length_to_a_deadline(ray_session, learnable_root, tmp_path, monkeypatch):
+    """A budgeted stage that trains chosen configs passes its deadline down (fit_to_deadline): each
+    trial, planned at 4 epochs, measures its speed and trains as many as fit before the deadline
+    (minus TRIAL_END_MARGIN_S), finishing its schedule instead of idling or being cut off."""
+    monkeypatch.setattr(caviar.experiment, "TRIAL_END_MARGIN_S", 3.0)
+    tree = small_config(learnable_root, tmp_path, "fit", scheduler="random", num_samples=1, max_epochs=3)
+    tree["search"]["points"] = [{"lr": 2e-3, "batch_size": 64, "dropout": 0.0, "optimizer": "adam", "seed": 1,
+                                 "max_epochs": 4}]
+    deadline = time.time() + 25.0
+    result = caviar.experiment.run_experiment(load_config(tree), deadline=deadline, fit_to_deadline=True,
+                                              log=lambda line: None)
+    row = result.trials.iloc[0]
+    history = pd.read_json(Path(row["path"]) / "result.json", lines=True, convert_dates=False)
+    assert row["status"] == "completed" and row["epochs"] > 4
+    assert history["max_epochs"].iloc[-1] == row["epochs"] and history["max_epochs"].iloc[0] == 4
+    assert history["timestamp"].max() <= deadline

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS, load_config
 from caviar.data import prepare_data
-from caviar.trial import Trial, TrialSettings, averaged_weights, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
+from caviar.trial import REFIT_USE, Trial, TrialSettings, averaged_weights, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
 from caviar.train import make_optimizer, make_scheduler
 
 HPARAMS = dict(lr=2e-3, weight_decay=1e-4, dropout=0.1, momentum=0.9, batch_size=64, conv_layers=2, conv_width=16,
@@ -317,3 +318,58 @@ def test_a_trial_config_with_its_own_epoch_count_trains_that_many(tensors):
     longer = Trial(HPARAMS | {"max_epochs": 4}, sweep)
     assert longer.settings.average_after == 2 and longer.settings.average == "swa"
     assert Trial(HPARAMS, sweep).settings == sweep
+
+
+def deadline_settings(max_epochs: int, ends_by: float) -> TrialSettings:
+    return replace(averaging_settings("swa", max_epochs=max_epochs, start=0.75), ends_by=ends_by)
+
+
+def cosine_lr(base: float, epoch: int, max_epochs: int) -> float:
+    return base * 0.5 * (1 + math.cos(math.pi * epoch / max_epochs))
+
+
+def test_a_trial_with_a_deadline_fits_its_length_to_its_speed(tensors):
+    """After REFIT_AFTER epochs a trial with a deadline sets its epoch count to what fits before it
+    at the speed it measured (stretching or shrinking its plan), with the LR schedule and the start
+    of averaging of a trial created with that count; later in the schedule it no longer moves."""
+    now = 1000.0
+    trial = Trial(HPARAMS, deadline_settings(max_epochs=8, ends_by=now + 100.0))
+    trial.run_epoch(*tensors)
+    assert trial.refit(epoch_s=1.0, now=now) is None  # one epoch timed: too early
+    trial.run_epoch(*tensors)
+    assert trial.refit(epoch_s=1.0, now=now) == 2 + int(REFIT_USE * 100)
+    assert trial.settings.max_epochs == 97 and trial.settings.average_after == int(0.75 * 97)
+    lr = trial.optimizer.param_groups[0]["lr"]
+    assert lr == pytest.approx(cosine_lr(HPARAMS["lr"], 2, 97))
+    metrics = trial.run_epoch(*tensors)
+    assert metrics["max_epochs"] == 97 and metrics["lr"] == pytest.approx(lr)
+
+    slower = trial.refit(epoch_s=4.0, now=now)  # slower than it thought: shrinks, ends on time
+    assert slower == 3 + int(REFIT_USE * 100 / 4) and trial.optimizer.param_groups[0]["lr"] == pytest.approx(
+        cosine_lr(HPARAMS["lr"], 3, slower))
+    assert trial.refit(epoch_s=1000.0, now=now) == 4  # nothing fits: one more epoch, then the end
+    assert trial.refit(epoch_s=1.0, now=now) is None  # past half of its 4 epochs: the length stays
+
+
+def test_a_trial_without_a_deadline_keeps_its_length(tensors):
+    trial = Trial(HPARAMS, averaging_settings("swa", max_epochs=8))
+    for _ in range(3):
+        trial.run_epoch(*tensors)
+    assert trial.refit(epoch_s=1.0, now=0.0) is None and trial.settings.max_epochs == 8
+
+
+def test_a_refit_trial_resumes_with_its_new_length(tensors, tmp_path):
+    """The count a trial refit to is in its checkpoint: resumed without a deadline (after a crash,
+    `caviar sweep --resume`), it keeps that count and its schedule, not the planned one."""
+    trial = Trial(HPARAMS, deadline_settings(max_epochs=8, ends_by=100.0))
+    for _ in range(2):
+        metrics = trial.run_epoch(*tensors)
+    assert trial.refit(epoch_s=1.0, now=80.0) == 2 + int(REFIT_USE * 20)
+    path = trial.save(tmp_path, metrics)
+    expected = trial.run_epoch(*tensors)
+
+    resumed = Trial(HPARAMS, averaging_settings("swa", max_epochs=8, start=0.75))
+    resumed.load_state(load_checkpoint_file(path))
+    assert resumed.settings.max_epochs == trial.settings.max_epochs
+    assert resumed.settings.average_after == trial.settings.average_after
+    assert resumed.run_epoch(*tensors) == expected
