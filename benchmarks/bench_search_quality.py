@@ -168,12 +168,13 @@ def read_ensemble(folder: Path) -> dict[str, Any]:
 
 
 def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, train_images: int, sweep_s: float,
-             ens_s: float, env: dict[str, str], dry_run: bool) -> dict[str, Any]:
+             ens_s: float, env: dict[str, str], dry_run: bool, address: str | None = None) -> dict[str, Any]:
+    joined = ["--address", address] if address else []
     sweep_cmd = [sys.executable, "-m", "caviar", "sweep", experiment, "--budget", seconds_text(sweep_s),
                  "--set", f"data.root={root}", "--set", f"storage={storage}", "--name", flow,
-                 "--set", f"data.val_size={val_size}", "--set", "data.download=false"]
+                 "--set", f"data.val_size={val_size}", "--set", "data.download=false", *joined]
     target = storage / flow
-    ens_cmd = [sys.executable, "-m", "caviar", "ensemble", "<its folder>", "--budget", seconds_text(ens_s)]
+    ens_cmd = [sys.executable, "-m", "caviar", "ensemble", "<its folder>", "--budget", seconds_text(ens_s), *joined]
     record: dict[str, Any] = {"flow": flow, "experiment": experiment, "sweep_budget_s": sweep_s,
                               "ensemble_budget_s": ens_s, "sweep_command": shlex.join(sweep_cmd[2:])}
     if dry_run:
@@ -365,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--data-root", type=Path, help="any folder holding cifar-10-batches-py/ (overrides --data)")
     p.add_argument("--idx-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     p.add_argument("--val-size", type=int, help="data.val_size (default: 5000 for the full sets, scaled for less)")
+    p.add_argument("--address", default=None,
+                   help="run the flows' commands on this Ray cluster (HOST:PORT) instead of a new Ray per command")
     p.add_argument("--slots", type=int, default=None, help="baseline seeds trained in parallel (default: cores)")
     p.add_argument("--tag", help="results go to benchmarks/results/search_quality-TAG.json")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands, budgets) without training")
@@ -419,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         try:
             results = [run_flow(f, FLOWS[f], root, storage, val_size, n_train - val_size, sweep_s, ens_s, env,
-                                args.dry_run) for f in flows]
+                                args.dry_run, args.address) for f in flows]
             if args.dry_run:
                 for r in results:
                     outline = flow_outline(r["experiment"]) if (REPO / r["experiment"]).exists() else "file missing"

@@ -294,7 +294,7 @@ def test_trial_adopts_perturbed_hyperparameters_from_a_copied_checkpoint():
 def budgeted(ray_session, learnable_root, tmp_path_factory):
     tree = small_config(learnable_root, tmp_path_factory.mktemp("results"), "budgeted", max_epochs=3)
     tree["space"]["lr"] = {"low": 1e-3, "high": 1e-2, "scale": "log"}
-    tree["budget"] = "50s"
+    tree["budget"] = "35s"
     tree["search"]["fidelity"] = "seconds"
     return caviar.sweep(load_config(tree), log=lambda line: None)
 
@@ -304,9 +304,9 @@ def test_budgeted_sweep_plans_and_stops_on_time(budgeted):
     the deadline (a few seconds for Ray's shutdown aside); it learned."""
     summary = json.loads((Path(budgeted.path) / "summary.json").read_text())
     planned = summary["budget"]
-    assert planned["budget_s"] == 50 and planned["slots"] == 2 and planned["epoch_s"] > 0
+    assert planned["budget_s"] == 35 and planned["slots"] == 2 and planned["epoch_s"] > 0
     assert budgeted.config.search.num_samples == planned["num_samples"] >= 2
-    assert planned["command_wall_time_s"] <= 50 + 15
+    assert planned["command_wall_time_s"] <= 35 + 15
     assert budgeted.best is not None and budgeted.best["best_val_acc"] > 0.3
 
 
@@ -319,7 +319,7 @@ def test_budgeted_sweep_keeps_every_result(budgeted):
     assert len(trained) >= 2
     assert all(Path(p).exists() for p in trained["best_checkpoint"])
     saved = yaml.safe_load((Path(budgeted.path) / "caviar.yaml").read_text())
-    assert saved["search"]["num_samples"] == budgeted.config.search.num_samples and saved["budget"] == "50s"
+    assert saved["search"]["num_samples"] == budgeted.config.search.num_samples and saved["budget"] == "35s"
 
 
 def test_a_budgeted_sweep_in_seconds_converts_its_rungs_at_the_planned_speed(budgeted):
