@@ -4,6 +4,7 @@ restored exactly (weights, optimizer, scheduler, epoch, RNG). Plain PyTorch, no 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 import zlib
 from dataclasses import asdict, dataclass, replace
@@ -34,8 +35,8 @@ TRIAL_EPOCHS_KEY = "max_epochs"
 # budget idle behind a 15% margin (benchmarks/README.md, section 7).
 REFIT_AFTER = 2  # epochs timed before the first refit (the first one is slower: allocations, caches)
 REFIT_UNTIL = 0.5  # no refit past half the schedule: a new length moves the LR more the later it comes
-# The share of the time left that the remaining epochs are sized to fill: the rest covers the weight
-# average's passes in the last quarter of the epochs (~5% more each), the last checkpoint and noise.
+# The share of the time left that the remaining epochs are sized to fill: the rest covers the last
+# checkpoint and changes of speed (the neighbour a trial shares the machine with).
 REFIT_USE = 0.95
 
 
@@ -176,6 +177,9 @@ class Trial:
         self.scheduler = make_scheduler(hparams["lr_schedule"], self.optimizer, settings.max_epochs)
         self.epoch = 0
         self.averaged: AveragedModel | None = None  # created when averaging starts
+        # Seconds an averaged epoch adds (Trial.refit): its batch-norm pass and second evaluation,
+        # estimated from the timed evaluation of each epoch.
+        self.averaging_extra_s = 0.0
 
     def refit(self, epoch_s: float, now: float) -> int | None:
         """With a deadline (settings.ends_by), set the epoch count to what fits before it at
@@ -188,11 +192,22 @@ class Trial:
         if (ends is None or epoch_s <= 0 or self.epoch < REFIT_AFTER or self.epoch > REFIT_UNTIL * planned
                 or self.averaged is not None):
             return None
-        epochs = self.epoch + max(1, int(REFIT_USE * (ends - now) / epoch_s))
+        seconds = REFIT_USE * (ends - now)
+        epochs = self.epoch + max(1, int(seconds / epoch_s))
+        # The averaged epochs (the last 1 - average_start of them) each cost averaging_extra_s more:
+        # in a 30-minute run, epochs of a quarter pass ran 30-45% slower once SWA began, and both
+        # winners sized without it were cut at the deadline a few epochs short.
+        while epochs > self.epoch + 1 and self._seconds_to_finish(epochs, epoch_s) > seconds:
+            epochs -= 1
         if epochs == planned:
             return None
         self.respan(epochs)
         return epochs
+
+    def _seconds_to_finish(self, max_epochs: int, epoch_s: float) -> float:
+        settings = self.settings.with_epochs(max_epochs)
+        averaged = max_epochs - settings.average_after if settings.average != "none" else 0
+        return (max_epochs - self.epoch) * epoch_s + averaged * self.averaging_extra_s
 
     def respan(self, max_epochs: int) -> None:
         """Make this a trial of `max_epochs` epochs: the LR schedule is rebuilt for that count, at
@@ -249,9 +264,12 @@ class Trial:
                                    "diverged": not stats.finite}
         if not stats.finite:
             return metrics | {"train_loss": float("nan"), "val_loss": float("nan"), "val_acc": 0.0}
+        began = time.perf_counter()
         val_loss, val_acc = evaluate(
             self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last
         )
+        if s.average_method != "none":  # forward passes over bn_images training images, then validation again
+            self.averaging_extra_s = (time.perf_counter() - began) * (1 + min(s.bn_images, len(train_x)) / len(val_x))
         self.scheduler.step()
         metrics |= {
             "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss, "val_acc": val_acc,

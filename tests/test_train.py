@@ -337,12 +337,15 @@ def test_a_trial_with_a_deadline_fits_its_length_to_its_speed(tensors):
     trial.run_epoch(*tensors)
     assert trial.refit(epoch_s=1.0, now=now) is None  # one epoch timed: too early
     trial.run_epoch(*tensors)
+    assert trial.averaging_extra_s > 0  # timed: the batch-norm pass and second evaluation of an averaged epoch
+    trial.averaging_extra_s = 0.0
     assert trial.refit(epoch_s=1.0, now=now) == 2 + int(REFIT_USE * 100)
     assert trial.settings.max_epochs == 97 and trial.settings.average_after == int(0.75 * 97)
     lr = trial.optimizer.param_groups[0]["lr"]
     assert lr == pytest.approx(cosine_lr(HPARAMS["lr"], 2, 97))
     metrics = trial.run_epoch(*tensors)
     assert metrics["max_epochs"] == 97 and metrics["lr"] == pytest.approx(lr)
+    trial.averaging_extra_s = 0.0
 
     slower = trial.refit(epoch_s=4.0, now=now)  # slower than it thought: shrinks, ends on time
     assert slower == 3 + int(REFIT_USE * 100 / 4) and trial.optimizer.param_groups[0]["lr"] == pytest.approx(
@@ -364,6 +367,7 @@ def test_a_refit_trial_resumes_with_its_new_length(tensors, tmp_path):
     trial = Trial(HPARAMS, deadline_settings(max_epochs=8, ends_by=100.0))
     for _ in range(2):
         metrics = trial.run_epoch(*tensors)
+    trial.averaging_extra_s = 0.0
     assert trial.refit(epoch_s=1.0, now=80.0) == 2 + int(REFIT_USE * 20)
     path = trial.save(tmp_path, metrics)
     expected = trial.run_epoch(*tensors)
@@ -373,3 +377,19 @@ def test_a_refit_trial_resumes_with_its_new_length(tensors, tmp_path):
     assert resumed.settings.max_epochs == trial.settings.max_epochs
     assert resumed.settings.average_after == trial.settings.average_after
     assert resumed.run_epoch(*tensors) == expected
+
+
+def test_the_refit_counts_what_averaged_epochs_add(tensors):
+    """The averaged epochs (the last quarter here) each cost averaging_extra_s more: the count is
+    the largest whose plain and averaged epochs fit in REFIT_USE of the time left."""
+    trial = Trial(HPARAMS, deadline_settings(max_epochs=8, ends_by=100.0))
+    for _ in range(2):
+        trial.run_epoch(*tensors)
+    trial.averaging_extra_s = 2.0
+
+    def seconds(n: int) -> float:  # epochs 3..n at 1 s, and 2 s more for each of the last n - int(0.75 n)
+        return (n - 2) * 1.0 + (n - int(0.75 * n)) * 2.0
+
+    epochs = trial.refit(epoch_s=1.0, now=0.0)
+    assert seconds(epochs) <= REFIT_USE * 100 < seconds(epochs + 1)
+    assert epochs < 2 + int(REFIT_USE * 100)
