@@ -33,6 +33,7 @@ from caviar.train import images_per_epoch
 # its last epoch must be reported and checkpointed before Ray stops the experiment at the deadline.
 TRIAL_END_MARGIN_S = 10.0
 
+
 @dataclass
 class SweepResult:
     path: str  # the experiment folder (local path or URI)
@@ -87,8 +88,8 @@ def run_experiment(
     With `budget` in the config (a new run), the sweep is planned to fit it (caviar.budget) and
     stopped at its deadline, counted from `begin`; `deadline` (seconds since the epoch) is how a
     staged run passes its own down; with `fit_to_deadline` each trial fits its epoch count to it
-    (caviar.trial.Trial.refit: a stage that trains chosen configs to the end). `log` gets caviar's progress lines (caviar.callbacks); with
-    `verbose`, Ray Tune's own console output comes instead.
+    (caviar.trial.Trial.refit: a stage that trains chosen configs to the end). `log` gets caviar's
+    progress lines (caviar.callbacks); with `verbose`, Ray Tune's own console output comes instead.
     """
     begin = time.time() if begin is None else begin
     storage_path = storage.resolve(config.storage)

@@ -269,7 +269,8 @@ class Trial:
             self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last
         )
         if s.average_method != "none":  # forward passes over bn_images training images, then validation again
-            self.averaging_extra_s = (time.perf_counter() - began) * (1 + min(s.bn_images, len(train_x)) / len(val_x))
+            bn_passes = min(s.bn_images, len(train_x)) / len(val_x)
+            self.averaging_extra_s = (time.perf_counter() - began) * (1 + bn_passes)
         self.scheduler.step()
         metrics |= {
             "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss, "val_acc": val_acc,
