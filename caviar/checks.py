@@ -54,6 +54,8 @@ def centre_hparams(space: SpaceConfig) -> dict[str, Any]:
     hparams: dict[str, Any] = {}
     for name in SpaceConfig.model_fields:
         param = getattr(space, name)
+        if param is None:  # not in this model's space (caviar.config.CONVNET_SHAPE)
+            continue
         if isinstance(param, dict):  # lr per optimizer: the first optimizer's
             first = space.optimizer.choices[0] if isinstance(space.optimizer, Choice) else space.optimizer
             param = param[first]

@@ -113,7 +113,8 @@ def to_param_space(space: SpaceConfig) -> dict[str, Any]:
     Each trial also draws its own `seed` (weights, shuffling, augmentation), so any trial can be
     re-run exactly from its row in the leaderboard.
     """
-    params = {name: to_domain(getattr(space, name)) for name in SpaceConfig.model_fields}
+    params = {name: to_domain(param) for name in SpaceConfig.model_fields
+              if (param := getattr(space, name)) is not None}  # None: not in this model's space
     params["seed"] = tune.randint(*SEED_RANGE)
     return params
 
@@ -170,7 +171,8 @@ def sample(space: SpaceConfig, count: int, seed: int = 0) -> list[dict[str, Any]
 def fixed_values(space: SpaceConfig) -> dict[str, Any]:
     """The entries that are not searched, as Ray's `param_space` when a searcher owns the space."""
     return {name: getattr(space, name) for name in SpaceConfig.model_fields
-            if name not in searched(space) and not (name == "lr" and by_optimizer(space))}
+            if name not in searched(space) and not (name == "lr" and by_optimizer(space))
+            and getattr(space, name) is not None}
 
 
 class OptunaDefineByRun:

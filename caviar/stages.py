@@ -86,7 +86,8 @@ def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index:
 
     points = []
     for _, row in scored(table).head(count).iterrows():
-        point = {name: _plain(row[name]) for name in SpaceConfig.model_fields if name in row and pd.notna(row[name])}
+        point = {name: _plain(row[name]) for name in SpaceConfig.model_fields
+                 if name in row and pd.notna(row[name]) and getattr(space, name) is not None}
         point["seed"] = (int(row.get("seed", 0)) * 7919 + 104729 * stage_index) % SEED_RANGE[1]
         points.append(point)
     return points

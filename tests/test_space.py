@@ -143,3 +143,32 @@ def test_lr_per_optimizer_needs_every_optimizer():
     with pytest.raises(ConfigError, match="'adma' is neither a range key"):
         load_config(space__lr={"adma": BY_OPTIMIZER["adam"]}, space__optimizer="adam")
     assert load_config(space__lr=BY_OPTIMIZER, space__optimizer="adam").space.lr["adam"].high == 1e-2
+
+
+def test_a_resnet_space_leaves_the_convnet_shape_out():
+    """The ResNet-9 ignores conv_layers/conv_width/fc_layers/fc_width, so a resnet experiment
+    neither draws them nor warns about them (drawn, they were noise: "best value on the border:
+    conv_layers" fired for a ResNet); a saved experiment that lists them still loads; a convnet
+    experiment keeps them."""
+    import pandas as pd
+
+    from caviar.border import border_warnings
+    from caviar.config import CONVNET_SHAPE, load_config
+
+    resnet = load_config(model__family="resnet", space__conv_width={"low": 32, "high": 256, "scale": "log_int"})
+    assert all(getattr(resnet.space, name) is None for name in CONVNET_SHAPE)
+    assert not set(CONVNET_SHAPE) & (set(to_param_space(resnet.space)) | set(searched(resnet.space))
+                                     | set(sample(resnet.space, 1)[0]))
+    assert load_config(resnet.to_dict()).space == resnet.space  # written to caviar.yaml and read back
+    # a leaderboard whose best trials sit at conv_layers' top edge: a convnet is warned, a ResNet not
+    table = pd.DataFrame({"best_val_acc": np.linspace(0.5, 0.9, 12), "conv_layers": [1] * 6 + [3] * 6,
+                          "lr": [0.01] * 12})
+    convnet = load_config()
+    assert convnet.space.conv_layers == Range(low=1, high=3, scale="int")
+    assert [w["param"] for w in border_warnings(table, convnet.space)] == ["conv_layers"]
+    assert border_warnings(table, resnet.space) == []
+    # a leaderboard saved before the rule (conv_layers drawn) trains its winners again without it
+    from caviar.stages import top_points
+
+    assert "conv_layers" not in top_points(table.assign(seed=1), resnet.space, 1, 2)[0]
+    assert top_points(table.assign(seed=1), convnet.space, 1, 2)[0]["conv_layers"] == 3
