@@ -76,7 +76,7 @@ def test_experiments_lists_each_with_trials_epochs_cost_and_result(capsys):
     rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in NAMES}
     assert sorted(rows) == NAMES
     assert "4 trials x 2 " in rows["smoke"] and "104 trials x 1 / 5 / 20" in rows["staged"]
-    assert "planned to its budget: 30m" in rows["cpu-budget"] and "93.3% at 60 min" in rows["cpu-budget"]
+    assert "planned to its budget: 30m" in rows["cpu-budget"] and "94.8% at 60 min" in rows["cpu-budget"]
     for name in ("default", "asha", "random", "staged", "smoke"):
         assert "CPU ~" in rows[name] and "one GPU ~" in rows[name]
     default, random = catalog.entry("default"), catalog.entry("random")
