@@ -104,6 +104,7 @@ class ResNet9(nn.Module):
         def stage(c_in: int, c_out: int) -> list[nn.Module]:
             return _conv_unit(c_in, c_out, batch_norm, activation) + [nn.MaxPool2d(2)]
 
+        self.logit_scale = RESNET_LOGIT_SCALE  # an attribute, as TorchScript export reads no globals
         self.net = nn.Sequential(
             *_conv_unit(3, c1, batch_norm, activation),  # prep: 32x32
             *stage(c1, c2), _Residual(c2, batch_norm, activation),  # 16x16
@@ -116,7 +117,7 @@ class ResNet9(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) * RESNET_LOGIT_SCALE
+        return self.net(x) * self.logit_scale
 
 
 def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> None:
