@@ -29,7 +29,7 @@ from torch import nn
 
 from caviar.config import Choice, Config, Range, SpaceConfig, load_config
 from caviar.models import build_model
-from caviar.space import from_sampling_scale, to_sampling_scale
+from caviar.space import entries, from_sampling_scale, to_sampling_scale
 
 FINE, OK, SUSPICIOUS = 1e-7, 1e-4, 1e-2  # the notes' relative-error thresholds
 OVERFIT_TARGET = 0.05  # nats: "near-zero" training loss on the tiny subset
@@ -52,10 +52,7 @@ def centre_hparams(space: SpaceConfig) -> dict[str, Any]:
     """The middle of each range in its sampling scale (rounded for integers), the first choice of
     each list, fixed values as they are: one representative model of the space."""
     hparams: dict[str, Any] = {}
-    for name in SpaceConfig.model_fields:
-        param = getattr(space, name)
-        if param is None:  # not in this model's space (caviar.config.CONVNET_SHAPE)
-            continue
+    for name, param in entries(space).items():
         if isinstance(param, dict):  # lr per optimizer: the first optimizer's
             first = space.optimizer.choices[0] if isinstance(space.optimizer, Choice) else space.optimizer
             param = param[first]

@@ -440,9 +440,10 @@ class Config(_Strict):
         # drawn they were noise in its leaderboard that narrowing and the border check acted on
         # ("best value on the border: conv_layers" for a ResNet): they are left out of its space,
         # as an experiment saved before this rule (its caviar.yaml lists them) is read too.
+        if self.model.family == "convnet":
+            return self
         unused = {name: None for name in CONVNET_SHAPE if getattr(self.space, name) is not None}
-        if self.model.family != "convnet" and unused:
-            # without validation: assigning would run this validator again
+        if unused:  # without validation: assigning would run this validator again
             object.__setattr__(self, "space", self.space.model_copy(update=unused))
         return self
 

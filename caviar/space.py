@@ -107,14 +107,19 @@ def to_domain(param: Range | Choice | Any) -> Domain | Any:
 SEED_RANGE = (0, 2**31 - 1)
 
 
+def entries(space: SpaceConfig) -> dict[str, Any]:
+    """Every entry of the space by name: a fixed value, Range, Choice or per-optimizer lr. The ones
+    a model family leaves out (None: caviar.config.CONVNET_SHAPE for a ResNet) are not there."""
+    return {name: param for name in SpaceConfig.model_fields if (param := getattr(space, name)) is not None}
+
+
 def to_param_space(space: SpaceConfig) -> dict[str, Any]:
     """The whole space as Ray Tune's `param_space` (hyperparameter name -> domain or value).
 
     Each trial also draws its own `seed` (weights, shuffling, augmentation), so any trial can be
     re-run exactly from its row in the leaderboard.
     """
-    params = {name: to_domain(param) for name in SpaceConfig.model_fields
-              if (param := getattr(space, name)) is not None}  # None: not in this model's space
+    params = {name: to_domain(param) for name, param in entries(space).items()}
     params["seed"] = tune.randint(*SEED_RANGE)
     return params
 
@@ -140,11 +145,7 @@ def from_sampling_scale(position: float, scale: str) -> float:
 def searched(space: SpaceConfig) -> dict[str, Range | Choice]:
     """The entries that are actually searched (fixed values excluded). An lr given per optimizer is
     left out here: narrowing and the border check read one range per entry (it stays as it is)."""
-    return {
-        name: param
-        for name in SpaceConfig.model_fields
-        if isinstance(param := getattr(space, name), (Range, Choice))
-    }
+    return {name: param for name, param in entries(space).items() if isinstance(param, (Range, Choice))}
 
 
 def by_optimizer(space: SpaceConfig) -> dict[str, Any]:
@@ -170,9 +171,9 @@ def sample(space: SpaceConfig, count: int, seed: int = 0) -> list[dict[str, Any]
 # ---------------------------------------------------------------- Bayesian search (TPE)
 def fixed_values(space: SpaceConfig) -> dict[str, Any]:
     """The entries that are not searched, as Ray's `param_space` when a searcher owns the space."""
-    return {name: getattr(space, name) for name in SpaceConfig.model_fields
-            if name not in searched(space) and not (name == "lr" and by_optimizer(space))
-            and getattr(space, name) is not None}
+    drawn = searched(space)
+    return {name: param for name, param in entries(space).items()
+            if name not in drawn and not (name == "lr" and by_optimizer(space))}
 
 
 class OptunaDefineByRun:

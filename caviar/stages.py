@@ -32,7 +32,7 @@ from caviar.errors import CaviarError
 from caviar.experiment import SweepResult, config_for_resume, plan_budget, run_experiment
 from caviar.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, interrupted
 from caviar.narrowing import next_space, param_spec
-from caviar.space import searched
+from caviar.space import entries, searched
 from caviar.train import images_per_epoch
 from caviar.trial import TRIAL_EPOCHS_KEY
 
@@ -86,8 +86,7 @@ def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index:
 
     points = []
     for _, row in scored(table).head(count).iterrows():
-        point = {name: _plain(row[name]) for name in SpaceConfig.model_fields
-                 if name in row and pd.notna(row[name]) and getattr(space, name) is not None}
+        point = {name: _plain(row[name]) for name in entries(space) if name in row and pd.notna(row[name])}
         point["seed"] = (int(row.get("seed", 0)) * 7919 + 104729 * stage_index) % SEED_RANGE[1]
         points.append(point)
     return points
