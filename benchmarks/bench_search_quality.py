@@ -164,7 +164,11 @@ def read_ensemble(folder: Path) -> dict[str, Any]:
     return {"ensemble_acc": doc.get("accuracy"), "best_single_acc": best.get("accuracy"),
             "best_member": best.get("name"), "gain": doc.get("gain_over_best_member"),
             "members": sum(1 for m in doc.get("members", []) if m.get("weight", 0) > 0),
-            "seed_rerun_epochs": len(reruns), "mirror_averaged": doc.get("flip") is True}
+            "seed_rerun_epochs": len(reruns), "mirror_averaged": doc.get("flip") is True,
+            # every candidate, chosen or not: what the ensemble could have gained from each kind
+            "candidates": [{k: m.get(k) for k in ("name", "kind", "weight", "epoch", "val_acc", "test_acc")}
+                           for m in doc.get("members", [])],
+            "by_kind": doc.get("by_kind")}
 
 
 def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, train_images: int, sweep_s: float,

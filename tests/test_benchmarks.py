@@ -125,6 +125,8 @@ def test_search_quality_tiny(ray_session, tmp_path, capsys):
         assert "error" not in flow, (name, flow.get("error"), flow.get("sweep_log_tail"), flow.get("ensemble_log_tail"))
         assert 0 <= flow["best_single_acc"] <= 1 and 0 <= flow["ensemble_acc"] <= 1, name
         assert flow["trials"] >= 1 and flow["trial_epochs"] >= 1
+        chosen = [m for m in flow["candidates"] if m["weight"] > 0]
+        assert len(chosen) == flow["members"] >= 1 and all(0 <= m["test_acc"] <= 1 for m in flow["candidates"])
     base = results["baseline"]
     assert 0 <= base["best_single_acc"] <= 1 and 0 <= base["ensemble_acc"] <= 1
     assert [s["seed"] for s in base["seeds"]] == [0, 1] and all(s["epochs"] >= 1 for s in base["seeds"])

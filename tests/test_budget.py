@@ -377,6 +377,26 @@ def test_from_top_stage_gets_epochs_and_its_share_of_time():
     assert stage_deadline(short.stages, 2, 700, 1000) == 1000  # the last stage gets all that is left
 
 
+@pytest.mark.parametrize("seconds", [600, 1800, 3600, 4 * 3600])
+def test_a_staged_plan_keeps_the_files_proportions_at_every_budget(seconds):
+    """cpu-budget.yaml gives the search ~29% of the trial time (32 trials of ~3 epochs under ASHA
+    against 2 winners of 120 epochs): the plan keeps that share at short budgets too. Capping the
+    winners' 120 epochs at the longest-trial share before scaling gave the search 41% at 30 minutes
+    and 69% at 10, the winners 10 epochs where 23 fit."""
+    config = load_config("experiments/cpu-budget.yaml")
+    search, train = config.stages
+    intended = search.num_samples * asha_epochs_per_trial(search.epochs, 1, 3)
+    intended /= intended + train.from_top * train.epochs
+    speed = Throughput(train_s_per_image=12.0 * 0.85 / 13750, eval_s_per_image=12.0 * 0.15 / 5000, configs=3,
+                       device="cpu")  # ~13 s per quarter-pass epoch: the width-0.25 ResNet-9 on one core
+    p = plan(config, budget_s=seconds, spent_s=0, slots=2, throughput=speed, train_images=13750, val_images=5000)
+    assert p.stages[0]["share"] == pytest.approx(intended, abs=0.06)
+    used = sum(s["num_samples"] * ((asha_epochs_per_trial(s["epochs"], 1, 3) if i == 0 else s["epochs"])
+                                   + budget.TRIAL_OVERHEAD_S / p.epoch_s) for i, s in enumerate(p.stages))
+    assert used <= p.expected_trial_epochs * 1.01  # and the plan still fits the time
+    assert used >= p.expected_trial_epochs * 0.85  # without leaving much of it unused
+
+
 def test_a_concurrency_cap_never_stalls_the_sweep():
     """search.max_concurrent counts waiting trials as live, so no new trial comes while they wait:
     idle with the search unfinished, the scheduler lets the best waiting trial go on, or stops one
