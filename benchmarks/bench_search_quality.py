@@ -172,11 +172,13 @@ def read_ensemble(folder: Path) -> dict[str, Any]:
 
 
 def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, train_images: int, sweep_s: float,
-             ens_s: float, env: dict[str, str], dry_run: bool, address: str | None = None) -> dict[str, Any]:
+             ens_s: float, env: dict[str, str], dry_run: bool, address: str | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
     joined = ["--address", address] if address else []
+    settings = [arg for text in overrides for arg in ("--set", text)]
     sweep_cmd = [sys.executable, "-m", "caviar", "sweep", experiment, "--budget", seconds_text(sweep_s),
                  "--set", f"data.root={root}", "--set", f"storage={storage}", "--name", flow,
-                 "--set", f"data.val_size={val_size}", "--set", "data.download=false", *joined]
+                 "--set", f"data.val_size={val_size}", "--set", "data.download=false", *settings, *joined]
     target = storage / flow
     ens_cmd = [sys.executable, "-m", "caviar", "ensemble", "<its folder>", "--budget", seconds_text(ens_s), *joined]
     record: dict[str, Any] = {"flow": flow, "experiment": experiment, "sweep_budget_s": sweep_s,
@@ -373,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--address", default=None,
                    help="run the flows' commands on this Ray cluster (HOST:PORT) instead of a new Ray per command")
     p.add_argument("--slots", type=int, default=None, help="baseline seeds trained in parallel (default: cores)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to every flow's `caviar sweep` (repeatable), e.g. stages.1.from_top=4")
     p.add_argument("--tag", help="results go to benchmarks/results/search_quality-TAG.json")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands, budgets) without training")
     args = p.parse_args(argv)
@@ -417,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                     "flows": {f: FLOWS[f] for f in flows}, "data": data_name,
                     "data_root": str(root), "train_images": n_train - val_size, "val_size": val_size,
                     "test_images": n_test, "baseline": BASELINE, "slots": slots, "threads_per_seed": threads,
-                    "storage": str(storage), "tiny": args.tiny}
+                    "storage": str(storage), "tiny": args.tiny, "overrides": args.overrides}
         print(f"Data: {data_name} at {root}: {n_train - val_size} train / {val_size} validation / {n_test} test; "
               f"budget {seconds_text(budget_s)} per flow ({seconds_text(sweep_s)} sweep + {seconds_text(ens_s)} "
               f"ensemble), {seconds_text(baseline_s) + ' for the baseline' if args.baseline else 'no baseline'}; "
@@ -426,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         try:
             results = [run_flow(f, FLOWS[f], root, storage, val_size, n_train - val_size, sweep_s, ens_s, env,
-                                args.dry_run, args.address) for f in flows]
+                                args.dry_run, args.address, args.overrides) for f in flows]
             if args.dry_run:
                 for r in results:
                     outline = flow_outline(r["experiment"]) if (REPO / r["experiment"]).exists() else "file missing"

@@ -281,6 +281,21 @@ def test_points_with_their_own_epoch_counts_train_that_many(ray_session, learnab
     assert (table["status"] == "completed").all() and table["best_val_acc"].max() > 0.3
 
 
+def test_a_budgeted_stage_with_more_winners_than_slots_trains_every_one(ray_session, learnable_root, tmp_path):
+    """from_top: 3 on 2 slots under a budget: the winners train in two waves, each sized for its
+    wave (caviar.budget.affordable), and none refits its length to the stage's end (Trial.refit),
+    which would leave the second wave no time: every winner completes its schedule."""
+    tree = small_config(learnable_root, tmp_path, "waves")
+    tree["space"]["lr"] = {"low": 1e-3, "high": 1e-2, "scale": "log"}
+    tree["budget"] = "50s"
+    tree["stages"] = [{"name": "search", "epochs": 1, "num_samples": 4, "scheduler": "random"},
+                      {"name": "train", "epochs": 8, "num_samples": 3, "from_top": 3}]
+    result = caviar.sweep(load_config(tree), log=lambda line: None)
+    board = pd.read_csv(Path(result.root) / "stage2-train" / "leaderboard.csv")
+    assert len(board) == 3 and (board["status"] == "completed").all(), board[["status", "epochs", "max_epochs"]]
+    assert (board["epochs"] == board["max_epochs"]).all() and board["best_val_acc"].max() > 0.3
+
+
 def test_trials_fit_their_length_to_a_deadline(ray_session, learnable_root, tmp_path, monkeypatch):
     """A budgeted stage that trains chosen configs passes its deadline down (fit_to_deadline): a
     trial planned at 60 epochs, which cannot train them before the deadline (minus
