@@ -171,6 +171,21 @@ def read_ensemble(folder: Path) -> dict[str, Any]:
             "by_kind": doc.get("by_kind")}
 
 
+def shared_errors(folder: Path, root: Path) -> dict[str, Any]:
+    """How much of its members' test errors an ensemble's members share (the members it saved,
+    mirror-averaged as it evaluates them). An image every member gets wrong stays wrong whatever the
+    weights, so the errors the members do not share bound what the ensemble can gain over them."""
+    from caviar.data import load_test_set
+    from caviar.ensembler import Ensemble
+
+    ens = Ensemble.load(folder / "ensemble")
+    images, labels = load_test_set(str(root), download=False)
+    wrong = ens.member_probs(images).argmax(-1) != labels[None]
+    member, shared = float(wrong.mean()), float(wrong.all(0).mean())
+    return {"member_error_mean": round(member, 4), "error_every_member_makes": round(shared, 4),
+            "shared_error_fraction": round(shared / member, 3) if member else None}
+
+
 def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: int, train_images: int, sweep_s: float,
              ens_s: float, env: dict[str, str], dry_run: bool, address: str | None = None,
              overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -203,6 +218,7 @@ def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: in
                "ensemble_log": ens["log"]}
     try:
         record |= read_ensemble(target)
+        record |= shared_errors(target, root)
     except (OSError, ValueError) as e:
         record |= {"error": f"no ensemble.json ({e})", "ensemble_log_tail": ens["log_tail"]}
     record["wall_s"] = round(record["sweep_wall_s"] + record["ensemble_wall_s"], 1)
@@ -460,6 +476,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             counts = ", ".join(f"{n} {k}" for k, n in (stage["counts"] or {}).items() if n)
             print(f"  {r['flow']}/{stage['folder']}: {stage['trials']} trials ({counts}), {stage['trial_epochs']} "
                   f"trial-epochs = {stage['passes']} passes over the training set, max_epochs {stage['max_epochs']}")
+        if r.get("shared_error_fraction") is not None:
+            print(f"  {r['flow']} ensemble: {r['members']} members, test error {r['member_error_mean']:.2%} each on "
+                  f"average, {r['error_every_member_makes']:.2%} made by every one of them "
+                  f"({r['shared_error_fraction']:.0%} of a member's errors: no weighting can fix those)")
     for s in (base or {}).get("seeds", []):
         print(f"  baseline seed {s['seed']}: test {s['test_acc']:.4f}, {s['epochs']} of {s['max_epochs']} epochs "
               f"(epoch 1 {s['first_epoch_s']} s, last {s['last_epoch_s']} s)")

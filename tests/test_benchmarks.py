@@ -127,6 +127,8 @@ def test_search_quality_tiny(ray_session, tmp_path, capsys):
         assert flow["trials"] >= 1 and flow["trial_epochs"] >= 1
         chosen = [m for m in flow["candidates"] if m["weight"] > 0]
         assert len(chosen) == flow["members"] >= 1 and all(0 <= m["test_acc"] <= 1 for m in flow["candidates"])
+        assert flow["error_every_member_makes"] <= flow["member_error_mean"] <= 1 - min(m["test_acc"] for m in chosen)
+        assert flow["member_error_mean"] == pytest.approx(1 - sum(m["test_acc"] for m in chosen) / len(chosen), abs=1e-3)
     base = results["baseline"]
     assert 0 <= base["best_single_acc"] <= 1 and 0 <= base["ensemble_acc"] <= 1
     assert [s["seed"] for s in base["seeds"]] == [0, 1] and all(s["epochs"] >= 1 for s in base["seeds"])
