@@ -282,9 +282,10 @@ def test_points_with_their_own_epoch_counts_train_that_many(ray_session, learnab
 
 
 def test_a_budgeted_stage_with_more_winners_than_slots_trains_every_one(ray_session, learnable_root, tmp_path):
-    """from_top: 3 on 2 slots under a budget: the winners train in two waves, each sized for its
-    wave (caviar.budget.affordable), and none refits its length to the stage's end (Trial.refit),
-    which would leave the second wave no time: every winner completes its schedule."""
+    """from_top: 3 on 2 slots under a budget: the winners train in two waves, each the epochs
+    sized for its wave (caviar.budget.affordable, its `max_epochs`). None refits its length to the
+    stage's end (Trial.refit): before, the first wave stretched itself to the deadline and the third
+    winner was left a few epochs."""
     tree = small_config(learnable_root, tmp_path, "waves")
     tree["space"]["lr"] = {"low": 1e-3, "high": 1e-2, "scale": "log"}
     tree["budget"] = "50s"
