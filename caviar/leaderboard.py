@@ -58,6 +58,8 @@ def trial_row(
         else math.nan,
     }
     row.update({k: v for k, v in hparams.items()})
+    if "max_epochs" in row:  # a config sized by its stage: show the schedule it ran to, refit included
+        row["max_epochs"] = own_epochs(hparams, history, max_epochs)
     row["path"] = path
     row["best_checkpoint"] = best_checkpoint
     return row
