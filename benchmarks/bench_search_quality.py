@@ -218,9 +218,10 @@ def run_flow(flow: str, experiment: str, root: Path, storage: Path, val_size: in
                "ensemble_log": ens["log"]}
     try:
         record |= read_ensemble(target)
-        record |= shared_errors(target, root)
     except (OSError, ValueError) as e:
         record |= {"error": f"no ensemble.json ({e})", "ensemble_log_tail": ens["log_tail"]}
+    else:
+        record |= shared_errors(target, root)
     record["wall_s"] = round(record["sweep_wall_s"] + record["ensemble_wall_s"], 1)
     return record
 

@@ -44,9 +44,10 @@ def trial_row(
     diverged = bool(history["diverged"].fillna(False).astype(bool).any()) if "diverged" in history else False
     val = history["val_acc"] if "val_acc" in history else pd.Series(dtype=float)
     best_idx = val.idxmax() if val.notna().any() else None
+    schedule = own_epochs(hparams, history, max_epochs)
     row: dict[str, Any] = {
         "trial_id": trial_id,
-        "status": trial_status(ray_status, diverged, epochs, own_epochs(hparams, history, max_epochs)),
+        "status": trial_status(ray_status, diverged, epochs, schedule),
         "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
         "best_epoch": int(history.loc[best_idx, "epoch"]) if best_idx is not None else 0,
         "epochs": epochs,
@@ -59,7 +60,7 @@ def trial_row(
     }
     row.update({k: v for k, v in hparams.items()})
     if "max_epochs" in row:  # a config sized by its stage: show the schedule it ran to, refit included
-        row["max_epochs"] = own_epochs(hparams, history, max_epochs)
+        row["max_epochs"] = schedule
     row["path"] = path
     row["best_checkpoint"] = best_checkpoint
     return row

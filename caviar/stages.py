@@ -281,11 +281,11 @@ def run_staged(
             else:
                 ends = None if deadline is None else stage_deadline(budget_plan.stages, index, time.time(), deadline)
                 speed = budget_plan.stages[index - 1].get("epoch_s") if budget_plan is not None else None
-                # A stage sized to the deadline config by config: each trial refits its own length to
-                # the stage's end. Only where its trials run in one wave: with more than the slots, the
-                # first would stretch to the end and leave none for the rest (their epochs, sized for
-                # waves by caviar.budget.affordable, stand).
-                refit = deadline is not None and bool(points) and slots is not None and len(points) <= slots
+                # A stage sized to the deadline config by config (the only one `slots` is counted
+                # for, above): each trial refits its own length to the stage's end. Only where its
+                # trials run in one wave: with more than the slots, the first would stretch to the end
+                # and leave none for the rest (their epochs, sized for waves by affordable, stand).
+                refit = slots is not None and len(points) <= slots
                 stage_result = run_experiment(stage_config(config, index, space, root, points, speed).resolved(),
                                               address=address, deadline=ends, fit_to_deadline=refit, log=log,
                                               verbose=verbose)
