@@ -80,9 +80,9 @@ def sweep_monitored(config: Any) -> tuple[Any, dict[str, Any]]:
 
 def part_epoch(root: Path, families: list[tuple[str, float]], images: int, batch_size: int, dev) -> list[dict]:
     from caviar.config import load_config
-    from caviar.data import prepare_data
-    from caviar.train import train_one_epoch
-    from caviar.trial import Trial, TrialSettings, data_tensors
+    from caviar.training.data import prepare_data
+    from caviar.training.train import train_one_epoch
+    from caviar.training.trial import Trial, TrialSettings, data_tensors
 
     tensors = data_tensors(prepare_data(root, val_size=100, download=False), dev)
     x, y = tensors[0][:images], tensors[1][:images]
@@ -115,7 +115,7 @@ def part_epoch(root: Path, families: list[tuple[str, float]], images: int, batch
 
 def part_share(root: Path, work: Path, shares: list[int], family: str, width: float, epochs: int, val_size: int,
                batch_size: int, gpu: bool) -> list[dict]:
-    from caviar.data import prepare_data
+    from caviar.training.data import prepare_data
 
     train_images = len(prepare_data(root, val_size=val_size, download=False).train_y)
     rows = []

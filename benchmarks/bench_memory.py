@@ -104,8 +104,8 @@ def bare_worker_mb(split) -> dict[str, float]:
         import torch
         from ray import tune  # noqa: F401
 
-        import caviar.trainable  # noqa: F401
-        from caviar.trial import data_tensors
+        import caviar.search.trainable  # noqa: F401
+        from caviar.training.trial import data_tensors
 
         torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)  # imports torch._dynamo, as trials do
         before = psutil.Process().memory_full_info()
@@ -119,7 +119,7 @@ def bare_worker_mb(split) -> dict[str, float]:
 
 
 def load(root: Path, args):
-    from caviar.data import prepare_data
+    from caviar.training.data import prepare_data
 
     return prepare_data(root, val_size=args.val_size, train_subset=args.train_subset, download=False)
 

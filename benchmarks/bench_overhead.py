@@ -35,7 +35,7 @@ NAME = "overhead"
 @contextlib.contextmanager
 def actor_reuse(enabled: bool) -> Iterator[None]:
     """caviar's sweeper as shipped (reuse on) or with Tune's reuse_actors turned off."""
-    import caviar.tuning as tuning
+    import caviar.search.tuning as tuning
 
     if enabled:
         yield
@@ -64,7 +64,7 @@ def pure_training(configs: list[dict[str, Any]], data, settings, cpus_per_trial:
 
         import torch
 
-        from caviar.trial import Trial, data_tensors
+        from caviar.training.trial import Trial, data_tensors
 
         torch.set_num_threads(settings.threads)
         tensors = data_tensors(data, torch.device("cpu"))
@@ -105,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import caviar
     from caviar.config import SpaceConfig
-    from caviar.data import prepare_data
-    from caviar.trial import TrialSettings
+    from caviar.training.data import prepare_data
+    from caviar.training.trial import TrialSettings
 
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {v: [] for v in variants}
     pure_runs: list[list[float]] = []

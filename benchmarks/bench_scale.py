@@ -395,9 +395,9 @@ begin = time.perf_counter()
 import pandas as pd
 from caviar.config import load_config
 try:
-    from caviar.experiment import _collect  # what the sweep calls at its end
+    from caviar.sweeps.experiment import _collect  # what the sweep calls at its end
 except ImportError:
-    from caviar.sweeper import _collect  # before caviar.experiment existed
+    from caviar.sweeps.sweeper import _collect  # before caviar.sweeps.experiment existed
 imports = time.perf_counter() - begin
 folder = sys.argv[1]
 begin = time.perf_counter()
@@ -413,7 +413,7 @@ print(json.dumps({"csv_read_s": round(csv_s, 3), "rows": len(table), "rebuild_s"
 
 def read_leaderboard(folder: Path, env: dict[str, str], code: Path = REPO) -> dict[str, Any]:
     """Time to read leaderboard.csv, and to rebuild the leaderboard from the trial folders (what
-    the sweep does at its end, through caviar.reader), in a process of the caviar under test."""
+    the sweep does at its end, through caviar.search.reader), in a process of the caviar under test."""
     done = subprocess.run([sys.executable, "-c", READ_LEADERBOARD, str(folder)], cwd=code, env=env,
                           capture_output=True, text=True, check=False)
     try:

@@ -66,14 +66,14 @@ def prepare(args: Any, cache: Path) -> tuple[Path, str]:
     if args.data_root:
         return Path(args.data_root).resolve(), f"custom ({args.data_root})"
     if args.data == "fashion":
-        from caviar.fashion_mnist import convert
+        from caviar.training.fashion_mnist import convert
 
         return convert(cache / "fashion-mnist", args.idx_dir).resolve(), "fashion-mnist"
     if args.data == "cifar-sample":
         if not SAMPLE.is_dir():
             raise SystemExit(f"{SAMPLE} is absent; use --data fashion, --data fixture or --data-root")
         return SAMPLE.resolve(), "cifar10-sample (200 real CIFAR-10 images)"
-    return common.fixture(cache, **TINY_FIXTURE).resolve(), "fixture (caviar.fixture, learnable)"
+    return common.fixture(cache, **TINY_FIXTURE).resolve(), "fixture (caviar.training.fixture, learnable)"
 
 
 def default_val_size(train_images: int) -> int:
@@ -117,7 +117,7 @@ def _run(cmd: list[str], log: Path, timeout_s: float, env: dict[str, str]) -> di
 def passes(config: dict[str, Any], trial_epochs: int, train_images: int) -> float:
     """Trial-epochs in passes over the whole training set: a stage may train on a subset
     (data.train_subset) and an epoch may be part of it (train.epoch_size)."""
-    from caviar.train import images_per_epoch
+    from caviar.training.train import images_per_epoch
 
     subset = (config.get("data") or {}).get("train_subset")
     n = train_images if subset is None else (round(subset * train_images) if isinstance(subset, float) else subset)
@@ -175,8 +175,8 @@ def shared_errors(folder: Path, root: Path) -> dict[str, Any]:
     """How much of its members' test errors an ensemble's members share (the members it saved,
     mirror-averaged as it evaluates them). An image every member gets wrong stays wrong whatever the
     weights, so the errors the members do not share bound what the ensemble can gain over them."""
-    from caviar.data import load_test_set
-    from caviar.ensembler import Ensemble
+    from caviar.training.data import load_test_set
+    from caviar.ensembles.ensembler import Ensemble
 
     ens = Ensemble.load(folder / "ensemble")
     images, labels = load_test_set(str(root), download=False)
@@ -233,9 +233,9 @@ def baseline_seed(root: str, val_size: int, seed: int, deadline: float, threads:
     import torch
 
     from caviar.config import load_config
-    from caviar.data import load_test_set, prepare_data
-    from caviar.train import predict_logits
-    from caviar.trial import Trial, TrialSettings, data_tensors
+    from caviar.training.data import load_test_set, prepare_data
+    from caviar.training.train import predict_logits
+    from caviar.training.trial import Trial, TrialSettings, data_tensors
 
     begin = time.time()
     torch.set_num_threads(threads)
@@ -283,9 +283,9 @@ def estimate_epoch_s(root: Path, val_size: int, threads: int) -> float:
     import torch
 
     from caviar.config import load_config
-    from caviar.data import prepare_data
-    from caviar.train import evaluate, train_one_epoch
-    from caviar.trial import Trial, TrialSettings, data_tensors
+    from caviar.training.data import prepare_data
+    from caviar.training.train import evaluate, train_one_epoch
+    from caviar.training.trial import Trial, TrialSettings, data_tensors
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -325,7 +325,7 @@ def flow_outline(experiment: str) -> str:
 def run_baseline(root: Path, val_size: int, budget_s: float, slots: int, threads: int) -> dict[str, Any]:
     import numpy as np
 
-    from caviar.data import load_test_set
+    from caviar.training.data import load_test_set
 
     print(f"[{time.strftime('%H:%M:%S')}] baseline: {slots} seeds in parallel, {seconds_text(budget_s)}", flush=True)
     begin = time.time()
@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                    f"--tiny: {TINY_FLOWS}); none: the baseline only")
     p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
                    help="fashion (default): Fashion-MNIST converted once; cifar-sample: 200 real CIFAR-10 images "
-                   "(smoke run); fixture: caviar.fixture (the default with --tiny)")
+                   "(smoke run); fixture: caviar.training.fixture (the default with --tiny)")
     p.add_argument("--data-root", type=Path, help="any folder holding cifar-10-batches-py/ (overrides --data)")
     p.add_argument("--idx-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     p.add_argument("--val-size", type=int, help="data.val_size (default: 5000 for the full sets, scaled for less)")
@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--tag", help="results go to benchmarks/results/search_quality-TAG.json")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands, budgets) without training")
     args = p.parse_args(argv)
-    from caviar.budget import parse_duration
+    from caviar.sweeps.budget import parse_duration
 
     budget_s = parse_duration(args.budget or ("45s" if args.tiny else "30m"))
     if args.tag and args.out == common.RESULTS / f"{NAME}.json":
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     # --tiny: the fixture needs seconds, not the flows' 45 s (mostly Ray start-up and the planner's probe)
     baseline_s = min(budget_s, TINY_BASELINE_S) if args.tiny else budget_s
 
-    from caviar.data import load_cifar10
+    from caviar.training.data import load_cifar10
 
     cache = (args.workdir / "data") if args.workdir else DATA_CACHE
     with common.workdir(args.workdir) as work:

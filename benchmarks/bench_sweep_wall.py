@@ -48,7 +48,7 @@ def run_caviar(config) -> dict[str, Any]:
 
 
 def run_tutorial(config, workers: int, storage: Path, name: str) -> dict[str, Any]:
-    from caviar.space import to_param_space
+    from caviar.search.space import to_param_space
 
     settings = {"family": config.model.family, "width": config.model.width, "epochs": config.search.max_epochs,
                 "val_size": config.data.val_size, "workers": workers, "augment": config.data.augment}

@@ -3,8 +3,8 @@
 Both pipelines train the same network (caviar's ``build_model``) with the same optimizer, batch size
 and torch thread count on the same images, with random-crop + flip augmentation:
 
-- caviar: ``caviar.trial.Trial`` + ``caviar.train.train_one_epoch`` on the uint8 tensors of
-  ``caviar.trial.data_tensors`` (batched augmentation on the trial's device, no workers),
+- caviar: ``caviar.training.trial.Trial`` + ``caviar.training.train.train_one_epoch`` on the uint8 tensors of
+  ``caviar.training.trial.data_tensors`` (batched augmentation on the trial's device, no workers),
 - tutorial: torchvision ``CIFAR10`` + ``DataLoader(num_workers=W)`` + per-image PIL transforms,
   a fresh loader iterator per epoch as in the tutorial (worker start-up is part of an epoch).
 
@@ -33,9 +33,9 @@ import torch  # noqa: E402
 
 import tutorial  # noqa: E402
 from caviar.config import load_config  # noqa: E402
-from caviar.data import prepare_data  # noqa: E402
-from caviar.train import train_one_epoch, uses_bf16  # noqa: E402
-from caviar.trial import Trial, TrialSettings, data_tensors  # noqa: E402
+from caviar.training.data import prepare_data  # noqa: E402
+from caviar.training.train import train_one_epoch, uses_bf16  # noqa: E402
+from caviar.training.trial import Trial, TrialSettings, data_tensors  # noqa: E402
 
 NAME = "throughput"
 # Ablation rows: a pipeline name and the train settings it changes from what caviar ships.

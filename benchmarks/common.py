@@ -117,7 +117,7 @@ def fixture(folder: Path, train_size: int, test_size: int = 100, noise: float = 
     Five data_batch files like the published set, because torchvision's CIFAR10 class (the
     tutorial's loader) opens data_batch_1..5 by name.
     """
-    from caviar.fixture import write_cifar_fixture
+    from caviar.training.fixture import write_cifar_fixture
 
     root = folder / f"cifar-{train_size}-{test_size}-n{noise:g}-s{seed}"
     if not (root / "cifar-10-batches-py" / "batches.meta").exists():

@@ -33,9 +33,9 @@ import torchvision
 from torch.utils.data import DataLoader, random_split
 from torchvision import transforms
 
-from caviar.data import CIFAR10_MEAN, CIFAR10_STD
-from caviar.models import build_model
-from caviar.train import make_optimizer, make_scheduler
+from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
+from caviar.training.models import build_model
+from caviar.training.train import make_optimizer, make_scheduler
 
 
 class TutorialCIFAR10(torchvision.datasets.CIFAR10):

@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 # Heavy modules (torch, ray) load on first use, so `import caviar` and `caviar --help` stay fast.
 # (The modules are named sweeper/ensembler so the functions sweep/ensemble never shadow them.)
 _LAZY = {
-    "sweep": "caviar.sweeper", "SweepResult": "caviar.experiment", "DataError": "caviar.data",
-    "ensemble": "caviar.ensembler", "Ensemble": "caviar.ensembler", "EnsembleResult": "caviar.ensembler",
+    "sweep": "caviar.sweeps.sweeper", "SweepResult": "caviar.sweeps.experiment", "DataError": "caviar.training.data",
+    "ensemble": "caviar.ensembles.ensembler", "Ensemble": "caviar.ensembles.ensembler", "EnsembleResult": "caviar.ensembles.ensembler",
 }
 
 

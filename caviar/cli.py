@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from caviar.leaderboard import interrupted
-    from caviar.console import describe
-    from caviar.sweeper import sweep
+    from caviar.results.leaderboard import interrupted
+    from caviar.sweeps.console import describe
+    from caviar.sweeps.sweeper import sweep
 
     overrides = list(args.overrides)
     if args.storage:
@@ -144,7 +144,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from caviar.ensembler import describe, ensemble
+    from caviar.ensembles.ensembler import describe, ensemble
 
     result = ensemble(args.experiment, top_k=args.top_k, seeds=args.seeds, average=args.average,
                       snapshots=args.snapshots, select=args.select, out=args.out, address=args.address,
@@ -155,21 +155,21 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def _experiments(args: argparse.Namespace) -> int:
-    from caviar.catalog import describe
+    from caviar.config.catalog import describe
 
     print(describe())
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from caviar.export import export
+    from caviar.ensembles.export import export
 
     print(f"Exported: {export(args.ensemble, args.format, out=args.out, input_type=args.input)}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from caviar.checks import check_experiment, format_results
+    from caviar.training.checks import check_experiment, format_results
 
     results = check_experiment(args.experiment, args.overrides, images=args.images, tolerance=args.tolerance,
                                log=print)
@@ -178,14 +178,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from caviar.report import write_report
+    from caviar.results.report import write_report
 
     print(f"Report: {write_report(args.experiment, top=args.top)}")
     return 0
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from caviar.cluster import check_cluster_file, describe_cluster
+    from caviar.search.cluster import check_cluster_file, describe_cluster
 
     print(f"{args.file}: OK, {describe_cluster(check_cluster_file(args.file, root=args.root))}")
     return 0

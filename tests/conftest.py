@@ -31,7 +31,7 @@ def ray_env(temp_dir: str) -> dict[str, str]:
 def epochs_reported(trial_dir: Path) -> list[int]:
     """The epochs a trial trained, in order, from its result.json (a line being written is
     skipped). A resumed trial reports its newest checkpoint's epoch again, marked `replayed`, in
-    case the stopped driver never logged it (caviar.trainable); where Ray had logged it, that row
+    case the stopped driver never logged it (caviar.search.trainable); where Ray had logged it, that row
     is the same result twice, not a second training, and the reader drops it too."""
     import json
 
@@ -80,7 +80,7 @@ def ray_temp_dir():
 @pytest.fixture(scope="session")
 def learnable_root(tmp_path_factory) -> Path:
     """3000 train + 500 test images whose classes a small convnet learns in one epoch."""
-    from caviar.fixture import write_cifar_fixture
+    from caviar.training.fixture import write_cifar_fixture
 
     return write_cifar_fixture(tmp_path_factory.mktemp("learnable"), train_size=3000, test_size=500)
 

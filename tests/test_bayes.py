@@ -8,7 +8,7 @@ import pytest
 
 import caviar
 from caviar.config import ConfigError, SpaceConfig, load_config
-from caviar.space import OptunaDefineByRun
+from caviar.search.space import OptunaDefineByRun
 from test_sweep import small_config
 
 optuna = pytest.importorskip("optuna", reason="the bayes extra: pip install 'caviar[bayes]'")
@@ -50,7 +50,7 @@ def test_tpe_sweep_runs_with_asha(ray_session, learnable_root, tmp_path):
 
 def test_tpe_without_optuna_says_how_to_install(monkeypatch):
     """Without Optuna, a tpe sweep stops before starting with the pip command."""
-    from caviar import tuning
+    from caviar.search import tuning
 
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(ConfigError, match=r"caviar\[bayes\]"):

@@ -1,11 +1,11 @@
-"""caviar.border: the best value on the border of a range is flagged, with a wider range; otherwise silence."""
+"""caviar.results.border: the best value on the border of a range is flagged, with a wider range; otherwise silence."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from caviar.border import border_warnings, position, top_count, widened
+from caviar.results.border import border_warnings, position, top_count, widened
 from caviar.config import Range, SpaceConfig
 
 

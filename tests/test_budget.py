@@ -1,5 +1,5 @@
-"""caviar.budget: a wall-clock budget maps to trials and epochs that fit; a budgeted sweep stops on
-time with everything saved; caviar.schedulers: ASHA waits for rivals, PBT exploits."""
+"""caviar.sweeps.budget: a wall-clock budget maps to trials and epochs that fit; a budgeted sweep stops on
+time with everything saved; caviar.search.schedulers: ASHA waits for rivals, PBT exploits."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import caviar
-from caviar import budget
-from caviar.budget import Throughput, asha_epochs_per_trial, parse_duration, plan, rungs
+from caviar.sweeps import budget
+from caviar.sweeps.budget import Throughput, asha_epochs_per_trial, parse_duration, plan, rungs
 from caviar.config import ConfigError, load_config
-from caviar.schedulers import PromotingASHA
+from caviar.search.schedulers import PromotingASHA
 from test_sweep import SMALL_NET, small_config
 
 # ~25 s per epoch of one trial on 55,000 images: Fashion-MNIST on one CPU core.
@@ -209,7 +209,7 @@ def test_rungs_in_seconds_compare_trials_after_equal_time():
     ((10.0, 0.4), (12.0, 0.6), 0.6),  # the earlier report was on the rung itself: the later one counts
 ])
 def test_score_at_a_rung(before, after, expected):
-    from caviar.schedulers import score_at
+    from caviar.search.schedulers import score_at
 
     assert score_at(10.0, before, after) == pytest.approx(expected)
 
@@ -231,7 +231,7 @@ def test_seconds_fidelity_needs_a_speed_and_asha():
 
 def test_the_asha_of_a_seconds_sweep_counts_seconds():
     """tuning.scheduler turns the rungs' epochs into seconds at epoch_seconds; in epochs it is unchanged."""
-    from caviar import tuning
+    from caviar.search import tuning
 
     tree = {"search": {"scheduler": "asha", "max_epochs": 27, "grace_period": 1, "reduction_factor": 3,
                        "fidelity": "seconds", "epoch_seconds": 12.0}}
@@ -246,7 +246,7 @@ def test_the_asha_of_a_seconds_sweep_counts_seconds():
 def test_a_staged_seconds_plan_times_each_stage():
     """Each planned stage carries the seconds of one of its epochs (a subset stage's are fewer);
     the stage's config converts its rungs with them, and a from_top stage (random) counts epochs."""
-    from caviar.stages import stage_config
+    from caviar.sweeps.stages import stage_config
 
     config = load_config("experiments/cpu-budget.yaml")
     assert config.search.fidelity == "seconds"
@@ -267,7 +267,7 @@ def test_a_staged_seconds_plan_times_each_stage():
 def test_trial_adopts_perturbed_hyperparameters_from_a_copied_checkpoint():
     """PBT restores a better trial's checkpoint into a trial with perturbed lr/dropout/wd/momentum:
     the weights are the donor's, the optimisation settings the new ones (lr at the schedule's place)."""
-    from caviar.trial import Trial, TrialSettings
+    from caviar.training.trial import Trial, TrialSettings
 
     settings = TrialSettings(family="convnet", width=1.0, num_classes=10, max_epochs=4, augment=False,
                              eval_batch_size=64, amp=False, channels_last=False, max_loss=100.0, threads=1)
@@ -343,7 +343,7 @@ def test_pbt_population_exploits(ray_session, learnable_root, tmp_path):
     assert exploits, "PBT never exploited"
     shown = result.trials[["trial_id", "status", "epochs", "retries"]]
     assert (result.trials["epochs"] >= 3).all() and (result.trials["epochs"] == 4).sum() >= 2, shown
-    from caviar.reader import read_trials
+    from caviar.search.reader import read_trials
 
     for record in read_trials(result.path):
         epochs = list(record.history["epoch"])
@@ -357,7 +357,7 @@ def test_from_top_stage_gets_epochs_and_its_share_of_time():
     """experiments/cpu-budget.yaml: the search stage's trial count and the train stage's epochs
     scale with the budget; each stage's share of the time follows its cost, so stage 1 running
     over cannot eat stage 2's time."""
-    from caviar.budget import stage_deadline
+    from caviar.sweeps.budget import stage_deadline
 
     config = load_config("experiments/cpu-budget.yaml")
     images = [13750, 13750]  # epoch_size 0.25 of 55,000
@@ -443,7 +443,7 @@ def test_a_from_top_stage_passes_over_winners_too_slow_to_train():
 def test_the_stage_gives_each_chosen_config_its_own_epochs():
     import time
 
-    from caviar.stages import _sized_to_the_deadline
+    from caviar.sweeps.stages import _sized_to_the_deadline
 
     config = load_config("experiments/cpu-budget.yaml")
     prior = pd.DataFrame({"status": ["completed", "early-stopped", "early-stopped", "diverged"],

@@ -1,4 +1,4 @@
-"""caviar.callbacks without a Ray cluster: the pruner keeps the best and the latest checkpoints and
+"""caviar.search.callbacks without a Ray cluster: the pruner keeps the best and the latest checkpoints and
 deletes nothing a saved experiment state may still name; the console stays short at any scale."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pyarrow.fs
 from ray import tune
 
-from caviar.callbacks import MAX_EVENT_LINES, CheckpointPruner, ProgressPrinter
-from caviar.trial import RESUME_FILE, checkpoint_name
+from caviar.search.callbacks import MAX_EVENT_LINES, CheckpointPruner, ProgressPrinter
+from caviar.training.trial import RESUME_FILE, checkpoint_name
 
 
 def _checkpoint(folder: Path, index: int, epoch: int, val_acc: float) -> tune.Checkpoint:

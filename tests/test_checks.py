@@ -1,4 +1,4 @@
-"""caviar.checks: the shipped models pass the sanity checks; a wrong backward and an off initial loss fail."""
+"""caviar.training.checks: the shipped models pass the sanity checks; a wrong backward and an off initial loss fail."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 import yaml
 from torch import nn
 
-import caviar.checks as checks
+import caviar.training.checks as checks
 from caviar import cli
-from caviar.data import load_cifar10
-from caviar.models import build_model
+from caviar.training.data import load_cifar10
+from caviar.training.models import build_model
 from test_sweep import SMALL_NET, small_config
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import caviar.sweeper as sweep_module
+import caviar.sweeps.sweeper as sweep_module
 from caviar import cli
 from caviar.config import Config
-from caviar.leaderboard import summarize
+from caviar.results.leaderboard import summarize
 from conftest import REPO, ray_env
 
 
@@ -127,7 +127,7 @@ def test_python_dash_m_and_console_script():
 @pytest.fixture(scope="module")
 def smoke_root(tmp_path_factory):
     """Enough images for smoke.yaml as written: 5000 validation + a 2000-image training subset."""
-    from caviar.fixture import write_cifar_fixture
+    from caviar.training.fixture import write_cifar_fixture
 
     return write_cifar_fixture(tmp_path_factory.mktemp("smoke"), train_size=7500, test_size=100)
 

@@ -11,7 +11,8 @@ import tomllib
 import pytest
 import yaml
 
-from caviar import cli, cluster
+from caviar import cli
+from caviar.search import cluster
 from caviar.config import ConfigError, load_config
 from conftest import REPO
 
@@ -294,12 +295,12 @@ def test_driver_in_the_comments_must_run_the_wheel(cuda13_wheel, tmp_path, capsy
 
 @pytest.mark.parametrize("path", [AWS, LOCAL], ids=["aws", "local"])
 def test_gpu_nodes_check_their_driver_at_setup(path, cuda13_wheel, tmp_path):
-    """Without `python -m caviar.devices` in the setup commands, a GPU node with too old a driver
+    """Without `python -m caviar.training.devices` in the setup commands, a GPU node with too old a driver
     would join and fail every trial: the check asks for it."""
     config = filled(load(path))
     for key in ("setup_commands", "worker_setup_commands"):
-        config[key] = [c for c in config.get(key, []) if "caviar.devices" not in c]
-    with pytest.raises(ConfigError, match=r"no setup command runs `python -m caviar.devices`.*driver >= 580.65.06"):
+        config[key] = [c for c in config.get(key, []) if "caviar.training.devices" not in c]
+    with pytest.raises(ConfigError, match=r"no setup command runs `python -m caviar.training.devices`.*driver >= 580.65.06"):
         cluster.check_cluster_file(write(tmp_path, config))
     config["available_node_types"] = {name: t for name, t in config.get("available_node_types", {}).items()
                                       if name == config.get("head_node_type")}
@@ -332,7 +333,7 @@ def head_node(monkeypatch, tmp_path):
 def test_autoscaling_cluster_counts_the_gpus_it_can_add(head_node):
     """On a fresh autoscaling cluster (no GPU worker yet) gpus_per_trial=auto still means GPU shares,
     and local storage is refused: the trials will run on workers that are not there yet."""
-    from caviar.connect import check_cluster
+    from caviar.search.connect import check_cluster
 
     assert cluster.cluster_gpus() == 16
     assert cluster.cluster_gpus(joined=False) == 0  # a private local instance ignores the file
@@ -349,7 +350,7 @@ def test_gpus_a_cluster_can_add_are_asked_of_its_head(ray_session, monkeypatch, 
     the file is hidden, the task in Ray's worker process still reads it.)"""
     from pathlib import Path
 
-    from caviar.connect import check_cluster
+    from caviar.search.connect import check_cluster
 
     config = filled(load(AWS))
     config["available_node_types"]["gpu_1x"]["resources"] = {"CPU": 4, "GPU": 1}

@@ -1,4 +1,4 @@
-"""Tests for caviar.data (reading, split, subset, augmentation) and caviar.fixture."""
+"""Tests for caviar.training.data (reading, split, subset, augmentation) and caviar.training.fixture."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from caviar import data as D
-from caviar.data import (
+from caviar.training import data as D
+from caviar.training.data import (
     CIFAR10_FOLDER,
     DataError,
     augment_batch,
@@ -31,8 +31,8 @@ from caviar.data import (
     split_train_val,
 )
 from caviar.errors import CaviarError
-from caviar.fixture import main as fixture_main
-from caviar.fixture import write_cifar_fixture
+from caviar.training.fixture import main as fixture_main
+from caviar.training.fixture import write_cifar_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared/data/cifar10-sample"
@@ -224,7 +224,7 @@ def test_split_is_fixed_disjoint_and_complete():
 def test_split_same_in_another_process():
     """A fresh Python process computes the identical validation indices."""
     code = (
-        "import hashlib, numpy as np; from caviar.data import split_train_val; "
+        "import hashlib, numpy as np; from caviar.training.data import split_train_val; "
         "print(hashlib.sha256(split_train_val(None, np.zeros(5000), 500, seed=7)[1].tobytes()).hexdigest())"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))

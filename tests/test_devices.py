@@ -1,4 +1,4 @@
-"""caviar.devices and the trial's device: what Ray assigned decides, CUDA problems are named, each
+"""caviar.training.devices and the trial's device: what Ray assigned decides, CUDA problems are named, each
 trial's GPU memory is bounded, an out-of-memory error says what to change. No GPU here: Ray's and
 CUDA's answers are simulated."""
 
@@ -11,11 +11,11 @@ import ray
 import torch
 from ray import tune
 
-import caviar.trainable as trainable
-from caviar import devices
+import caviar.search.trainable as trainable
+from caviar.training import devices
 from caviar.config import load_config
-from caviar.train import pick_device
-from caviar.trial import Trial, TrialSettings
+from caviar.training.train import pick_device
+from caviar.training.trial import Trial, TrialSettings
 
 HPARAMS = dict(lr=2e-3, weight_decay=1e-4, dropout=0.1, momentum=0.9, batch_size=1024, conv_layers=3,
                conv_width=256, fc_layers=1, fc_width=32, optimizer="adam", lr_schedule="cosine", init="he",
@@ -37,7 +37,7 @@ def ray_trial(monkeypatch, tmp_path):
 
     class StandIn:
         def __init__(self, hparams, settings, device=None):
-            seen["device"] = device or pick_device()  # as caviar.trial.Trial does
+            seen["device"] = device or pick_device()  # as caviar.training.trial.Trial does
             raise seen.get("raise", Built())
 
     def set_up(gpu_ids=(), share=0.0, cuda=True, driver=PROC_OPEN, cuda_version="13.0"):
@@ -170,7 +170,7 @@ def test_cuda_problems_are_named(tmp_path, monkeypatch):
 
 
 def test_device_check_command_fails_on_a_gpu_machine_pytorch_cannot_use(tmp_path, monkeypatch, capsys):
-    """`python -m caviar.devices` (run by the cluster files' setup): exit 1 where a driver is loaded
+    """`python -m caviar.training.devices` (run by the cluster files' setup): exit 1 where a driver is loaded
     but this PyTorch cannot use it; exit 0 on a machine without GPU."""
     monkeypatch.setattr(devices.shutil, "which", lambda name: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -1,4 +1,4 @@
-"""caviar.ensembler end to end after a small real sweep: members, selection, evaluation, saving."""
+"""caviar.ensembles.ensembler end to end after a small real sweep: members, selection, evaluation, saving."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import torch
 from ray import tune
 
 import caviar
-import caviar.ensembler as ensembler_module
-from caviar.ensembler import Ensemble
+import caviar.ensembles.ensembler as ensembler_module
+from caviar.ensembles.ensembler import Ensemble
 from caviar.config import ConfigError, load_config
-from caviar.data import load_test_set
-from caviar.members import Member, load_models
-from caviar.selection import SELECTORS, nll
+from caviar.training.data import load_test_set
+from caviar.ensembles.members import Member, load_models
+from caviar.ensembles.selection import SELECTORS, nll
 from conftest import REPO
 from test_sweep import small_config
 
@@ -73,7 +73,7 @@ def test_disagreeing_members_ensemble_is_at_least_as_accurate(result):
 def test_members_trained_with_flips_are_averaged_over_mirror_images(result):
     """The fixture's members trained with random flips (data.augment, the default): each member's
     probabilities are the mean over the image and its mirror image, and the saved ensemble keeps that."""
-    from caviar.train import predict_logits
+    from caviar.training.train import predict_logits
 
     res, out = result
     assert res.ensemble.flip and res.info["settings"]["flip"] is True
@@ -89,7 +89,7 @@ def test_members_trained_with_flips_are_averaged_over_mirror_images(result):
 @pytest.mark.parametrize("flip, overrides", [(False, []), (None, ["data.augment=false"])])
 def test_mirror_averaging_off_when_asked_or_members_trained_without_flips(experiment, tmp_path, flip, overrides):
     """--no-flip, or members that never saw a mirror image (data.augment false): one view each."""
-    from caviar.train import predict_logits
+    from caviar.training.train import predict_logits
 
     res = caviar.ensemble(experiment, top_k=1, seeds=0, average=False, flip=flip, overrides=overrides,
                           out=tmp_path / "ens")
@@ -140,8 +140,8 @@ def test_saved_ensemble_predicts_identically(result):
 
 def test_test_set_is_read_only_after_selection(experiment, monkeypatch, tmp_path):
     """Every selection (overall and per kind) happens before the test_batch file is even opened:
-    watched where files are read (caviar.data.read_batch_file), not at one loader."""
-    import caviar.data as data_module
+    watched where files are read (caviar.training.data.read_batch_file), not at one loader."""
+    import caviar.training.data as data_module
 
     events: list[str] = []
     greedy = SELECTORS["greedy"]
@@ -158,8 +158,8 @@ def test_a_sweep_never_reads_the_test_set(tmp_path):
     """prepare_data (what every sweep and trial loads) opens no test_batch, and works without one."""
     import shutil
 
-    from caviar.data import prepare_data
-    from caviar.fixture import write_cifar_fixture
+    from caviar.training.data import prepare_data
+    from caviar.training.fixture import write_cifar_fixture
 
     root = write_cifar_fixture(tmp_path / "fx", train_size=300, test_size=20)
     folder = next(root.rglob("test_batch")).parent
@@ -219,7 +219,7 @@ def test_no_averaged_weights_is_said(recwarn):
     import pandas as pd
     from types import SimpleNamespace
 
-    from caviar.members import average_members
+    from caviar.ensembles.members import average_members
 
     never = SimpleNamespace(trial_id="t1", latest=object(), history=pd.DataFrame([{"epoch": 2, "val_acc": 0.8}]))
     assert average_members([never], top_k=3) == []
@@ -249,7 +249,7 @@ def test_planted_payload_in_the_experiment_state_never_runs(experiment, tmp_path
     import re
     import shutil
 
-    from caviar.reader import read_trials
+    from caviar.search.reader import read_trials
 
     copy = tmp_path / "planted"
     shutil.copytree(experiment, copy)
@@ -274,7 +274,7 @@ def test_a_finished_sweep_is_read_from_its_best_trials_only(tmp_path, monkeypatc
     with a damaged leaderboard it reads every folder."""
     import types
 
-    from caviar import ensembler
+    from caviar.ensembles import ensembler
 
     rows = [{"trial_id": f"t{i:03d}", "status": "diverged" if i == 0 else "completed", "best_val_acc": 1 - i / 100}
             for i in range(100)]

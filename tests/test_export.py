@@ -1,4 +1,4 @@
-"""caviar.export: one TorchScript / ONNX file per ensemble, whose outputs are Ensemble.predict's."""
+"""caviar.ensembles.export: one TorchScript / ONNX file per ensemble, whose outputs are Ensemble.predict's."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from caviar import cli
-from caviar.ensembler import Ensemble
-from caviar.export import export
-from caviar.models import build_model
+from caviar.ensembles.ensembler import Ensemble
+from caviar.ensembles.export import export
+from caviar.training.models import build_model
 
 MEMBERS = [  # two families, different depths and activations, BN statistics away from their defaults
     ("convnet", {"conv_layers": 2, "conv_width": 16, "fc_layers": 1, "fc_width": 32, "dropout": 0.3}),
@@ -61,11 +61,11 @@ def images():
 
 @pytest.fixture
 def float32_predict(monkeypatch):
-    """Ensemble.predict in float32: where the device has native bf16 it predicts in bf16 (caviar.train);
+    """Ensemble.predict in float32: where the device has native bf16 it predicts in bf16 (caviar.training.train);
     the exported file computes in float32, so that is the reference to match to float rounding."""
-    import caviar.train
+    import caviar.training.train
 
-    monkeypatch.setattr(caviar.train, "uses_bf16", lambda device, amp: False)
+    monkeypatch.setattr(caviar.training.train, "uses_bf16", lambda device, amp: False)
 
 
 def _reference(folder, x) -> np.ndarray:

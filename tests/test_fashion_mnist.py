@@ -1,4 +1,4 @@
-"""caviar.fashion_mnist: IDX files -> CIFAR-10's python format that caviar.data reads unchanged."""
+"""caviar.training.fashion_mnist: IDX files -> CIFAR-10's python format that caviar.training.data reads unchanged."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caviar.data import CIFAR10_FOLDER, DataError, load_cifar10, prepare_data
-from caviar.fashion_mnist import DEFAULT_IDX_DIR, FASHION_MNIST_CLASSES, MARKER, SOURCES, convert, main
+from caviar.training.data import CIFAR10_FOLDER, DataError, load_cifar10, prepare_data
+from caviar.training.fashion_mnist import DEFAULT_IDX_DIR, FASHION_MNIST_CLASSES, MARKER, SOURCES, convert, main
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

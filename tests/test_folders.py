@@ -1,6 +1,6 @@
 """Experiment folders you can trust: a resumed folder is the one written, a damaged state is refused
 before anything is overwritten, overrides on resume are limited, output folders are checked first,
-and the report reads damaged files with a warning (caviar.sweeper, caviar.ensembler, caviar.report)."""
+and the report reads damaged files with a warning (caviar.sweeps.sweeper, caviar.ensembles.ensembler, caviar.results.report)."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def test_ensemble_out_never_deletes_what_it_did_not_write(finished, tmp_path):
 def test_report_reads_damaged_files_with_warnings(finished, tmp_path):
     """An empty leaderboard.csv, a corrupt params.json and a half-written checkpoint: the report is
     written, each damaged file named in a warning, the damaged trial left out, the others shown."""
-    from caviar.report import write_report
+    from caviar.results.report import write_report
 
     copy = _copy(finished, tmp_path)
     (copy / "leaderboard.csv").write_text("")

@@ -1,4 +1,4 @@
-"""The CUDA paths of caviar.train and caviar.trial. Skipped without a GPU (CI has none): run them
+"""The CUDA paths of caviar.training.train and caviar.training.trial. Skipped without a GPU (CI has none): run them
 on a GPU machine with `pytest tests/test_gpu.py`."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from caviar.config import load_config
-from caviar.data import prepare_data
-from caviar.train import train_one_epoch, uses_bf16
-from caviar.trial import Trial, TrialSettings, data_tensors, load_checkpoint_file
+from caviar.training.data import prepare_data
+from caviar.training.train import train_one_epoch, uses_bf16
+from caviar.training.trial import Trial, TrialSettings, data_tensors, load_checkpoint_file
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -77,7 +77,7 @@ def test_resume_on_the_gpu_continues_from_the_checkpoint(tensors, tmp_path):
 def test_a_trial_share_bounds_its_gpu_memory_and_oom_names_the_trial(monkeypatch):
     """Ray's GPU 0 is the trial's device; its 0.25 share caps the allocator, and going past it is a
     TrialOutOfMemory naming batch size and model (the neighbours' memory is untouched)."""
-    from caviar import devices
+    from caviar.training import devices
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     device = devices.trial_device(["0"])

@@ -1,10 +1,10 @@
-"""caviar.leaderboard: one row per trial, and diverged or errored trials never rank above the rest."""
+"""caviar.results.leaderboard: one row per trial, and diverged or errored trials never rank above the rest."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from caviar.leaderboard import leaderboard, summarize, trial_row
+from caviar.results.leaderboard import leaderboard, summarize, trial_row
 
 
 def history(*val_acc: float, diverged_at: int | None = None) -> pd.DataFrame:
@@ -31,7 +31,7 @@ def test_diverged_and_errored_trials_sink_below_all_others():
 
 
 def test_a_trial_is_complete_at_the_length_it_last_reported():
-    """A trial that fit its length to a deadline (caviar.trial.Trial.refit) reports its count each
+    """A trial that fit its length to a deadline (caviar.training.trial.Trial.refit) reports its count each
     epoch: it is complete at the last one, not at the count its config or the sweep planned."""
     shrunk = history(0.3, 0.4, 0.5).assign(max_epochs=[20, 3, 3])
     stretched = history(0.3, 0.4, 0.5).assign(max_epochs=[2, 5, 5])

@@ -1,4 +1,4 @@
-"""caviar.models: every family and option builds and maps (B, 3, 32, 32) to (B, classes)."""
+"""caviar.training.models: every family and option builds and maps (B, 3, 32, 32) to (B, classes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from caviar.models import ConvNet, ResNet9, build_model, init_weights
+from caviar.training.models import ConvNet, ResNet9, build_model, init_weights
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_resnet_takes_the_textbook_sgd_step_without_a_loss_spike():
     the loss reached 40-65 within 5 steps on these images and the trial was stopped as diverged."""
     import math
 
-    from caviar.train import prepare_inputs
+    from caviar.training.train import prepare_inputs
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

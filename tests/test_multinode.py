@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from caviar.cluster import NETWORK_FILESYSTEMS, filesystem_type
+from caviar.search.cluster import NETWORK_FILESYSTEMS, filesystem_type
 from conftest import REPO
 from test_sweep import SMALL_NET
 
@@ -85,7 +85,7 @@ def cluster():
 
 @pytest.fixture
 def data_root(tmp_path) -> Path:
-    from caviar.fixture import write_cifar_fixture
+    from caviar.training.fixture import write_cifar_fixture
 
     return write_cifar_fixture(tmp_path / "data", train_size=1500, test_size=100)
 
@@ -215,12 +215,12 @@ def test_dead_driver_leaves_a_sweep_that_resume_finishes(cluster, tmp_path, data
 # its epoch-2 checkpoint, taking its node's local working folder with it (a reclaimed spot node).
 CRASH_ONCE_DRIVER = """
 import shutil, sys
-import caviar, caviar.tuning, caviar.trainable
+import caviar, caviar.search.tuning, caviar.search.trainable
 from ray import tune
 
 def crash_once(hparams, data, settings):
     if tune.get_checkpoint() is not None:  # the retry
-        return caviar.trainable.train_trial(hparams, data, settings)
+        return caviar.search.trainable.train_trial(hparams, data, settings)
     report = tune.report
 
     def report_then_die(metrics, checkpoint=None):
@@ -231,11 +231,11 @@ def crash_once(hparams, data, settings):
 
     tune.report = report_then_die
     try:
-        caviar.trainable.train_trial(hparams, data, settings)
+        caviar.search.trainable.train_trial(hparams, data, settings)
     finally:
         tune.report = report
 
-caviar.tuning.train_trial = crash_once
+caviar.search.tuning.train_trial = crash_once
 caviar.sweep(sys.argv[1], address=sys.argv[2])
 """
 
@@ -244,7 +244,7 @@ def test_babysitting_files_from_a_worker_node_reach_storage_and_survive_a_retry(
     """On a worker whose local folders are its own (not the driver's /tmp), a trial's babysit.jsonl
     and TensorBoard events land in its folder on storage; after its first attempt dies with the
     node's folder, the retry appends its probes to the first attempt's instead of replacing them."""
-    from caviar.babysit import TENSORBOARD_DIR, read_babysit
+    from caviar.training.babysit import TENSORBOARD_DIR, read_babysit
 
     cluster = LocalCluster(workers=1, own_temp_dirs=True)
     try:

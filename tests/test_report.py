@@ -1,4 +1,4 @@
-"""caviar.report and caviar.babysit on a real small experiment: every named chart is drawn, the HTML
+"""caviar.results.report and caviar.training.babysit on a real small experiment: every named chart is drawn, the HTML
 loads every image in headless Chromium, the border warning shows, and babysitting changes nothing."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import yaml
 
 import caviar
 from caviar import cli
-from caviar.babysit import Babysitter, read_babysit
+from caviar.training.babysit import Babysitter, read_babysit
 from caviar.config import load_config
-from caviar.data import prepare_data
-from caviar.report import write_report
-from caviar.trial import Trial, TrialSettings, data_tensors
+from caviar.training.data import prepare_data
+from caviar.results.report import write_report
+from caviar.training.trial import Trial, TrialSettings, data_tensors
 from test_sweep import SMALL_NET, small_config
 
 CHARTS = ("accuracy", "loss", "hparams", "rungs", "filters", "update_ratio", "ensemble")

@@ -1,4 +1,4 @@
-"""caviar.selection: NLL, ECE and greedy ensemble selection on hand-made cases."""
+"""caviar.ensembles.selection: NLL, ECE and greedy ensemble selection on hand-made cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from caviar.selection import accuracy, combine, ece, greedy_select, nll, uniform_select
+from caviar.ensembles.selection import accuracy, combine, ece, greedy_select, nll, uniform_select
 
 
 def test_nll_and_accuracy_by_hand():

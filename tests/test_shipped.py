@@ -1,4 +1,4 @@
-"""caviar.shipped and caviar.catalog: shipped experiments by name from any folder, and what each costs."""
+"""caviar.config.shipped and caviar.config.catalog: shipped experiments by name from any folder, and what each costs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from caviar import catalog, cli, shipped
+from caviar import cli
+from caviar.config import catalog, shipped
 from caviar.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,12 +48,12 @@ def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 def test_unknown_name_is_one_line_listing_the_names_exit_2(tmp_path, monkeypatch, capsys):
     """Neither a file nor a shipped name: exit 2 before anything runs, one line naming every shipped one."""
-    import caviar.data
-    import caviar.experiment
+    import caviar.training.data
+    import caviar.sweeps.experiment
 
-    # both names: caviar.experiment binds its own at import, and an import here (first in a run
+    # both names: caviar.sweeps.experiment binds its own at import, and an import here (first in a run
     # that starts with this file) would otherwise keep the failing stand-in for later tests
-    for module in (caviar.data, caviar.experiment):
+    for module in (caviar.training.data, caviar.sweeps.experiment):
         monkeypatch.setattr(module, "prepare_data", lambda *a, **k: pytest.fail("read data"))
     assert cli.main(["sweep", "smok", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,4 +1,4 @@
-"""caviar.space: every range samples on its stated scale."""
+"""caviar.search.space: every range samples on its stated scale."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from caviar.config import Choice, Range, SpaceConfig
-from caviar.space import from_sampling_scale, sample, searched, to_param_space, to_sampling_scale
+from caviar.search.space import from_sampling_scale, sample, searched, to_param_space, to_sampling_scale
 
 N = 4000
 
@@ -123,7 +123,7 @@ def test_lr_per_optimizer_through_rays_generator():
 def test_lr_per_optimizer_in_tpe():
     """Optuna's define-by-run space suggests lr_<optimizer> within that optimizer's range."""
     optuna = pytest.importorskip("optuna")
-    from caviar.space import OptunaDefineByRun
+    from caviar.search.space import OptunaDefineByRun
 
     define = OptunaDefineByRun(SpaceConfig(lr=BY_OPTIMIZER, optimizer=["adam", "nesterov"]), seed=0)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -152,7 +152,7 @@ def test_a_resnet_space_leaves_the_convnet_shape_out():
     experiment keeps them."""
     import pandas as pd
 
-    from caviar.border import border_warnings
+    from caviar.results.border import border_warnings
     from caviar.config import CONVNET_SHAPE, load_config
 
     resnet = load_config(model__family="resnet", space__conv_width={"low": 32, "high": 256, "scale": "log_int"})
@@ -168,7 +168,7 @@ def test_a_resnet_space_leaves_the_convnet_shape_out():
     assert [w["param"] for w in border_warnings(table, convnet.space)] == ["conv_layers"]
     assert border_warnings(table, resnet.space) == []
     # a leaderboard saved before the rule (conv_layers drawn) trains its winners again without it
-    from caviar.stages import top_points
+    from caviar.sweeps.stages import top_points
 
     assert "conv_layers" not in top_points(table.assign(seed=1), resnet.space, 1, 2)[0]
     assert top_points(table.assign(seed=1), convnet.space, 1, 2)[0]["conv_layers"] == 3

@@ -1,4 +1,4 @@
-"""caviar.stages: ranges narrow around the top trials in sampling scale, widen past an edge, and a
+"""caviar.sweeps.stages: ranges narrow around the top trials in sampling scale, widen past an edge, and a
 real staged run completes every stage in one experiment folder."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 import caviar
-import caviar.console
-import caviar.experiment
+import caviar.sweeps.console
+import caviar.sweeps.experiment
 from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
-from caviar.narrowing import next_space
-from caviar.stages import stage_config
+from caviar.sweeps.narrowing import next_space
+from caviar.sweeps.stages import stage_config
 from conftest import REPO, epochs_reported, interrupt_sweep
 from test_sweep import SMALL_NET, small_config
 
@@ -200,7 +200,7 @@ def test_real_staged_run_completes_every_stage(staged):
     assert sorted(third["batch_size"]) == sorted(best_two["batch_size"])
     assert not set(third["seed"]) & set(best_two["seed"])
     assert (third["epochs"] == 2).all() and plan["stages"][2]["num_samples"] == 2
-    assert "Stages:" in caviar.console.describe(staged) and "stages.json" in caviar.console.describe(staged)
+    assert "Stages:" in caviar.sweeps.console.describe(staged) and "stages.json" in caviar.sweeps.console.describe(staged)
 
 
 def test_ensemble_of_a_staged_experiment_draws_from_every_stage(staged):
@@ -215,7 +215,7 @@ def test_ensemble_of_a_staged_experiment_draws_from_every_stage(staged):
 
 def test_staged_report_links_every_stage(staged):
     """`caviar report` on a staged folder writes each stage's report and a top page with the rules."""
-    from caviar.report import write_report
+    from caviar.results.report import write_report
 
     page = write_report(staged.root).read_text()
     for folder in ("stage1-coarse", "stage2-medium", "stage3-fine"):
@@ -283,7 +283,7 @@ def test_points_with_their_own_epoch_counts_train_that_many(ray_session, learnab
 
 def test_a_budgeted_stage_with_more_winners_than_slots_trains_every_one(ray_session, learnable_root, tmp_path):
     """from_top: 3 on 2 slots under a budget: the winners train in two waves, each the epochs
-    sized for its wave (caviar.budget.affordable, its `max_epochs`). None refits its length to the
+    sized for its wave (caviar.sweeps.budget.affordable, its `max_epochs`). None refits its length to the
     stage's end (Trial.refit): before, the first wave stretched itself to the deadline and the third
     winner was left a few epochs."""
     tree = small_config(learnable_root, tmp_path, "waves")
@@ -303,12 +303,12 @@ def test_trials_fit_their_length_to_a_deadline(ray_session, learnable_root, tmp_
     trial planned at 60 epochs, which cannot train them before the deadline (minus
     TRIAL_END_MARGIN_S), measures its speed and shrinks its schedule to what fits, so it completes
     it instead of being cut off half way (Trial.refit; stretching is tested in test_train)."""
-    monkeypatch.setattr(caviar.experiment, "TRIAL_END_MARGIN_S", 3.0)
+    monkeypatch.setattr(caviar.sweeps.experiment, "TRIAL_END_MARGIN_S", 3.0)
     tree = small_config(learnable_root, tmp_path, "fit", scheduler="random", num_samples=1, max_epochs=3)
     tree["search"]["points"] = [{"lr": 2e-3, "batch_size": 64, "dropout": 0.0, "optimizer": "adam", "seed": 1,
                                  "max_epochs": 60}]
     deadline = time.time() + 16.0
-    result = caviar.experiment.run_experiment(load_config(tree), deadline=deadline, fit_to_deadline=True,
+    result = caviar.sweeps.experiment.run_experiment(load_config(tree), deadline=deadline, fit_to_deadline=True,
                                               log=lambda line: None)
     row = result.trials.iloc[0]
     history = pd.read_json(Path(row["path"]) / "result.json", lines=True, convert_dates=False)

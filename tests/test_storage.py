@@ -26,7 +26,7 @@ def test_leaderboard_paths_keep_the_scheme_of_the_storage(ray_session, learnable
     """A sweep on URI storage (file:// here; s3:// behaves alike, without a bucket to test on): the
     leaderboard's trial folders and best checkpoints are URIs that reach storage, not bare paths."""
     import caviar
-    from caviar import experiment
+    from caviar.sweeps import experiment
     from caviar.config import load_config
     from test_sweep import small_config
 

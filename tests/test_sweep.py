@@ -1,4 +1,4 @@
-"""caviar.sweeper end to end on a learnable CIFAR-format fixture, in one local Ray instance."""
+"""caviar.sweeps.sweeper end to end on a learnable CIFAR-format fixture, in one local Ray instance."""
 
 from __future__ import annotations
 
@@ -134,13 +134,13 @@ def test_a_leaderboard_row_reruns_the_trial_exactly(asha):
     import torch
 
     from caviar.config import SpaceConfig
-    from caviar.data import prepare_data
-    from caviar.trial import Trial, TrialSettings, data_tensors
+    from caviar.training.data import prepare_data
+    from caviar.training.trial import Trial, TrialSettings, data_tensors
 
     row, config = asha.best, asha.config
     hparams = {name: (row[name].item() if hasattr(row[name], "item") else row[name])
                for name in SpaceConfig.model_fields if name in row} | {"seed": int(row["seed"])}
-    from caviar.reader import read_trials
+    from caviar.search.reader import read_trials
 
     record = next(r for r in read_trials(asha.path) if r.trial_id == row["trial_id"])
     recorded = record.history.sort_values("epoch").to_dict("records")
@@ -203,7 +203,7 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
     import gc
     import weakref
 
-    from caviar import experiment
+    from caviar.sweeps import experiment
 
     loaded = []
     real_prepare = experiment.prepare_data
@@ -231,7 +231,7 @@ def test_snapshot_period_grows_with_the_trials_and_the_user_setting_wins(monkeyp
     """While caviar's sweeps run, Ray snapshots its state every max(10 s, 0.01 s x trials) (bytes
     written in proportion to the trials, not their square) and its frequent-snapshot warning is off;
     the environment is restored afterwards, and values the user set are left alone."""
-    from caviar import tuning
+    from caviar.search import tuning
 
     seen = []
 
@@ -257,7 +257,7 @@ def test_rays_warning_about_unstarted_trials_is_dropped_during_fit_but_other_fai
     naming any other failure to read a trial still shows."""
     import logging
 
-    from caviar import tuning
+    from caviar.search import tuning
 
     log = logging.getLogger("ray.tune.analysis.experiment_analysis")
     missing = "- train_trial_1: FileNotFoundError('Could not fetch metrics for train_trial_1')"
@@ -278,7 +278,7 @@ def test_rays_warning_about_unstarted_trials_is_dropped_during_fit_but_other_fai
 def test_free_slots_counts_what_can_start_now(ray_session):
     """A stage that trains chosen configs is sized for the trial slots free when it starts: a CPU
     held elsewhere (another job, or one Ray did not give back) leaves one of the two."""
-    from caviar import connect
+    from caviar.search import connect
 
     config = load_config(None, ["resources.cpus_per_trial=1", "resources.gpus_per_trial=0"])
     resources = {"cpu": 1.0, "gpu": 0.0}
@@ -304,7 +304,7 @@ def test_free_slots_counts_what_can_start_now(ray_session):
 def test_free_slots_waits_for_the_expected_slots_then_settles_for_fewer(monkeypatch):
     """free_slots waits (up to wait_s) for a CPU Ray has yet to give back, and after that counts
     what is free."""
-    from caviar import connect
+    from caviar.search import connect
 
     config = load_config(None, ["resources.cpus_per_trial=1", "resources.gpus_per_trial=0"])
     freed = iter([{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 2.0}])

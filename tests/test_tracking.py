@@ -1,4 +1,4 @@
-"""caviar.tracking: `log: [mlflow, wandb]` sends trials, the leaderboard and the ensemble to the trackers
+"""caviar.search.tracking: `log: [mlflow, wandb]` sends trials, the leaderboard and the ensemble to the trackers
 (a real local MLflow store, W&B offline: nothing leaves the machine)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from caviar import cli, tracking
+from caviar import cli
+from caviar.search import tracking
 from caviar.config import ConfigError, load_config
 from conftest import ray_env
 
@@ -115,7 +116,7 @@ def tracked(tmp_path_factory):
     Ray), then `caviar ensemble` of it, MLflow on a sqlite store in the test's folder, W&B offline."""
     pytest.importorskip("mlflow", reason="pip install 'caviar[mlflow]'")
     pytest.importorskip("wandb", reason="pip install 'caviar[wandb]'")
-    from caviar.fixture import write_cifar_fixture
+    from caviar.training.fixture import write_cifar_fixture
 
     work = tmp_path_factory.mktemp("tracked")
     data = write_cifar_fixture(work / "data", train_size=400, test_size=100)

@@ -1,4 +1,4 @@
-"""caviar.train and caviar.trial: training learns, diverges cleanly, and resumes exactly."""
+"""caviar.training.train and caviar.training.trial: training learns, diverges cleanly, and resumes exactly."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS, load_config
-from caviar.data import prepare_data
-from caviar.trial import REFIT_USE, Trial, TrialSettings, averaged_weights, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
-from caviar.train import make_optimizer, make_scheduler
+from caviar.training.data import prepare_data
+from caviar.training.trial import REFIT_USE, Trial, TrialSettings, averaged_weights, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
+from caviar.training.train import make_optimizer, make_scheduler
 
 HPARAMS = dict(lr=2e-3, weight_decay=1e-4, dropout=0.1, momentum=0.9, batch_size=64, conv_layers=2, conv_width=16,
                fc_layers=1, fc_width=32, optimizer="adam", lr_schedule="cosine", init="he", batch_norm=True,
@@ -74,7 +74,7 @@ def test_checkpoint_carries_what_rebuilds_it(tensors, tmp_path):
     """The checkpoint holds weights, optimizer, scheduler, epoch, RNG, hparams and settings; loads
     weights_only. What only resuming needs is in its own file, so it can be dropped from a
     checkpoint kept for the ensemble; without it the weights still load, a resume is refused."""
-    from caviar.trial import RESUME_FILE, load_checkpoint_file
+    from caviar.training.trial import RESUME_FILE, load_checkpoint_file
 
     trial = Trial(HPARAMS, settings())
     path = trial.save(tmp_path, trial.run_epoch(*tensors))
@@ -202,7 +202,7 @@ def test_resume_restores_the_average(tensors, tmp_path):
 
 def test_amp_means_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
     """train.amp: bf16 autocast on CUDA from compute capability 8.0; on CPU only where bf16 is native."""
-    import caviar.train as train
+    import caviar.training.train as train
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
@@ -221,7 +221,7 @@ def test_amp_means_bf16_on_cuda_and_on_cpus_that_have_it(monkeypatch):
                          ids=["V100", "T4", "A100", "H100"])
 def test_bf16_on_cuda_only_where_the_gpu_has_it(monkeypatch, capability, bf16):
     """T4 and V100 report bf16 support through emulation, slower than float32: float32 there."""
-    import caviar.train as train
+    import caviar.training.train as train
 
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
@@ -233,7 +233,7 @@ def test_bf16_on_cuda_only_where_the_gpu_has_it(monkeypatch, capability, bf16):
 
 def test_bf16_trial_on_cpu_learns_like_float32(tensors, monkeypatch):
     """The bf16 path trains as well as float32: same data, same seed, accuracies close, both far above chance."""
-    import caviar.train as train
+    import caviar.training.train as train
 
     results = {}
     for native in (True, False):
@@ -246,7 +246,7 @@ def test_bf16_trial_on_cpu_learns_like_float32(tensors, monkeypatch):
 
 
 def test_auto_eval_batch_size_follows_the_device():
-    import caviar.train as train
+    import caviar.training.train as train
 
     assert train.eval_batch_size("auto", torch.device("cpu")) == 64
     assert train.eval_batch_size("auto", torch.device("cuda")) == 1024
@@ -265,7 +265,7 @@ def test_swa_needs_two_averaged_epochs(max_epochs, start, expected):
 def test_divergence_is_caught_when_checked_every_few_steps(tensors, check_every):
     """On a GPU the loss is read every few steps (reading it makes the CPU wait); a diverging run is
     still caught, at the latest on the epoch's last step."""
-    from caviar.train import train_one_epoch
+    from caviar.training.train import train_one_epoch
 
     trial = Trial(HPARAMS | dict(optimizer="sgd", lr=1e6, batch_norm=False, grad_clip=0), settings())
     stats = train_one_epoch(trial.model, trial.optimizer, tensors[0], tensors[1], batch_size=64,
@@ -295,7 +295,7 @@ def test_resume_from_another_device_kind_warns_and_goes_on(tensors, tmp_path):
 def test_epoch_size_is_images_seen_not_a_subset():
     """train.epoch_size 0.25: an epoch takes a quarter of the steps, and successive epochs draw their
     images from the whole training set (fresh orders), not from one fixed quarter."""
-    from caviar.train import _batches, images_per_epoch
+    from caviar.training.train import _batches, images_per_epoch
 
     assert images_per_epoch(1000, None) == 1000 and images_per_epoch(1000, 0.25) == 250
     assert images_per_epoch(1000, 300) == 300 and images_per_epoch(1000, 5000) == 1000 and images_per_epoch(10, 1.0) == 10

@@ -1,0 +1,127 @@
+"""`caviar experiments`: one line per shipped experiment: trials, epochs, what it costs, what it reached.
+
+Trials, epochs and passes over the training set are computed from the YAML files themselves, so the
+list follows any edit of them. Time comes from one cost figure per model family and device (below,
+with where each figure comes from); what an experiment reached is a sentence per experiment from
+benchmarks/README.md, kept here only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from caviar.config import shipped
+from caviar.config import Config, StageConfig, load_config
+
+# CIFAR-10's training images less the default validation split: one "pass" over the training set.
+FULL_TRAIN_IMAGES = 45_000
+
+# Seconds of one trial's training per pass over 45,000 images, per family, plus its evaluation of the
+# 5,000 validation images each epoch (about a third of a training step's cost per image, ~4% of a pass).
+# CPU: one core, bf16 autocast; benchmarks/README.md section 1 measured 4,300 images/s for the smallest
+# convnet (10 s per pass) and 208 images/s for ResNet-9 (216 s); the default space's convnets are
+# wider and deeper (conv_width up to 256, up to 3 blocks), ~60 s per pass on average (README: ~3 core-
+# hours for the default sweep's ~175 trial-epochs). GPU: NOT measured yet (no GPU was lent to this
+# work; benchmarks/bench_gpu.py measures it): an estimate from the convnet's size at 4 trials per GPU.
+SECONDS_PER_PASS = {"cpu": {"convnet": 60.0, "resnet": 216.0}, "gpu": {"convnet": 4.0, "resnet": 12.0}}
+EVAL_SHARE = 0.04
+START_S = 30.0  # Ray's start, loading CIFAR-10, the first trial processes (benchmarks/README.md section 3)
+TRIALS_PER_GPU = {"convnet": 4, "resnet": 2}  # gpus_per_trial: auto (caviar.sweeps.sweeper.AUTO_GPU_SHARE)
+
+# What each shipped experiment reached, from benchmarks/README.md (None: not benchmarked yet).
+REACHED = {
+    "cpu-budget": "Fashion-MNIST on 2 cores: ensemble 94.7% test accuracy at 30 min, 94.8% at 60 min (mirror-"
+                  "averaged; a hand-picked config: 93.4% at 30 min), benchmarks/README.md section 7",
+    "default": "Fashion-MNIST on 2 cores with --budget 30m: 71.0% test accuracy (10 trials of its wide space, 4 "
+               "diverged; made for GPUs: on a CPU start with cpu-budget), benchmarks/README.md section 7",
+    "staged": "Fashion-MNIST on 2 cores with --budget 30m: 60.0% test accuracy (12 trials of its wide space, "
+              "2 diverged; made for GPUs: on a CPU start with cpu-budget), benchmarks/README.md section 7",
+    "smoke": "learns on the test suite's fixture (tests/test_cli.py); not benchmarked on CIFAR-10",
+}
+
+
+@dataclass
+class Entry:
+    name: str
+    trials: int  # trials drawn (every stage together)
+    epochs: str  # epochs per trial, per stage: "20", "1 / 5 / 20"
+    passes: float  # expected passes over the training set, every trial together (ASHA's stopping included)
+    budget: str | None  # the file's `budget`: planned to fit it on whatever runs it
+    cpu_core_hours: float
+    gpu_hours: float  # on one GPU, trials sharing it
+    reached: str | None
+
+
+def asha_trial_epochs(trials: int, max_epochs: int, grace: int, eta: int) -> float:
+    """Expected trial-epochs of ASHA: every trial runs to the first rung, 1/eta of them to the next, ...
+    (rungs at grace * eta**k below max_epochs, then max_epochs)."""
+    rungs, rung = [], grace
+    while rung < max_epochs:
+        rungs.append(rung)
+        rung *= eta
+    rungs.append(max_epochs)
+    total, previous = 0.0, 0
+    for k, rung in enumerate(rungs):
+        total += trials / eta**k * (rung - previous)
+        previous = rung
+    return total
+
+
+def _sweeps(config: Config) -> list[tuple[int, int, str, float]]:
+    """(trials, epochs, scheduler, fraction of the training set per epoch) of each sweep it runs."""
+    search = config.search
+    if not config.stages:
+        return [(search.num_samples, search.max_epochs, search.scheduler, _fraction(config.data.train_subset))]
+    return [_stage(config, stage) for stage in config.stages]
+
+
+def _stage(config: Config, stage: StageConfig) -> tuple[int, int, str, float]:
+    subset = config.data.train_subset if stage.train_subset is None else stage.train_subset
+    return (stage.from_top or stage.num_samples, stage.epochs, stage.scheduler_run(config.search.scheduler),
+            _fraction(subset))
+
+
+def _fraction(subset: int | float | None) -> float:
+    if subset is None or (isinstance(subset, float) and subset == 1.0):
+        return 1.0
+    return subset if isinstance(subset, float) else min(1.0, subset / FULL_TRAIN_IMAGES)
+
+
+def entry(name: str) -> Entry:
+    config = load_config(shipped.path(name))
+    epoch_share = _fraction(config.train.epoch_size)
+    passes, trials, epochs = 0.0, 0, []
+    for count, max_epochs, scheduler, subset in _sweeps(config):
+        search = config.search
+        trial_epochs = (asha_trial_epochs(count, max_epochs, min(search.grace_period, max_epochs),
+                                          search.reduction_factor) if scheduler == "asha" else count * max_epochs)
+        passes += trial_epochs * (subset * epoch_share + EVAL_SHARE)
+        trials += count
+        epochs.append(str(max_epochs))
+    family = config.model.family
+    return Entry(name, trials, " / ".join(epochs), passes, config.budget,
+                 (START_S + passes * SECONDS_PER_PASS["cpu"][family]) / 3600,
+                 (START_S + passes * SECONDS_PER_PASS["gpu"][family] / TRIALS_PER_GPU[family]) / 3600,
+                 REACHED.get(name))
+
+
+def _hours(hours: float) -> str:
+    if hours < 1 / 60:
+        return "1 min"
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
+
+
+def describe() -> str:
+    """The table `caviar experiments` prints, one line per shipped experiment."""
+    lines = []
+    for name in shipped.names():
+        e = entry(name)
+        if e.budget:
+            cost = f"planned to its budget: {e.budget} (any --budget) on a CPU or a GPU"
+        else:
+            cost = f"CPU ~{_hours(e.cpu_core_hours)} of one core (divide by the cores), one GPU ~{_hours(e.gpu_hours)} (est.)"
+        lines.append(f"{name:<11} {e.trials:>4} trials x {e.epochs:<11} epochs  {cost};  "
+                     f"reached: {e.reached or 'not benchmarked yet'}")
+    lines.append(f"Run one with `caviar sweep NAME` (files: {shipped.FOLDER}); time is estimated from "
+                 "~passes over 45,000 images (caviar/catalog.py), GPU figures are not measured yet.")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Ensemble members from an experiment folder: which checkpoints, and the models they rebuild.
+
+The four kinds the notes list: the top trials of the search at their best checkpoint (`top`),
+the running average of weights those trials kept (`average`), the best config retrained from new
+random seeds (`seed`), and checkpoints from other epochs of the best trial (`snapshot`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from caviar.training.models import build_model
+from caviar.training.trial import averaged_weights, find_checkpoint_file, load_checkpoint_file
+
+KINDS = ("top", "average", "seed", "snapshot")
+
+
+@dataclass
+class Member:
+    name: str  # unique, e.g. top1-3f2a1_00004, avg-3f2a1_00004, seed-1234567, snap-e007-3f2a1_00004
+    kind: str  # one of KINDS
+    trial_id: str
+    checkpoint: Any  # a Ray Checkpoint (local folder or URI)
+    weights: str  # "model" (raw weights) or "averaged"
+    epoch: int
+    sweep_val_acc: float  # what the sweep reported for these weights on the validation split
+
+
+def _val_acc(metrics: dict[str, Any], key: str = "val_acc") -> float:
+    value = metrics.get(key)
+    return float(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) else math.nan
+
+
+def rank_trials(records: list[Any]) -> list[Any]:
+    """Trials with a usable checkpoint, best validation accuracy first (diverged ones have none)."""
+    usable = [r for r in records if r.checkpoints]
+    return sorted(usable, key=lambda r: -_val_acc(r.checkpoints[0][1]))
+
+
+def top_members(ranked: list[Any], top_k: int) -> list[Member]:
+    return [
+        Member(f"top{i + 1}-{r.trial_id}", "top", r.trial_id, r.checkpoints[0][0], "model",
+               int(r.checkpoints[0][1].get("epoch", 0)), _val_acc(r.checkpoints[0][1]))
+        for i, r in enumerate(ranked[:top_k])
+    ]
+
+
+def average_members(ranked: list[Any], top_k: int) -> list[Member]:
+    """The averaged weights in each top trial's latest checkpoint (where averaging had started)."""
+    members = []
+    for r in ranked[:top_k]:
+        last = r.history.iloc[-1].to_dict() if r.history is not None and len(r.history) else {}
+        if r.latest is not None and not math.isnan(_val_acc(last, "avg_val_acc")):
+            members.append(Member(f"avg-{r.trial_id}", "average", r.trial_id, r.latest, "averaged",
+                                  int(last.get("epoch", 0)), _val_acc(last, "avg_val_acc")))
+    if ranked and not members:
+        warnings.warn("no averaged weights in the top trials, so the ensemble has no `average` members: the "
+                      "experiment ran with average.method none, or averaging never started (SWA needs 2 or more "
+                      "epochs after average.start x search.max_epochs; lower average.start or use ema)",
+                      stacklevel=2)
+    return members
+
+
+def snapshot_members(best: Any, count: int) -> list[Member]:
+    """Other kept checkpoints (other epochs) of the best trial, best first."""
+    return [
+        Member(f"snap-e{int(m.get('epoch', 0)):03d}-{best.trial_id}", "snapshot", best.trial_id, checkpoint, "model",
+               int(m.get("epoch", 0)), _val_acc(m))
+        for checkpoint, m in best.checkpoints[1 : 1 + count]
+    ]
+
+
+def seed_members(records: list[Any]) -> list[Member]:
+    return [
+        Member(f"seed-{r.hparams['seed']}", "seed", r.trial_id, r.checkpoints[0][0], "model",
+               int(r.checkpoints[0][1].get("epoch", 0)), _val_acc(r.checkpoints[0][1]))
+        for r in records if r.checkpoints
+    ]
+
+
+def load_member(member: Member) -> dict[str, Any]:
+    """The checkpoint's saved state (weights_only); raises on a missing or corrupt file."""
+    with member.checkpoint.as_directory() as folder:
+        return load_checkpoint_file(find_checkpoint_file(folder))
+
+
+def model_from_state(state: dict[str, Any], weights: str = "model") -> nn.Module:
+    """Rebuild the network a checkpoint describes and load its raw or averaged weights."""
+    settings = state["settings"]
+    model = build_model(settings["family"], state["hparams"], width=settings["width"],
+                        num_classes=settings["num_classes"])
+    tensors = averaged_weights(state) if weights == "averaged" else state["model"]
+    if tensors is None:
+        raise ValueError("the checkpoint holds no averaged weights")
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def load_models(members: list[Member], family: str, num_classes: int) -> list[tuple[Member, nn.Module, dict]]:
+    """(member, model, description) for every member that loads; the rest are skipped with a
+    warning naming the checkpoint. Checkpoints of another family or class count are refused, not mixed."""
+    loaded = []
+    for member in members:
+        try:
+            state = load_member(member)
+            settings = state["settings"]
+            if settings["family"] != family or settings["num_classes"] != num_classes:
+                raise ValueError(
+                    f"it is a {settings['family']} with {settings['num_classes']} classes, but this experiment "
+                    f"trains {family} with {num_classes}"
+                )
+            model = model_from_state(state, member.weights)
+        except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped, not fatal
+            warnings.warn(f"skipping ensemble member {member.name}: checkpoint {member.checkpoint.path} "
+                          f"is unusable ({type(error).__name__}: {error})", stacklevel=2)
+            continue
+        description = {"family": settings["family"], "width": settings["width"],
+                       "num_classes": settings["num_classes"], "hparams": state["hparams"]}
+        loaded.append((member, model, description))
+    return loaded
+
+
+def member_state(model: nn.Module, description: dict[str, Any]) -> dict[str, Any]:
+    """What a saved ensemble stores per member: weights plus what rebuilds the network."""
+    return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **description}
+
+
+def model_from_member_state(saved: dict[str, Any]) -> nn.Module:
+    model = build_model(saved["family"], saved["hparams"], width=saved["width"], num_classes=saved["num_classes"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+def to_device(models: list[nn.Module], device: torch.device) -> list[nn.Module]:
+    return [m.to(device) for m in models]

@@ -1,0 +1,190 @@
+"""`caviar report EXPERIMENT`: an HTML page with PNG charts, from an experiment folder on disk.
+
+Read from the files a sweep writes while it runs (each trial's params.json, result.json,
+checkpoints and babysit.jsonl; caviar.yaml; leaderboard.csv once finished), so it works on a
+finished experiment and on a running one (trials still running show as "running"). Written into
+the experiment folder: ``report.html`` and ``report/*.png``:
+
+- accuracy.png: train and val accuracy per epoch of the top trials, one chart per trial (a wide
+  gap = overfitting, both low and close = underfitting);
+- loss.png: train and val loss of the same trials;
+- hparams.png: each searched hyperparameter against best val_acc, on its sampling scale, with the
+  range's borders and outer zones drawn and the border warning (caviar.results.border) in the title;
+- rungs.png: how many trials reached each epoch, ASHA's rungs marked (early-stopping survival);
+- filters.png: the first-layer filters of the best trial at its best checkpoint;
+- update_ratio.png: the best trial's per-layer update/weight ratio at its probes (caviar.training.babysit);
+- ensemble.png: member vs ensemble test accuracy, when <experiment>/ensemble/ensemble.json exists.
+
+A staged experiment (stages.json) gets one report per stage and a top page that links them. The
+charts are drawn by caviar.results.charts.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from caviar import storage
+from caviar.search import reader
+from caviar.results.border import border_warnings, scored
+from caviar.results.charts import plot_curves, plot_ensemble, plot_filters, plot_hparams, plot_rungs, plot_update_ratio
+from caviar.config import CONFIG_FILE, Config, ConfigError, build_config, read_yaml
+from caviar.results.leaderboard import LEADERBOARD_FILE, trial_row
+from caviar.search.space import searched
+from caviar.sweeps.stages import STAGES_FILE
+
+REPORT_FILE = "report.html"
+IMAGES_DIR = "report"
+ENSEMBLE_FILE = Path("ensemble") / "ensemble.json"
+
+
+# ---------------------------------------------------------------- reading an experiment folder
+def read_trials(folder: Path, config: Config) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(table best first, histories by trial_id) from the trial folders, finished or running
+    (caviar.search.reader: plain files only, damaged ones skipped with a warning)."""
+    statuses: dict[str, str] = {}
+    board = folder / LEADERBOARD_FILE
+    if board.exists():
+        try:
+            saved = pd.read_csv(board)
+            statuses = dict(zip(saved["trial_id"].astype(str), saved["status"]))
+        except (ValueError, KeyError, pd.errors.ParserError) as error:  # empty, cut short, not ours
+            warnings.warn(f"skipping damaged {board} ({type(error).__name__}); statuses come from the trial folders",
+                          stacklevel=2)
+    rows, histories = [], {}
+    for record in reader.read_trials(str(folder)):
+        history = record.history if record.history is not None else pd.DataFrame()
+        epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 0
+        ray_status = record.ray_status
+        if ray_status == "RUNNING" and epochs >= config.search.max_epochs:  # no saved state says otherwise
+            ray_status = "TERMINATED"
+        row = trial_row(record.trial_id, ray_status, record.hparams, history, config.search.max_epochs,
+                        retries=record.retries, path=record.path)
+        if record.trial_id in statuses:
+            row["status"] = statuses[record.trial_id]
+        elif row["status"] == "unfinished":
+            row["status"] = "running"
+        rows.append(row)
+        histories[record.trial_id] = history
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
+    return table, histories
+
+
+# ---------------------------------------------------------------- the page
+CHARTS = [
+    ("accuracy", "Accuracy curves of the top trials", "Train (augmented) and validation accuracy per epoch, one "
+     "chart per trial: a widening gap means overfitting (more regularisation), two low close curves underfitting "
+     "(a bigger model)."),
+    ("loss", "Loss curves of the top trials", "Training and validation cross-entropy per epoch."),
+    ("hparams", "Hyperparameters against validation accuracy", "Each searched hyperparameter on its sampling "
+     "scale (log axis for log scales, 1 - beta for momentum); red lines: the range's borders, shaded: the outer "
+     "zones where a best value (gold star) triggers the border warning; grey crosses: diverged or failed trials."),
+    ("rungs", "ASHA rung survival", "Trials that reached each epoch; dashed: the rungs where ASHA stops the "
+     "bottom trials."),
+    ("filters", "First-layer filters of the best trial", "Smooth, varied colour and edge detectors are healthy; "
+     "noisy filters suggest too little training or regularisation."),
+    ("update_ratio", "Update/weight ratio per layer (best trial)", "||dW|| / ||W|| of one training step at each "
+     "probe; the notes' rule of thumb is about 1e-3 (red line)."),
+    ("ensemble", "Ensemble members vs the ensemble", "Test accuracy of each member and of the ensemble "
+     "(from ensemble/ensemble.json)."),
+]
+
+
+def _style() -> str:
+    return ("<style>body{font-family:sans-serif;max-width:1300px;margin:1em auto;padding:0 1em;color:#222}"
+            "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:12px}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}.warn{background:#fff3f3;border-left:4px solid #c00;"
+            "padding:.4em .8em;margin:.3em 0}.note{color:#555;font-size:13px}</style>")
+
+
+def _load_config(folder: Path) -> Config:
+    path = folder / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{folder} has no {CONFIG_FILE}; pass an experiment folder that `caviar sweep` wrote")
+    return build_config(read_yaml(path, "saved config"), str(path))
+
+
+def report_experiment(folder: Path, top: int = 6) -> Path:
+    """report.html + report/*.png for one sweep folder (a stage's folder too)."""
+    config = _load_config(folder)
+    table, histories = read_trials(folder, config)
+    images = folder / IMAGES_DIR
+    images.mkdir(exist_ok=True)
+    warnings = border_warnings(table, config.space, config.search.border_fraction) if len(table) else []
+    made: dict[str, Path | None] = {}
+    made["accuracy"] = plot_curves(table, histories, top, "acc", images / "accuracy.png") if len(table) else None
+    made["loss"] = plot_curves(table, histories, top, "loss", images / "loss.png") if len(table) else None
+    made["hparams"] = plot_hparams(table, config, warnings, images / "hparams.png")
+    made["rungs"] = plot_rungs(table, config, images / "rungs.png")
+    made["filters"] = plot_filters(table, images / "filters.png")
+    made["update_ratio"] = plot_update_ratio(table, images / "update_ratio.png")
+    ensemble = folder / ENSEMBLE_FILE
+    made["ensemble"] = plot_ensemble(json.loads(ensemble.read_text()), images / "ensemble.png") \
+        if ensemble.exists() else None
+
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    best = scored(table).head(1)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>caviar report: {html.escape(config.name)}"
+             f"</title>{_style()}</head><body>",
+             f"<h1>caviar report: {html.escape(config.name)}</h1>",
+             f"<p>{html.escape(str(folder))}<br>{len(table)} trials: "
+             + ", ".join(f"{n} {html.escape(str(s))}" for s, n in counts.items())
+             + (f". Best val_acc {best.iloc[0]['best_val_acc']:.4f} ({html.escape(str(best.iloc[0]['trial_id']))})."
+                if len(best) else ".")
+             + f" Search: {config.search.algorithm}, scheduler {config.search.scheduler}, "
+               f"{config.search.max_epochs} epochs max.</p>"]
+    for w in warnings:
+        parts.append(f"<div class='warn'>Best value on the border: {html.escape(w['message'])}</div>")
+    if len(table):
+        shown = [c for c in ("trial_id", "status", "best_val_acc", "best_epoch", "epochs") if c in table]
+        shown += [name for name in searched(config.space) if name in table]
+        parts.append("<h2>Leaderboard (top 10)</h2>" + table[shown].head(10).to_html(index=False, float_format="%.4g"))
+    for key, title, note in CHARTS:
+        if made.get(key) is not None:
+            parts.append(f"<h2>{title}</h2><p class='note'>{note}</p>"
+                         f"<img src='{IMAGES_DIR}/{made[key].name}' alt='{key}'>")
+    parts.append("<p class='note'>TensorBoard histograms of activations and gradients per layer: "
+                 f"<code>tensorboard --logdir {html.escape(str(folder))}</code></p></body></html>")
+    out = folder / REPORT_FILE
+    out.write_text("\n".join(parts))
+    return out
+
+
+def report_staged(folder: Path, top: int = 6) -> Path:
+    plan = json.loads((folder / STAGES_FILE).read_text())
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>caviar report: {html.escape(folder.name)}"
+             f"</title>{_style()}</head><body><h1>caviar staged report: {html.escape(folder.name)}</h1>"]
+    for entry in plan.get("stages", []):
+        stage_dir = folder / entry["folder"]
+        acc = entry.get("best_val_acc")
+        score = f"best val_acc {acc:.4f}" if isinstance(acc, (int, float)) else "no score yet"
+        parts.append(f"<h2>Stage {entry['index']}: {html.escape(entry['name'])}</h2><p>{entry['num_samples']} trials "
+                     f"x {entry['epochs']} epochs, {score} [{html.escape(str(entry.get('status')))}]</p>")
+        if (stage_dir / CONFIG_FILE).exists():
+            report_experiment(stage_dir, top)
+            parts.append(f"<p><a href='{entry['folder']}/{REPORT_FILE}'>report of this stage</a></p>")
+            parts.append(f"<img src='{entry['folder']}/{IMAGES_DIR}/hparams.png' alt='stage {entry['index']} hparams'>")
+        rules = entry.get("rules", {})
+        if rules:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(r['why'])}</li>" for r in rules.values()) + "</ul>")
+    parts.append("</body></html>")
+    out = folder / REPORT_FILE
+    out.write_text("\n".join(parts))
+    return out
+
+
+def write_report(experiment: str | Path, top: int = 6) -> Path:
+    """Write the report of the experiment folder `experiment` (local path); returns report.html."""
+    if storage.is_uri(str(experiment)):
+        raise ConfigError(f"{experiment}: the report reads a local folder; copy the experiment folder from object "
+                          "storage first (e.g. `aws s3 sync`)")
+    folder = Path(experiment).expanduser().resolve()
+    if (folder / STAGES_FILE).exists():
+        return report_staged(folder, top)
+    return report_experiment(folder, top)

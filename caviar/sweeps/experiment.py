@@ -1,0 +1,252 @@
+"""One Ray Tune experiment: a resolved config -> Tuner -> experiment folder -> leaderboard.
+
+The experiment folder (``storage/name/``) is Ray Tune's own, plus what caviar adds:
+``caviar.yaml`` (the resolved config, written before any trial starts, so ``--resume`` needs
+nothing else), ``leaderboard.csv`` (one row per trial) and ``summary.json``. Results are read
+back from the folder's plain files (caviar.search.reader), never from Ray's pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import ray
+from ray import tune
+
+from caviar.sweeps import budget as budgets
+from caviar import storage
+from caviar.search import connect, tracking, tuning
+from caviar.results.border import border_warnings
+from caviar.search.callbacks import ProgressPrinter
+from caviar.config import CONFIG_FILE, Config, ConfigError, load_config, read_saved_config
+from caviar.training.data import SplitData, prepare_data
+from caviar.results.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, leaderboard, summarize, trial_row
+from caviar.search.reader import has_state, read_trials, saved_state_is_whole
+from caviar.search.seal import check_seal
+from caviar.training.train import images_per_epoch
+
+# A trial that fits its length to the deadline (fit_to_deadline) aims this many seconds before it:
+# its last epoch must be reported and checkpointed before Ray stops the experiment at the deadline.
+TRIAL_END_MARGIN_S = 10.0
+
+
+@dataclass
+class SweepResult:
+    path: str  # the experiment folder (local path or URI)
+    trials: pd.DataFrame  # the leaderboard, best first
+    summary: dict[str, Any]
+    config: Config
+
+    @property
+    def best(self) -> pd.Series | None:
+        """The best trial's row, or None when no trial reported a score."""
+        if self.trials.empty or pd.isna(self.trials.iloc[0]["best_val_acc"]):
+            return None
+        return self.trials.iloc[0]
+
+
+def _collect(path: str, config: Config) -> pd.DataFrame:
+    rows = [
+        trial_row(
+            trial_id=record.trial_id,
+            ray_status=record.ray_status,
+            hparams=record.hparams,
+            history=record.history,
+            max_epochs=config.search.max_epochs,
+            retries=record.retries,
+            path=record.path,
+            best_checkpoint=storage.uri(record.checkpoints[0][0].path, path) if record.checkpoints else "",
+        )
+        for record in read_trials(path)
+    ]
+    return leaderboard(rows)
+
+
+def _write_results(path: str, table: pd.DataFrame, summary: dict[str, Any]) -> None:
+    storage.write_text(storage.join(path, LEADERBOARD_FILE), table.to_csv(index=False))
+    storage.write_text(storage.join(path, SUMMARY_FILE), json.dumps(summary, indent=2, default=str))
+
+
+def run_experiment(
+    config: Config,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    deadline: float | None = None,
+    fit_to_deadline: bool = False,
+    begin: float | None = None,
+    log: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> SweepResult:
+    """Run one Ray Tune experiment for `config` (resolved, without stages) in ``storage/name/``,
+    or with `resume` finish the one there (see config_for_resume), and return its leaderboard.
+
+    With `budget` in the config (a new run), the sweep is planned to fit it (caviar.sweeps.budget) and
+    stopped at its deadline, counted from `begin`; `deadline` (seconds since the epoch) is how a
+    staged run passes its own down; with `fit_to_deadline` each trial fits its epoch count to it
+    (caviar.training.trial.Trial.refit: a stage that trains chosen configs to the end). `log` gets caviar's
+    progress lines (caviar.search.callbacks); with `verbose`, Ray Tune's own console output comes instead.
+    """
+    begin = time.time() if begin is None else begin
+    storage_path = storage.resolve(config.storage)
+    path = storage.join(storage_path, config.name)
+    if not resume and storage.exists(storage.join(path, CONFIG_FILE)):
+        raise ConfigError(
+            f"experiment folder {path} already holds a sweep; finish it with `caviar sweep --resume {path}` "
+            f"or start another with --set name=<new name>"
+        )
+    data = prepare_data(
+        config.data.root,
+        val_size=config.data.val_size,
+        train_subset=config.data.train_subset,
+        split_seed=config.data.split_seed,
+        download=config.data.download,
+    )
+    check_labels(config, data)
+    problem = storage.writable_problem(storage_path)
+    if problem:
+        raise ConfigError(f"storage {storage_path} is not writable ({problem}); pass --storage a folder you can write")
+
+    started = connect.start_ray(address, verbose)
+    plan: budgets.Plan | None = None
+    try:
+        resources = connect.check_cluster(config, storage_path, joined=not started)
+        # A resumed sweep finishes what its plan drew; the budget was that of the first run.
+        if config.budget and not resume and deadline is None:
+            budget_s = budgets.parse_duration(config.budget)
+            deadline = begin + budget_s
+            plan = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begin)
+            config = budgets.apply(config, plan)
+            log(plan.describe())
+        ends_by = deadline - TRIAL_END_MARGIN_S if fit_to_deadline and deadline is not None else None
+        trainable = tuning.trainable(config, data, resources, ends_by=ends_by)
+        # The object store holds the dataset now; the driver's own copy would sit idle for the
+        # whole sweep (147 MB for CIFAR-10, on the head node).
+        del data
+        fit_begin = time.time()
+        if not resume:
+            # Everything that can refuse the config (searcher, scheduler) is built before caviar.yaml
+            # is written: a failed start must not leave a folder that counts as a sweep.
+            progress = [] if verbose else [ProgressPrinter(config.search.num_samples,
+                                                           deadline=deadline, log=log)]
+            tune_config = tuning.tune_config(config, time_left(deadline))
+            run_config = tuning.run_config(config, storage_path, verbose=verbose,
+                                           callbacks=progress + tracking.callbacks(config, path))
+            storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
+            tuner = tune.Tuner(trainable, param_space=tuning.param_space(config), tune_config=tune_config,
+                               run_config=run_config)
+        else:
+            # Finished trials stay finished; interrupted ones continue from their checkpoints.
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuning.fit(tuner, config.search.num_samples)
+        table = _collect(path, config)
+        if deadline is not None and time.time() >= deadline - 1.0 and "status" in table:
+            # Ray stops every trial at the deadline but saves the running and paused ones' status
+            # as it was (RUNNING, PAUSED): they were stopped by the budget, not interrupted.
+            table.loc[table["status"] == "unfinished", "status"] = "early-stopped"
+        summary = summarize(table, config.search.num_samples) | {
+            "experiment": path,
+            "wall_time_s": round(time.time() - fit_begin, 1),
+            "resources_per_trial": resources,
+            "config": config.to_dict(),
+            # numeric ranges whose best trial sits at an edge (caviar.results.border), with wider ranges
+            "border_warnings": border_warnings(table, config.space, config.search.border_fraction),
+        }
+        if deadline is not None:
+            summary["budget"] = (plan.to_dict() if plan else {}) | {
+                "deadline_reached": time.time() >= deadline - 1.0,
+                "command_wall_time_s": round(time.time() - begin, 1),
+            }
+        _write_results(path, table, summary)
+        tracking.log_sweep(config, path)  # the leaderboard to the trackers' parent run (log: in the config)
+    finally:
+        if started:
+            ray.shutdown()
+    return SweepResult(path=path, trials=table, summary=summary, config=config)
+
+
+
+
+def config_for_resume(resume: str | Path, overrides: list[str] | None = None, **values: Any) -> Config:
+    """The saved config of the experiment folder `resume`, pointed at that folder wherever it lives
+    now, with the overrides that may change on resume; refuses a folder Ray cannot resume."""
+    path = storage.resolve(str(resume)).rstrip("/")
+    if not storage.exists(storage.join(path, CONFIG_FILE)):
+        raise ConfigError(f"--resume {resume}: no {CONFIG_FILE} there; pass the experiment folder a sweep created")
+    _check_resume_overrides(overrides or [], values)
+    saved = read_saved_config(path)
+    # The folder given is the one resumed, wherever it lives now (a moved or copied folder must
+    # not write into the place it was copied from).
+    parent, _, name = path.rpartition("/")
+    saved |= {"storage": parent or "/", "name": name}
+    config = load_config(saved, overrides, **values)
+    if not config.stages:
+        check_resumable(path)
+    return config.resolved()
+
+
+def check_labels(config: Config, data: SplitData) -> None:
+    """Labels the model cannot output would crash every trial: say so before any starts."""
+    largest = int(max(data.train_y.max(initial=0), data.val_y.max(initial=0)))
+    if largest >= config.model.num_classes:
+        raise ConfigError(f"model.num_classes is {config.model.num_classes} but {config.data.root} has labels up to "
+                          f"{largest}; set --set model.num_classes={largest + 1}")
+
+
+# What may change when a sweep resumes: where things are and what runs them. Anything else (the
+# space, the search, the model) would make the resumed trials disagree with the ones already run.
+RESUMABLE_OVERRIDES = ("data.root", "data.download", "resources.", "checkpoint.max_failures", "train.eval_batch_size",
+                       "storage_shared")
+
+
+def _check_resume_overrides(overrides: list[str], values: dict[str, Any]) -> None:
+    keys = [text.split("=", 1)[0].strip() for text in overrides] + [key.replace("__", ".") for key in values]
+    for key in keys:
+        if not any(key == allowed.rstrip(".") or key.startswith(allowed) for allowed in RESUMABLE_OVERRIDES):
+            raise ConfigError(f"--set {key}: cannot change when resuming (the trials already run used the saved "
+                              f"value); only {', '.join(a.rstrip('.') for a in RESUMABLE_OVERRIDES)} can. Start a "
+                              "new sweep with --name to change it")
+
+
+def check_resumable(path: str) -> None:
+    """Ray's saved state in `path` is there, whole and sealed (caviar.search.seal); else resuming would
+    start the sweep over (with an empty config) and overwrite its results, or unpickle files
+    caviar did not write."""
+    if not storage.exists(storage.join(path, "tuner.pkl")) or not has_state(path):
+        raise ConfigError(f"--resume {path}: Ray Tune's saved state (tuner.pkl, experiment_state-*.json) is missing, "
+                          "so the sweep cannot continue; its finished trials are still readable (`caviar ensemble`, "
+                          "`caviar report`)")
+    if not saved_state_is_whole(path):
+        raise ConfigError(f"--resume {path}: Ray Tune's experiment_state-*.json there is damaged (cut short?), so the "
+                          "sweep cannot continue; its finished trials are still readable (`caviar ensemble`, "
+                          "`caviar report`)")
+    check_seal(path)  # Ray unpickles these files: only the ones caviar's sweep wrote
+
+
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until `deadline` for Ray's time_budget_s (at least 1: Ray reads 0 as no budget)."""
+    return None if deadline is None else max(1.0, deadline - time.time())
+
+
+def _measure_on_assigned_device(config: Config, data: SplitData) -> budgets.Throughput:
+    """caviar.sweeps.budget.measure on the device Ray assigned this task (CPU when it asked for no GPU)."""
+    from caviar.training import devices
+
+    return budgets.measure(config, data, devices.trial_device([str(gpu) for gpu in ray.get_gpu_ids()]))
+
+
+def plan_budget(config: Config, data: SplitData, resources: dict[str, float], *, budget_s: float, spent_s: float,
+                stage_train_images: list[int] | None = None) -> budgets.Plan:
+    """Measure a trial's speed where trials run (a Ray task with one trial's resources, on the
+    sweep's own data), then size the sweep to the budget (caviar.sweeps.budget.plan)."""
+    probe = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(_measure_on_assigned_device)
+    throughput = ray.get(probe.remote(config, data))
+    return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, slots=connect.cluster_slots(config, resources),
+                        throughput=throughput, train_images=images_per_epoch(len(data.train_y), config.train.epoch_size),
+                        val_images=len(data.val_y),
+                        stage_train_images=stage_train_images)

@@ -1,0 +1,362 @@
+"""One trial's training state: built from hyperparameters, advanced an epoch at a time, saved and
+restored exactly (weights, optimizer, scheduler, epoch, RNG). Plain PyTorch, no Ray."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import zlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+
+from caviar.config import Config
+from caviar.training.data import SplitData
+from caviar.training.models import build_model
+from caviar.training.train import (
+    autocast, ema_decay, eval_batches, evaluate, make_optimizer, make_scheduler, pick_device, train_one_epoch,
+)
+
+CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
+# Beside it in a checkpoint folder: the state only resuming needs (see Trial.save).
+RESUME_FILE = "resume.pt"
+RESUME_KEYS = ("optimizer", "scheduler", "rng")
+# A trial config's own epoch count, set when a stage sizes each of its configs to its own speed.
+TRIAL_EPOCHS_KEY = "max_epochs"
+
+# A trial with a deadline (TrialSettings.ends_by: a budgeted stage that trains the search's best
+# configs to the end) fits its epoch count to the speed it measures, as the hand-picked baseline
+# of issue 10 does. The stage sized it from the speed the config showed in the search, which was
+# 22-27% off in the 30-minute runs (another neighbour on the machine) and left 9% of the 60-minute
+# budget idle behind a 15% margin (benchmarks/README.md, section 7).
+REFIT_AFTER = 2  # epochs timed before the first refit (the first one is slower: allocations, caches)
+REFIT_UNTIL = 0.5  # no refit past half the schedule: a new length moves the LR more the later it comes
+# The share of the time left that the remaining epochs are sized to fill: the rest covers the last
+# checkpoint and changes of speed (the neighbour a trial shares the machine with).
+REFIT_USE = 0.95
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares (not searched), taken from the resolved config."""
+
+    family: str
+    width: float
+    num_classes: int
+    max_epochs: int
+    augment: bool
+    eval_batch_size: int | str  # or "auto": by device (caviar.training.train.eval_batch_size)
+    amp: bool
+    channels_last: bool
+    max_loss: float  # a batch loss above this marks the trial diverged
+    threads: int  # torch compute threads = the CPUs the trial was given (more only oversubscribes)
+    average: str = "none"  # running average of weights: swa, ema or none
+    average_after: int = 0  # epochs after this one are averaged
+    ema_decay: float = 0.999
+    epoch_size: int | float | None = None  # images per epoch (count or fraction); None = all
+    bn_images: int = 10000  # training images used to recompute batch-norm statistics of the average
+    average_method: str = "none"  # as configured (`average` is what these epochs make of it)
+    average_start: float = 0.75  # the share of the epochs after which averaging starts
+    ends_by: float | None = None  # a deadline (time.time()) to fit the epoch count to (Trial.refit)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "TrialSettings":
+        settings = cls(
+            family=config.model.family,
+            width=config.model.width,
+            num_classes=config.model.num_classes,
+            max_epochs=config.search.max_epochs,
+            augment=config.data.augment,
+            eval_batch_size=config.train.eval_batch_size,
+            amp=config.train.amp,
+            channels_last=config.train.channels_last,
+            max_loss=config.train.diverge_factor * math.log(config.model.num_classes),
+            threads=max(1, int(config.resources.cpus_per_trial)),
+            ema_decay=config.average.ema_decay,
+            epoch_size=config.train.epoch_size,
+            bn_images=config.average.bn_images,
+            average_method=config.average.method,
+            average_start=config.average.start,
+        )
+        return settings.with_epochs(config.search.max_epochs)
+
+    def with_epochs(self, max_epochs: int) -> "TrialSettings":
+        """These settings for a trial of `max_epochs` epochs: its LR schedule, its end, and when its
+        weight averaging starts all follow."""
+        average_after = int(self.average_start * max_epochs)
+        return replace(self, max_epochs=max_epochs, average_after=average_after,
+                       average=effective_average(self.average_method, max_epochs - average_after))
+
+    def for_trial(self, hparams: dict[str, Any]) -> "TrialSettings":
+        """A trial's own epoch count (`max_epochs` in its config, as a stage that trains chosen
+        configs gives each one: caviar.sweeps.stages) wins over the sweep's."""
+        epochs = hparams.get(TRIAL_EPOCHS_KEY)
+        return self if epochs is None else self.with_epochs(int(epochs))
+
+
+def effective_average(method: str, averaged_epochs: int) -> str:
+    """SWA samples the weights once per epoch: over a single epoch its "average" is the trained
+    model itself, a duplicate ensemble member that costs a batch-norm pass per epoch. It needs at
+    least 2 averaged epochs (EMA averages every step, so one epoch is enough)."""
+    if method == "swa" and averaged_epochs < 2:
+        return "none"
+    return method
+
+
+def checkpoint_name(epoch: int, val_acc: float) -> str:
+    """A name that sorts by quality in a folder listing: ``epoch=007-val_acc=0.8123.pt``."""
+    return f"epoch={epoch:03d}-val_acc={val_acc:.4f}.pt"
+
+
+def find_checkpoint_file(folder: str | Path) -> Path:
+    files = sorted(Path(folder).glob(CHECKPOINT_PATTERN))
+    if not files:
+        raise FileNotFoundError(f"no {CHECKPOINT_PATTERN} file in checkpoint folder {folder}")
+    return files[-1]
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's state, with its resume part (RESUME_FILE beside it) when it still has one."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    resume = Path(path).with_name(RESUME_FILE)
+    if resume.is_file():
+        state |= torch.load(resume, map_location="cpu", weights_only=True)
+    return state
+
+
+def averaged_weights(state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The averaged model's plain state dict from a checkpoint (None if it has no average)."""
+    if "averaged" not in state:
+        return None
+    prefix = "module."
+    return {k[len(prefix):]: v for k, v in state["averaged"].items() if k.startswith(prefix)}
+
+
+def trial_seed(hparams: dict[str, Any]) -> int:
+    if "seed" in hparams:
+        return int(hparams["seed"])
+    return zlib.crc32(repr(sorted(hparams.items())).encode())
+
+
+def data_tensors(data: SplitData, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(train_x, train_y, val_x, val_y) as tensors on `device`.
+
+    On CPU the arrays from Ray's object store are shared, not copied (one copy of the dataset per
+    node, whatever the number of trials); they are read-only, which torch warns about, but
+    training never writes to them.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = [torch.from_numpy(a) for a in (data.train_x, data.train_y, data.val_x, data.val_y)]
+    return tuple(t.to(device) for t in tensors)
+
+
+class Trial:
+    """Model, optimizer, LR schedule and RNGs of one trial, from its hyperparameters."""
+
+    def __init__(self, hparams: dict[str, Any], settings: TrialSettings, device: torch.device | None = None):
+        self.hparams, self.settings = dict(hparams), settings.for_trial(hparams)
+        settings = self.settings
+        self.device = device or pick_device()
+        seed = trial_seed(hparams)
+        torch.manual_seed(seed)  # weight init and dropout
+        # Shuffling and augmentation draw on the trial's device: on a GPU, random numbers made on
+        # the CPU would be copied over every step, and each such copy waits for the GPU.
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        model = build_model(settings.family, hparams, width=settings.width, num_classes=settings.num_classes)
+        self.model = model.to(self.device)
+        if settings.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(
+            hparams["optimizer"], self.model.parameters(), hparams["lr"], hparams["momentum"], hparams["weight_decay"]
+        )
+        self.scheduler = make_scheduler(hparams["lr_schedule"], self.optimizer, settings.max_epochs)
+        self.epoch = 0
+        self.averaged: AveragedModel | None = None  # created when averaging starts
+        # Seconds an averaged epoch adds (Trial.refit): its batch-norm pass and second evaluation,
+        # estimated from the timed evaluation of each epoch.
+        self.averaging_extra_s = 0.0
+
+    def refit(self, epoch_s: float, now: float) -> int | None:
+        """With a deadline (settings.ends_by), set the epoch count to what fits before it at
+        `epoch_s` seconds per epoch, and stretch or shrink the LR schedule to it; the new count, or
+        None where nothing changed. Only early on (REFIT_AFTER to REFIT_UNTIL of the schedule, before
+        averaging starts): there the cosine is nearly flat, so the LR hardly moves, and a trial
+        stopped by the deadline half way through its schedule (at a high LR, without its average)
+        becomes one that finishes it."""
+        ends, planned = self.settings.ends_by, self.settings.max_epochs
+        if (ends is None or epoch_s <= 0 or self.epoch < REFIT_AFTER or self.epoch > REFIT_UNTIL * planned
+                or self.averaged is not None):
+            return None
+        seconds = REFIT_USE * (ends - now)
+        epochs = self.epoch + max(1, int(seconds / epoch_s))
+        # The averaged epochs (the last 1 - average_start of them) each cost averaging_extra_s more:
+        # in a 30-minute run, epochs of a quarter pass ran 30-45% slower once SWA began, and both
+        # winners sized without it were cut at the deadline a few epochs short.
+        while epochs > self.epoch + 1 and self._seconds_to_finish(epochs, epoch_s) > seconds:
+            epochs -= 1
+        if epochs == planned:
+            return None
+        self.respan(epochs)
+        return epochs
+
+    def _seconds_to_finish(self, max_epochs: int, epoch_s: float) -> float:
+        settings = self.settings.with_epochs(max_epochs)
+        averaged = max_epochs - settings.average_after if settings.average != "none" else 0
+        return (max_epochs - self.epoch) * epoch_s + averaged * self.averaging_extra_s
+
+    def respan(self, max_epochs: int) -> None:
+        """Make this a trial of `max_epochs` epochs: the LR schedule is rebuilt for that count, at
+        the place the epochs run so far reach on it (each epoch gets the LR a trial created with this
+        count would have had), and weight averaging starts at its share of the new count."""
+        self.settings = self.settings.with_epochs(max_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.scheduler = make_scheduler(self.hparams["lr_schedule"], self.optimizer, max_epochs)
+        for _ in range(self.epoch):
+            self.scheduler.step()
+
+    def _average(self) -> AveragedModel:
+        if self.averaged is None:
+            ema = self.settings.average == "ema"
+            decay = ema_decay(self.settings.ema_decay, int(self.hparams["batch_size"]))
+            multi_avg_fn = get_ema_multi_avg_fn(decay) if ema else None
+            self.averaged = AveragedModel(self.model, multi_avg_fn=multi_avg_fn, use_buffers=False)
+        return self.averaged
+
+    def _averaging(self, epoch: int) -> bool:
+        return self.settings.average != "none" and epoch > self.settings.average_after
+
+    def _recompute_bn(self, train_x: torch.Tensor) -> None:
+        """Batch-norm running statistics of the averaged weights are not the average of the
+        statistics: recompute them with a pass over (part of) the training set, unaugmented."""
+        s = self.settings
+        batches = eval_batches(train_x[: s.bn_images], self.device, s.eval_batch_size, s.channels_last)
+        with autocast(self.device, s.amp):
+            update_bn(batches, self._average())
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.settings.max_epochs
+
+    def run_epoch(self, train_x, train_y, val_x, val_y) -> dict[str, Any]:
+        """Train one epoch, evaluate on validation, step the LR schedule; returns the metrics.
+
+        A diverged epoch returns ``diverged=True`` and val_acc 0, and the trial should stop.
+        """
+        s = self.settings
+        self.epoch += 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        averaging = self._averaging(self.epoch)
+        stats = train_one_epoch(
+            self.model, self.optimizer, train_x, train_y,
+            batch_size=int(self.hparams["batch_size"]), generator=self.generator, augment=s.augment,
+            grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
+            max_loss=s.max_loss, averaged=self._average() if averaging and s.average == "ema" else None,
+            epoch_size=s.epoch_size,
+        )
+        # max_epochs: the trial's epoch count so far (Trial.refit may change it), for the leaderboard
+        metrics: dict[str, Any] = {"epoch": self.epoch, "max_epochs": s.max_epochs, "lr": lr,
+                                   "diverged": not stats.finite}
+        if not stats.finite:
+            return metrics | {"train_loss": float("nan"), "val_loss": float("nan"), "val_acc": 0.0}
+        began = time.perf_counter()
+        val_loss, val_acc = evaluate(
+            self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last
+        )
+        if s.average_method != "none":  # forward passes over bn_images training images, then validation again
+            bn_passes = min(s.bn_images, len(train_x)) / len(val_x)
+            self.averaging_extra_s = (time.perf_counter() - began) * (1 + bn_passes)
+        self.scheduler.step()
+        metrics |= {
+            "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss, "val_acc": val_acc,
+            "update_ratio": stats.update_ratio,
+        }
+        if averaging:
+            if s.average == "swa":  # SWA: one equal-weight sample per epoch, at its end
+                self._average().update_parameters(self.model)
+            self._recompute_bn(train_x)
+            avg_loss, avg_acc = evaluate(
+                self._average().module, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp,
+                channels_last=s.channels_last,
+            )
+            metrics |= {"avg_val_loss": avg_loss, "avg_val_acc": avg_acc}
+        return metrics
+
+    def state(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything that rebuilds this trial exactly, loadable with weights_only=True."""
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.device.type == "cuda":  # only then: on a CPU trial it would create a CUDA context
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "rng": rng,
+            "hparams": dict(self.hparams),
+            "settings": asdict(self.settings),
+            "metrics": dict(metrics or {}),
+        } | ({"averaged": self.averaged.state_dict()} if self.averaged is not None else {})
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if "optimizer" not in state:
+            raise ValueError(f"the checkpoint of epoch {state.get('epoch')} holds weights only (its {RESUME_FILE} "
+                             "was pruned when a later checkpoint replaced it); resume from the trial's latest one")
+        saved_epochs = (state.get("settings") or {}).get("max_epochs")
+        if saved_epochs and int(saved_epochs) != self.settings.max_epochs:
+            # refit (Trial.refit) before it was saved: the saved schedule is for this count
+            self.settings = self.settings.with_epochs(int(saved_epochs))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        try:
+            self.generator.set_state(state["rng"]["generator"])
+        except RuntimeError:  # saved on another kind of device (CPU and CUDA generators differ)
+            warnings.warn(f"checkpoint of epoch {state['epoch']} was saved on another kind of device: shuffling "
+                          "and augmentation continue from a new seed, not exactly where they left off", stacklevel=2)
+            self.generator.manual_seed(trial_seed(self.hparams) + int(state["epoch"]))
+        if "cuda" in state["rng"] and self.device.type == "cuda":  # a CPU trial never touches CUDA
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch = int(state["epoch"])
+        if "averaged" in state:
+            self._average().load_state_dict(state["averaged"])
+        if state.get("hparams", self.hparams) != self.hparams:
+            self._adopt_hparams(state["hparams"])
+
+    def _adopt_hparams(self, saved: dict[str, Any]) -> None:
+        """Continue another config's state with this trial's optimisation hyperparameters: PBT
+        copies a better trial's checkpoint and perturbs lr, weight decay, momentum and dropout. The
+        loaded optimizer and schedule hold the saved values, so they are rescaled here: the LR
+        keeps its place on the schedule (new base x the schedule's current factor)."""
+        new_lr, old_lr = float(self.hparams["lr"]), float(saved.get("lr", self.hparams["lr"]))
+        scale = new_lr / old_lr if old_lr > 0 else 1.0
+        self.scheduler.base_lrs = [new_lr for _ in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= scale
+            group["initial_lr"] = new_lr
+            group["weight_decay"] = float(self.hparams["weight_decay"])
+            if "momentum" in group and group["momentum"]:
+                group["momentum"] = float(self.hparams["momentum"])
+            if "betas" in group:
+                group["betas"] = (float(self.hparams["momentum"]), group["betas"][1])
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = float(self.hparams["dropout"])
+
+    def save(self, folder: str | Path, metrics: dict[str, Any]) -> Path:
+        """Two files: the weights and what describes them (what the ensemble reads), and
+        RESUME_FILE with the optimizer, schedule and RNG states that only a resumed trial needs,
+        so a checkpoint kept for its score can drop them once it is no longer the latest
+        (caviar.search.callbacks.CheckpointPruner)."""
+        state = self.state(metrics)
+        path = Path(folder) / checkpoint_name(self.epoch, metrics.get("val_acc", 0.0))
+        torch.save({key: value for key, value in state.items() if key not in RESUME_KEYS}, path)
+        torch.save({key: state[key] for key in RESUME_KEYS}, Path(folder) / RESUME_FILE)
+        return path
