@@ -30,7 +30,6 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import torch  # noqa: E402
 
 NAME = "gpu"

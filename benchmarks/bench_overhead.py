@@ -26,7 +26,6 @@ from typing import Any, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 from bench_sweep_wall import sweep_space  # noqa: E402
 
 NAME = "overhead"

@@ -175,8 +175,8 @@ def shared_errors(folder: Path, root: Path) -> dict[str, Any]:
     """How much of its members' test errors an ensemble's members share (the members it saved,
     mirror-averaged as it evaluates them). An image every member gets wrong stays wrong whatever the
     weights, so the errors the members do not share bound what the ensemble can gain over them."""
-    from caviar.training.data import load_test_set
     from caviar.ensembles.ensembler import Ensemble
+    from caviar.training.data import load_test_set
 
     ens = Ensemble.load(folder / "ensemble")
     images, labels = load_test_set(str(root), download=False)

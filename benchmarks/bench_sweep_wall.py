@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import tutorial  # noqa: E402
 
 NAME = "sweep_wall"

@@ -28,10 +28,9 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py; also puts the repo on sys.path)
-
 import torch  # noqa: E402
-
 import tutorial  # noqa: E402
+
 from caviar.config import load_config  # noqa: E402
 from caviar.training.data import prepare_data  # noqa: E402
 from caviar.training.train import train_one_epoch, uses_bf16  # noqa: E402

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 
 import pytest
+from test_sweep import small_config
 
 import caviar
 from caviar.config import ConfigError, SpaceConfig, load_config
 from caviar.search.space import OptunaDefineByRun
-from test_sweep import small_config
 
 optuna = pytest.importorskip("optuna", reason="the bayes extra: pip install 'caviar[bayes]'")
 

@@ -11,7 +11,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO
 
 BENCHMARKS = REPO / "benchmarks"

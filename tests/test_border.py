@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from caviar.results.border import border_warnings, position, top_count, widened
 from caviar.config import Range, SpaceConfig
+from caviar.results.border import border_warnings, position, top_count, widened
 
 
 def space(**entries) -> SpaceConfig:

@@ -11,13 +11,15 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from test_sweep import SMALL_NET, small_config
 
 import caviar
-from caviar.sweeps import budget
-from caviar.sweeps.budget import Throughput, asha_epochs_per_trial, parse_duration, plan, rungs
 from caviar.config import ConfigError, load_config
+from caviar.config.durations import parse_duration
+from caviar.config.rungs import asha_epochs_per_trial, rungs
 from caviar.search.schedulers import PromotingASHA
-from test_sweep import SMALL_NET, small_config
+from caviar.sweeps import budget
+from caviar.sweeps.budget import Throughput, plan
 
 # ~25 s per epoch of one trial on 55,000 images: Fashion-MNIST on one CPU core.
 SPEED = Throughput(train_s_per_image=4e-4, eval_s_per_image=1e-4, configs=3, device="cpu")

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pyarrow.fs
 from ray import tune
 
+from caviar.layout import RESUME_FILE, checkpoint_name
 from caviar.search.callbacks import MAX_EVENT_LINES, CheckpointPruner, ProgressPrinter
-from caviar.training.trial import RESUME_FILE, checkpoint_name
 
 
 def _checkpoint(folder: Path, index: int, epoch: int, val_acc: float) -> tune.Checkpoint:

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 import yaml
+from test_sweep import SMALL_NET, small_config
 from torch import nn
 
 import caviar.training.checks as checks
 from caviar import cli
 from caviar.training.data import load_cifar10
 from caviar.training.models import build_model
-from test_sweep import SMALL_NET, small_config
 
 
 @pytest.fixture(scope="module")

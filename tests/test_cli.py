@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, ray_env
 
 import caviar.sweeps.sweeper as sweep_module
 from caviar import cli
 from caviar.config import Config
 from caviar.results.leaderboard import summarize
-from conftest import REPO, ray_env
 
 
 def fake_result(unfinished: int = 0) -> sweep_module.SweepResult:

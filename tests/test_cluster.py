@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
 
 import pytest
+import tomllib
 import yaml
+from conftest import REPO
 
 from caviar import cli
-from caviar.search import cluster
 from caviar.config import ConfigError, load_config
-from conftest import REPO
+from caviar.search import cluster
 
 AWS = REPO / "cluster" / "aws.yaml"
 LOCAL = REPO / "cluster" / "local.yaml"
@@ -175,8 +175,7 @@ def test_cluster_check_command(tmp_path, capsys):
 def mocked_aws(monkeypatch, tmp_path):
     """moto's in-process AWS (no server, no network); fake credentials; HOME in tmp for the SSH key."""
     moto = pytest.importorskip("moto")
-    from ray.autoscaler._private.aws import config as aws_config
-    from ray.autoscaler._private.aws import utils as aws_utils
+    from ray.autoscaler._private.aws import config as aws_config, utils as aws_utils
 
     fake = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-west-2", "HOME": str(tmp_path)}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from caviar.errors import CaviarError
 from caviar.training import data as D
 from caviar.training.data import (
     CIFAR10_FOLDER,
@@ -30,9 +31,7 @@ from caviar.training.data import (
     read_class_names,
     split_train_val,
 )
-from caviar.errors import CaviarError
-from caviar.training.fixture import main as fixture_main
-from caviar.training.fixture import write_cifar_fixture
+from caviar.training.fixture import main as fixture_main, write_cifar_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared/data/cifar10-sample"

@@ -12,8 +12,8 @@ import torch
 from ray import tune
 
 import caviar.search.trainable as trainable
-from caviar.training import devices
 from caviar.config import load_config
+from caviar.training import devices
 from caviar.training.train import pick_device
 from caviar.training.trial import Trial, TrialSettings
 

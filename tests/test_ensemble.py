@@ -5,24 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from ray import tune
+from test_sweep import small_config
 
 import caviar
-import caviar.ensembles.ensembler as ensembler_module
-from caviar.ensembles.ensembler import Ensemble
 from caviar.config import ConfigError, load_config
-from caviar.training.data import load_test_set
+from caviar.ensembles.ensembler import Ensemble
 from caviar.ensembles.members import Member, load_models
-from caviar.ensembles.selection import SELECTORS, nll
-from conftest import REPO
-from test_sweep import small_config
+from caviar.ensembles.selection import SELECTORS
+from caviar.training.data import load_test_set
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +214,9 @@ def test_real_cli(experiment, tmp_path):
 
 def test_no_averaged_weights_is_said(recwarn):
     """Asking for averages from trials that never averaged (e.g. SWA over 1 epoch) warns and names the fix."""
-    import pandas as pd
     from types import SimpleNamespace
+
+    import pandas as pd
 
     from caviar.ensembles.members import average_members
 

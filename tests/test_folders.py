@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_sweep import small_config
 
 import caviar
 from caviar.config import ConfigError, load_config
-from test_sweep import small_config
 
 
 @pytest.fixture(scope="module")

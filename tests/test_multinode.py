@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from caviar.search.cluster import NETWORK_FILESYSTEMS, filesystem_type
 from conftest import REPO
 from test_sweep import SMALL_NET
+
+from caviar.search.cluster import NETWORK_FILESYSTEMS, filesystem_type
 
 WORKERS = 3
 EPOCHS = 6
@@ -244,7 +244,8 @@ def test_babysitting_files_from_a_worker_node_reach_storage_and_survive_a_retry(
     """On a worker whose local folders are its own (not the driver's /tmp), a trial's babysit.jsonl
     and TensorBoard events land in its folder on storage; after its first attempt dies with the
     node's folder, the retry appends its probes to the first attempt's instead of replacing them."""
-    from caviar.training.babysit import TENSORBOARD_DIR, read_babysit
+    from caviar.layout import TENSORBOARD_DIR
+    from caviar.training.babysit import read_babysit
 
     cluster = LocalCluster(workers=1, own_temp_dirs=True)
     try:

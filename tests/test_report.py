@@ -17,15 +17,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_sweep import SMALL_NET, small_config
 
 import caviar
 from caviar import cli
-from caviar.training.babysit import Babysitter, read_babysit
 from caviar.config import load_config
-from caviar.training.data import prepare_data
 from caviar.results.report import write_report
+from caviar.training.babysit import Babysitter, read_babysit
+from caviar.training.data import prepare_data
 from caviar.training.trial import Trial, TrialSettings, data_tensors
-from test_sweep import SMALL_NET, small_config
 
 CHARTS = ("accuracy", "loss", "hparams", "rungs", "filters", "update_ratio", "ensemble")
 ENSEMBLE = {"accuracy": 0.91, "members": [{"name": "a@3", "accuracy": 0.88, "weight": 0.5},

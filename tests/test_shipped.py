@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from caviar import cli
-from caviar.config import catalog, shipped
-from caviar.config import ConfigError, load_config
+from caviar.config import ConfigError, catalog, load_config, shipped
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["asha", "cpu-budget", "default", "random", "smoke", "staged"]
@@ -48,8 +47,8 @@ def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 def test_unknown_name_is_one_line_listing_the_names_exit_2(tmp_path, monkeypatch, capsys):
     """Neither a file nor a shipped name: exit 2 before anything runs, one line naming every shipped one."""
-    import caviar.training.data
     import caviar.sweeps.experiment
+    import caviar.training.data
 
     # both names: caviar.sweeps.experiment binds its own at import, and an import here (first in a run
     # that starts with this file) would otherwise keep the failing stand-in for later tests

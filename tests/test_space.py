@@ -152,8 +152,8 @@ def test_a_resnet_space_leaves_the_convnet_shape_out():
     experiment keeps them."""
     import pandas as pd
 
-    from caviar.results.border import border_warnings
     from caviar.config import CONVNET_SHAPE, load_config
+    from caviar.results.border import border_warnings
 
     resnet = load_config(model__family="resnet", space__conv_width={"low": 32, "high": 256, "scale": "log_int"})
     assert all(getattr(resnet.space, name) is None for name in CONVNET_SHAPE)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, epochs_reported, interrupt_sweep
+from test_sweep import SMALL_NET, small_config
 
 import caviar
 import caviar.sweeps.console
@@ -18,8 +20,6 @@ import caviar.sweeps.experiment
 from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
 from caviar.sweeps.narrowing import next_space
 from caviar.sweeps.stages import stage_config
-from conftest import REPO, epochs_reported, interrupt_sweep
-from test_sweep import SMALL_NET, small_config
 
 STAGE = StageConfig(name="coarse", epochs=1, num_samples=8, top=3, pad=0.1, widen=0.5)
 

@@ -25,10 +25,11 @@ def test_paths_within_a_filesystem_become_uris_of_the_experiments_kind(path, lik
 def test_leaderboard_paths_keep_the_scheme_of_the_storage(ray_session, learnable_root, tmp_path):
     """A sweep on URI storage (file:// here; s3:// behaves alike, without a bucket to test on): the
     leaderboard's trial folders and best checkpoints are URIs that reach storage, not bare paths."""
-    import caviar
-    from caviar.sweeps import experiment
-    from caviar.config import load_config
     from test_sweep import small_config
+
+    import caviar
+    from caviar.config import load_config
+    from caviar.sweeps import experiment
 
     tree = small_config(learnable_root, tmp_path, "uri", scheduler="random", num_samples=2, max_epochs=1)
     tree["storage"] = f"file://{tmp_path}/results"

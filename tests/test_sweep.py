@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import epochs_reported, interrupt_sweep
 
 import caviar
 from caviar.config import ConfigError, load_config
-from conftest import epochs_reported, interrupt_sweep
 
 SMALL_NET = dict(conv_layers=2, conv_width=16, fc_layers=1, fc_width=32, optimizer="adam", init="he",
                  batch_norm=True, activation="relu", grad_clip=0, batch_size=64, dropout=0.1,

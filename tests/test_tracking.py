@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ray_env
 
 from caviar import cli
-from caviar.search import tracking
 from caviar.config import ConfigError, load_config
-from conftest import ray_env
+from caviar.search import tracking
 
 
 @pytest.mark.parametrize("tracker", ["mlflow", "wandb"])

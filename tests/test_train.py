@@ -11,8 +11,17 @@ import torch
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS, load_config
 from caviar.training.data import prepare_data
-from caviar.training.trial import REFIT_USE, Trial, TrialSettings, averaged_weights, checkpoint_name, data_tensors, find_checkpoint_file, load_checkpoint_file
 from caviar.training.train import make_optimizer, make_scheduler
+from caviar.training.trial import (
+    REFIT_USE,
+    Trial,
+    TrialSettings,
+    averaged_weights,
+    checkpoint_name,
+    data_tensors,
+    find_checkpoint_file,
+    load_checkpoint_file,
+)
 
 HPARAMS = dict(lr=2e-3, weight_decay=1e-4, dropout=0.1, momentum=0.9, batch_size=64, conv_layers=2, conv_width=16,
                fc_layers=1, fc_width=32, optimizer="adam", lr_schedule="cosine", init="he", batch_norm=True,
@@ -74,7 +83,8 @@ def test_checkpoint_carries_what_rebuilds_it(tensors, tmp_path):
     """The checkpoint holds weights, optimizer, scheduler, epoch, RNG, hparams and settings; loads
     weights_only. What only resuming needs is in its own file, so it can be dropped from a
     checkpoint kept for the ensemble; without it the weights still load, a resume is refused."""
-    from caviar.training.trial import RESUME_FILE, load_checkpoint_file
+    from caviar.layout import RESUME_FILE
+    from caviar.training.trial import load_checkpoint_file
 
     trial = Trial(HPARAMS, settings())
     path = trial.save(tmp_path, trial.run_epoch(*tensors))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from caviar.config import shipped
-from caviar.config import Config, StageConfig, load_config
+from caviar.config import Config, StageConfig, load_config, shipped
+from caviar.config.durations import format_hours
+from caviar.config.rungs import asha_epochs_per_trial
 
 # CIFAR-10's training images less the default validation split: one "pass" over the training set.
 FULL_TRAIN_IMAGES = 45_000
@@ -53,18 +54,8 @@ class Entry:
 
 
 def asha_trial_epochs(trials: int, max_epochs: int, grace: int, eta: int) -> float:
-    """Expected trial-epochs of ASHA: every trial runs to the first rung, 1/eta of them to the next, ...
-    (rungs at grace * eta**k below max_epochs, then max_epochs)."""
-    rungs, rung = [], grace
-    while rung < max_epochs:
-        rungs.append(rung)
-        rung *= eta
-    rungs.append(max_epochs)
-    total, previous = 0.0, 0
-    for k, rung in enumerate(rungs):
-        total += trials / eta**k * (rung - previous)
-        previous = rung
-    return total
+    """Expected trial-epochs of ASHA over `trials` trials (caviar.config.rungs)."""
+    return trials * asha_epochs_per_trial(max_epochs, grace, eta)
 
 
 def _sweeps(config: Config) -> list[tuple[int, int, str, float]]:
@@ -105,12 +96,6 @@ def entry(name: str) -> Entry:
                  REACHED.get(name))
 
 
-def _hours(hours: float) -> str:
-    if hours < 1 / 60:
-        return "1 min"
-    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
-
-
 def describe() -> str:
     """The table `caviar experiments` prints, one line per shipped experiment."""
     lines = []
@@ -119,7 +104,7 @@ def describe() -> str:
         if e.budget:
             cost = f"planned to its budget: {e.budget} (any --budget) on a CPU or a GPU"
         else:
-            cost = f"CPU ~{_hours(e.cpu_core_hours)} of one core (divide by the cores), one GPU ~{_hours(e.gpu_hours)} (est.)"
+            cost = f"CPU ~{format_hours(e.cpu_core_hours)} of one core (divide by the cores), one GPU ~{format_hours(e.gpu_hours)} (est.)"
         lines.append(f"{name:<11} {e.trials:>4} trials x {e.epochs:<11} epochs  {cost};  "
                      f"reached: {e.reached or 'not benchmarked yet'}")
     lines.append(f"Run one with `caviar sweep NAME` (files: {shipped.FOLDER}); time is estimated from "

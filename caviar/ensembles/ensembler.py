@@ -6,7 +6,6 @@ shadows it (see README, Layout).
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import shutil
@@ -24,23 +23,38 @@ from torch import nn
 
 import caviar
 from caviar import storage
-from caviar.search import tracking
-from caviar.sweeps.budget import parse_duration
-from caviar.config import CONFIG_FILE, Config, ConfigError, load_config, read_saved_config
-from caviar.training.data import load_test_set, prepare_data
-from caviar.results.leaderboard import LEADERBOARD_FILE, SINKING, SUMMARY_FILE
+from caviar.config import Config, ConfigError, load_config, read_saved_config
+from caviar.config.durations import parse_duration
+from caviar.config.scales import derived_seed
 from caviar.ensembles.members import (
-    KINDS, average_members, load_models, member_state, model_from_member_state, rank_trials, seed_members,
-    snapshot_members, top_members,
+    KINDS,
+    average_members,
+    load_models,
+    member_state,
+    model_from_member_state,
+    rank_trials,
+    seed_members,
+    snapshot_members,
+    top_members,
 )
-from caviar.ensembles.selection import SELECTORS, accuracy, combine, ece, nll
-from caviar.search.reader import has_state, read_trials
 from caviar.ensembles.reruns import rerun_with_seeds
+from caviar.ensembles.selection import SELECTORS, accuracy, combine, ece, nll
+from caviar.layout import (
+    CONFIG_FILE,
+    ENSEMBLE_DIR,
+    ENSEMBLE_FILE,
+    ENSEMBLE_PLOT_FILE as PLOT_FILE,
+    MEMBERS_DIR,
+    MEMBERS_FILE,
+    TRIAL_PREFIX,
+    stage_folder,
+)
+from caviar.results.folder import ExperimentFolder
+from caviar.results.leaderboard import SINKING
+from caviar.search import tracking
+from caviar.search.reader import has_state
+from caviar.training.data import load_test_set, prepare_data
 from caviar.training.train import pick_device, predict_logits
-
-ENSEMBLE_FILE = "ensemble.json"
-MEMBERS_FILE = "members.csv"
-PLOT_FILE = "ensemble.png"
 
 
 class Ensemble:
@@ -77,13 +91,13 @@ class Ensemble:
     def save(self, folder: str | Path, info: dict[str, Any] | None = None) -> None:
         """Write the members with a nonzero weight (weights + what rebuilds them) and ensemble.json."""
         folder = Path(folder)
-        (folder / "members").mkdir(parents=True, exist_ok=True)
+        (folder / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
         entries = []
         for i, (model, name, weight, description) in enumerate(zip(self.models, self.names, self.weights,
                                                                    self.descriptions)):
             if weight <= 0:
                 continue
-            file = f"members/{i:02d}-{name}.pt"
+            file = f"{MEMBERS_DIR}/{i:02d}-{name}.pt"
             torch.save(member_state(model, description), folder / file)
             entries.append({"name": name, "weight": float(weight), "file": file})
         document = dict(info or {})
@@ -145,8 +159,8 @@ class EnsembleResult:
             return
         target = Path(folder).expanduser()
         check_output_folder(str(target))
-        if (target / "members").exists():
-            shutil.rmtree(target / "members")  # stale members of an earlier `caviar ensemble` (checked above)
+        if (target / MEMBERS_DIR).exists():
+            shutil.rmtree(target / MEMBERS_DIR)  # stale members of an earlier `caviar ensemble` (checked above)
         self.ensemble.save(target, self.info)
         self.members.to_csv(target / MEMBERS_FILE, index=False)
         _plot(self, target / PLOT_FILE)
@@ -181,24 +195,20 @@ def _read_best_trials(sweep: str, top_k: int) -> list[Any]:
     few by its leaderboard.csv (reading 10,000 trial folders takes half a minute; the members come
     from the top), else, or when those lack checkpoints, every trial."""
     wanted = max(top_k, 1) * 3 + 10  # room for trials whose checkpoints are gone or damaged
-    board = storage.join(sweep, LEADERBOARD_FILE)
-    if storage.exists(storage.join(sweep, SUMMARY_FILE)) and storage.exists(board):
-        try:
-            table = pd.read_csv(io.StringIO(storage.read_text(board)))
-            table = table[~table["status"].isin(SINKING)].sort_values("best_val_acc", ascending=False)
-            only = {f"trial_{trial_id}" for trial_id in table["trial_id"].astype(str).head(wanted)}
-        except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError):
-            only = None  # damaged or not caviar's: read the folders
-        if only is not None and len(table) > wanted:
-            records = read_trials(sweep, only=only)
-            if len(rank_trials(records)) >= min(top_k, len(only)):
-                return records
-    return read_trials(sweep)
+    folder = ExperimentFolder(sweep)
+    table = folder.leaderboard() if folder.is_finished() else None  # damaged or not caviar's: read the folders
+    if table is not None and {"status", "best_val_acc"} <= set(table.columns) and len(table) > wanted:
+        table = table[~table["status"].isin(SINKING)].sort_values("best_val_acc", ascending=False)
+        only = {f"{TRIAL_PREFIX}{trial_id}" for trial_id in table["trial_id"].head(wanted)}
+        records = folder.trials(only=only)
+        if len(rank_trials(records)) >= min(top_k, len(only)):
+            return records
+    return folder.trials()
 
 
 def _seeds_for(base: int, count: int) -> list[int]:
     """`count` new seeds derived from the trial's own, so a re-run asks for the same ones again."""
-    return [(base + 104729 * (i + 1)) % (2**31 - 1) for i in range(count)]
+    return [derived_seed(base, i + 1) for i in range(count)]
 
 
 def _figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -239,7 +249,7 @@ def ensemble(
     begin = time.time()
     config: Config = load_config(read_saved_config(path), overrides)
     tracking.check(config)  # a tracker that cannot run is said now, not after the evaluation
-    check_output_folder(str(out) if out is not None else storage.join(path, "ensemble"))
+    check_output_folder(str(out) if out is not None else storage.join(path, ENSEMBLE_DIR))
     sweeps = experiment_sweeps(path, config, overrides)
     records, home = [], {}  # home: trial id -> the sweep (folder, config) it ran in
     for sweep_path, sweep_config in sweeps:
@@ -320,8 +330,8 @@ def ensemble(
         },
     }
     result = EnsembleResult(overall["accuracy"], overall["nll"], overall["ece"], table, by_kind, ens, info)
-    result.save(str(out) if out is not None else storage.join(path, "ensemble"))
-    tracking.log_ensemble(config, path, str(out) if out is not None else storage.join(path, "ensemble"), info)
+    result.save(str(out) if out is not None else storage.join(path, ENSEMBLE_DIR))
+    tracking.log_ensemble(config, path, str(out) if out is not None else storage.join(path, ENSEMBLE_DIR), info)
     return result
 
 
@@ -331,7 +341,7 @@ def check_output_folder(folder: str) -> None:
     if storage.is_uri(folder):
         return
     target = Path(folder).expanduser()
-    if (target / "members").exists() and not (target / ENSEMBLE_FILE).is_file():
+    if (target / MEMBERS_DIR).exists() and not (target / ENSEMBLE_FILE).is_file():
         raise ConfigError(f"--out {target}: it holds a members/ folder that `caviar ensemble` did not write (no "
                           f"{ENSEMBLE_FILE} beside it); choose another --out")
     try:
@@ -347,11 +357,9 @@ def experiment_sweeps(path: str, config: Config, overrides: list[str] | None = N
     """(folder, config) of every sweep in the experiment: the folder itself, or each stage run so far."""
     if not config.stages:
         return [(path, config)]
-    from caviar.sweeps.stages import stage_folder
-
     sweeps = []
     for index, stage in enumerate(config.stages, start=1):
-        folder = storage.join(path, stage_folder(index, stage))
+        folder = storage.join(path, stage_folder(index, stage.name))
         if storage.exists(storage.join(folder, CONFIG_FILE)) and has_state(folder):
             saved = read_saved_config(folder)
             sweeps.append((folder, load_config(saved, overrides)))

@@ -75,7 +75,8 @@ def check_out(out: Path) -> None:
 def export(folder: str | Path, fmt: str = "torchscript", out: str | Path | None = None,
            input_type: str = "uint8") -> Path:
     """Write the ensemble saved in `folder` (by `caviar ensemble`) as one `fmt` file; returns its path."""
-    from caviar.ensembles.ensembler import ENSEMBLE_FILE, Ensemble
+    from caviar.ensembles.ensembler import Ensemble
+    from caviar.layout import ENSEMBLE_FILE
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")

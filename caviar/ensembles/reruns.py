@@ -11,11 +11,11 @@ import ray
 from ray import tune
 
 from caviar import storage
+from caviar.config import Config
 from caviar.search import connect, tuning
 from caviar.search.callbacks import ProgressPrinter
-from caviar.config import Config
-from caviar.training.data import prepare_data
 from caviar.search.reader import TrialRecord, has_state, read_trials
+from caviar.training.data import prepare_data
 
 
 def rerun_with_seeds(

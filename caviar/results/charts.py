@@ -18,12 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from caviar.training.babysit import read_babysit  # noqa: E402
-from caviar.results.border import at_position, scored  # noqa: E402
 from caviar.config import Choice, Config, Range  # noqa: E402
-from caviar.search.space import searched  # noqa: E402
+from caviar.config.rungs import milestones  # noqa: E402
+from caviar.config.scales import searched  # noqa: E402
+from caviar.layout import CHECKPOINT_PATTERN, CHECKPOINT_PREFIX  # noqa: E402
+from caviar.results.border import at_position, scored  # noqa: E402
+from caviar.training.babysit import read_babysit  # noqa: E402
 
-CHECKPOINT_GLOB = "checkpoint_*/epoch=*-val_acc=*.pt"
+CHECKPOINT_GLOB = f"{CHECKPOINT_PREFIX}*/{CHECKPOINT_PATTERN}"
 
 
 def best_checkpoint(trial_dir: str | Path) -> Path | None:
@@ -139,11 +141,7 @@ def rung_epochs(config: Config) -> list[int]:
     s = config.search
     if s.scheduler != "asha" or s.fidelity == "seconds":  # rungs in seconds fall on no fixed epoch
         return []
-    rungs, epoch = [], s.grace_period
-    while epoch < s.max_epochs:
-        rungs.append(epoch)
-        epoch *= s.reduction_factor
-    return rungs
+    return [int(t) for t in milestones(s.max_epochs, s.grace_period, s.reduction_factor)]
 
 
 def plot_rungs(table: pd.DataFrame, config: Config, path: Path) -> Path:

@@ -8,8 +8,6 @@ from typing import Any
 import pandas as pd
 
 # Written into the experiment folder when a sweep ends (caviar.sweeps.experiment).
-LEADERBOARD_FILE = "leaderboard.csv"
-SUMMARY_FILE = "summary.json"
 
 # Trial outcomes, beyond Ray's own statuses: a trial that stopped itself on a NaN loss is
 # "diverged", one that ASHA stopped before the budget is "early-stopped".

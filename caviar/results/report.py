@@ -23,57 +23,32 @@ from __future__ import annotations
 
 import html
 import json
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from caviar import storage
-from caviar.search import reader
+from caviar.config import Config, ConfigError, build_config, read_yaml
+from caviar.config.scales import searched
+from caviar.layout import (
+    CONFIG_FILE,
+    ENSEMBLE_DIR,
+    ENSEMBLE_FILE as _ENSEMBLE_JSON,
+    REPORT_FILE,
+    REPORT_IMAGES_DIR as IMAGES_DIR,
+    STAGES_FILE,
+)
 from caviar.results.border import border_warnings, scored
 from caviar.results.charts import plot_curves, plot_ensemble, plot_filters, plot_hparams, plot_rungs, plot_update_ratio
-from caviar.config import CONFIG_FILE, Config, ConfigError, build_config, read_yaml
-from caviar.results.leaderboard import LEADERBOARD_FILE, trial_row
-from caviar.search.space import searched
-from caviar.sweeps.stages import STAGES_FILE
+from caviar.results.folder import ExperimentFolder
 
-REPORT_FILE = "report.html"
-IMAGES_DIR = "report"
-ENSEMBLE_FILE = Path("ensemble") / "ensemble.json"
+ENSEMBLE_FILE = Path(ENSEMBLE_DIR) / _ENSEMBLE_JSON
 
 
 # ---------------------------------------------------------------- reading an experiment folder
 def read_trials(folder: Path, config: Config) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(table best first, histories by trial_id) from the trial folders, finished or running
-    (caviar.search.reader: plain files only, damaged ones skipped with a warning)."""
-    statuses: dict[str, str] = {}
-    board = folder / LEADERBOARD_FILE
-    if board.exists():
-        try:
-            saved = pd.read_csv(board)
-            statuses = dict(zip(saved["trial_id"].astype(str), saved["status"]))
-        except (ValueError, KeyError, pd.errors.ParserError) as error:  # empty, cut short, not ours
-            warnings.warn(f"skipping damaged {board} ({type(error).__name__}); statuses come from the trial folders",
-                          stacklevel=2)
-    rows, histories = [], {}
-    for record in reader.read_trials(str(folder)):
-        history = record.history if record.history is not None else pd.DataFrame()
-        epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 0
-        ray_status = record.ray_status
-        if ray_status == "RUNNING" and epochs >= config.search.max_epochs:  # no saved state says otherwise
-            ray_status = "TERMINATED"
-        row = trial_row(record.trial_id, ray_status, record.hparams, history, config.search.max_epochs,
-                        retries=record.retries, path=record.path)
-        if record.trial_id in statuses:
-            row["status"] = statuses[record.trial_id]
-        elif row["status"] == "unfinished":
-            row["status"] = "running"
-        rows.append(row)
-        histories[record.trial_id] = history
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table = table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
-    return table, histories
+    """(table best first, histories by trial_id) from the trial folders, finished or running."""
+    return ExperimentFolder(str(folder)).trial_table(config.search.max_epochs, live=True)
 
 
 # ---------------------------------------------------------------- the page

@@ -22,8 +22,9 @@ from typing import Any, Callable
 from ray import tune
 
 from caviar import storage
+from caviar.config.durations import format_duration
+from caviar.layout import RESUME_FILE
 from caviar.search import reader, seal
-from caviar.training.trial import RESUME_FILE
 
 
 # ---------------------------------------------------------------- checkpoint pruning
@@ -224,7 +225,7 @@ class ProgressPrinter(tune.Callback):
         parts.append(f"{self.counts.epochs / minutes:.0f} trial-epochs/min")
         eta = self._eta(done, now)
         if eta is not None:
-            parts.append(f"ETA {_duration(eta)}")
+            parts.append(f"ETA {format_duration(eta, exact=True)}")
         return f"[{time.strftime('%H:%M:%S', time.localtime(now))}] " + " | ".join(parts)
 
     def _eta(self, done: int, now: float) -> float | None:
@@ -236,8 +237,3 @@ class ProgressPrinter(tune.Callback):
         return None if left is None else max(0.0, left)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

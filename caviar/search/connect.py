@@ -7,8 +7,8 @@ import time
 
 import ray
 
-from caviar.search import cluster
 from caviar.config import Config, ConfigError
+from caviar.search import cluster
 
 # GPU share per trial for gpus_per_trial: auto, by family: a small convnet leaves most of a GPU
 # idle, so 4 share one; a ResNet-9 keeps half a GPU busy.

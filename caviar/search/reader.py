@@ -31,10 +31,9 @@ import pyarrow.fs
 from ray import tune
 
 from caviar import storage
-from caviar.training.trial import RESUME_FILE
+from caviar.layout import CHECKPOINT_NAME as CHECKPOINT_FILE, RESUME_FILE
 
 STATE_PATTERN = re.compile(r"experiment_state-[\w.-]+\.json")
-CHECKPOINT_FILE = re.compile(r"epoch=(\d+)-val_acc=([0-9.]+|nan)\.pt")
 
 
 @dataclass

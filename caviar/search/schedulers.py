@@ -30,6 +30,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.sample import Domain
 
+from caviar.config.rungs import milestones
 from caviar.search.space import DEPENDENT_SAMPLERS
 
 
@@ -43,11 +44,7 @@ class PromotingASHA(FIFOScheduler):
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
         self._max_t, self._eta = max_t, reduction_factor
         self._min_trials = max(reduction_factor, min_rung_trials)
-        self._milestones: list[float] = []
-        t = grace_period
-        while t < max_t:
-            self._milestones.append(t)
-            t *= reduction_factor
+        self._milestones: list[float] = milestones(max_t, grace_period, reduction_factor)
         self._scores: list[dict[str, float]] = [{} for _ in self._milestones]  # rung -> trial id -> score
         self._promoted: list[set[str]] = [set() for _ in self._milestones]
         self._waiting: dict[str, int] = {}  # trial id -> the rung it is paused at

@@ -20,8 +20,8 @@ import pyarrow.fs
 
 from caviar import storage
 from caviar.config import ConfigError
+from caviar.layout import SEAL_FILE
 
-SEAL_FILE = "caviar-state.json"
 # What Ray Tune's restore reads: the Tuner, the experiment state, searcher and callback states.
 RAY_STATE_FILE = re.compile(r".+\.pkl|(experiment_state|basic-variant-state|search_gen_state)-.+\.json")
 _CHUNK = 1 << 20

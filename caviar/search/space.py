@@ -1,14 +1,5 @@
-"""Config ranges -> Ray Tune distributions. The sampling-scale rule lives here, once.
-
-Scales (the notes' advice: sample what spans orders of magnitude on a log scale):
-
-- ``linear``        uniform(low, high)                     e.g. dropout
-- ``log``           10 ** uniform(log10 low, log10 high)    e.g. learning rate, weight decay
-- ``int``           uniform integer in [low, high]          e.g. number of layers
-- ``log_int``       integer, log-uniform in [low, high]     e.g. layer width
-- ``one_minus_log`` 1 - 10 ** uniform(log10(1-high), log10(1-low))
-                    e.g. momentum 0.9..0.999: 1 - beta spans two orders of magnitude
-"""
+"""Config ranges -> Ray Tune distributions (and Optuna's, for TPE) on the scales of
+caviar.config.scales, where the sampling-scale rule lives."""
 
 from __future__ import annotations
 
@@ -22,8 +13,16 @@ from ray.tune.search.sample import Domain, Float, Sampler, _BackwardsCompatibleN
 from ray.tune.search.variant_generator import RecursiveDependencyError
 
 from caviar.config import Choice, Range, SpaceConfig
-
-SCALES = ("linear", "log", "int", "log_int", "one_minus_log")
+from caviar.config.scales import (  # noqa: F401 - the scale rule, read by Ray's samplers here
+    SCALES,
+    SEED_RANGE,
+    by_optimizer,
+    entries,
+    fixed_values,
+    from_sampling_scale,
+    searched,
+    to_sampling_scale,
+)
 
 
 class _OneMinusLogUniform(Sampler):
@@ -104,15 +103,6 @@ def to_domain(param: Range | Choice | Any) -> Domain | Any:
     raise ValueError(f"unknown scale {param.scale!r}; expected one of {SCALES}")
 
 
-SEED_RANGE = (0, 2**31 - 1)
-
-
-def entries(space: SpaceConfig) -> dict[str, Any]:
-    """Every entry of the space by name: a fixed value, Range, Choice or per-optimizer lr. The ones
-    a model family leaves out (None: caviar.config.CONVNET_SHAPE for a ResNet) are not there."""
-    return {name: param for name in SpaceConfig.model_fields if (param := getattr(space, name)) is not None}
-
-
 def to_param_space(space: SpaceConfig) -> dict[str, Any]:
     """The whole space as Ray Tune's `param_space` (hyperparameter name -> domain or value).
 
@@ -122,35 +112,6 @@ def to_param_space(space: SpaceConfig) -> dict[str, Any]:
     params = {name: to_domain(param) for name, param in entries(space).items()}
     params["seed"] = tune.randint(*SEED_RANGE)
     return params
-
-
-def to_sampling_scale(value: float, scale: str) -> float:
-    """Where a value sits on its range's sampling axis (log10 for log scales, 1-beta for momentum)."""
-    if scale in ("log", "log_int"):
-        return math.log10(value)
-    if scale == "one_minus_log":
-        return math.log10(1.0 - value)
-    return float(value)
-
-
-def from_sampling_scale(position: float, scale: str) -> float:
-    """Inverse of :func:`to_sampling_scale`."""
-    if scale in ("log", "log_int"):
-        return 10.0**position
-    if scale == "one_minus_log":
-        return 1.0 - 10.0**position
-    return float(position)
-
-
-def searched(space: SpaceConfig) -> dict[str, Range | Choice]:
-    """The entries that are actually searched (fixed values excluded). An lr given per optimizer is
-    left out here: narrowing and the border check read one range per entry (it stays as it is)."""
-    return {name: param for name, param in entries(space).items() if isinstance(param, (Range, Choice))}
-
-
-def by_optimizer(space: SpaceConfig) -> dict[str, Any]:
-    """The per-optimizer lr ranges, or {} when lr is one range or value."""
-    return space.lr if isinstance(space.lr, dict) else {}
 
 
 def sample(space: SpaceConfig, count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -169,13 +130,6 @@ def sample(space: SpaceConfig, count: int, seed: int = 0) -> list[dict[str, Any]
 
 
 # ---------------------------------------------------------------- Bayesian search (TPE)
-def fixed_values(space: SpaceConfig) -> dict[str, Any]:
-    """The entries that are not searched, as Ray's `param_space` when a searcher owns the space."""
-    drawn = searched(space)
-    return {name: param for name, param in entries(space).items()
-            if name not in drawn and not (name == "lr" and by_optimizer(space))}
-
-
 class OptunaDefineByRun:
     """The space as an Optuna define-by-run function (for Ray's OptunaSearch), same scales as above.
 

@@ -24,9 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from caviar import storage
-from caviar.config import CONFIG_FILE, Config, ConfigError
+from caviar.config import Config, ConfigError
+from caviar.layout import (
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    ENSEMBLE_PLOT_FILE,
+    LEADERBOARD_FILE,
+    MEMBERS_FILE,
+    SUMMARY_FILE,
+    TRACKING_FILE as RECORD_FILE,  # the tracker runs that belong to the folder
+)
 
-RECORD_FILE = "tracking.json"  # in the experiment folder: the tracker runs that belong to it
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the pip extra that brings it
 WANDB_PROJECT = "caviar"
 
@@ -124,7 +132,7 @@ def _mlflow_callback(config: Config, path: str) -> Any:
             if saved.get("tracking_uri") == self.tracking_uri and saved.get("run_id"):
                 parent = saved["run_id"]
             else:
-                parent = self.mlflow_util.start_run(run_name=label(config), tags={"caviar.sweeps.experiment": path}).info.run_id
+                parent = self.mlflow_util.start_run(run_name=label(config), tags={"caviar.experiment": path}).info.run_id
                 _update_record(path, "mlflow", {"tracking_uri": self.tracking_uri, "run_id": parent,
                                                 "experiment_id": self.mlflow_util.experiment_id})
             self.tags["mlflow.parentRunId"] = parent
@@ -198,8 +206,6 @@ def callbacks(config: Config, path: str) -> list[Any]:
 
 def log_sweep(config: Config, path: str) -> None:
     """After the sweep wrote leaderboard.csv and summary.json: attach them to its parent run."""
-    from caviar.results.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE
-
     files = [storage.join(path, name) for name in (CONFIG_FILE, LEADERBOARD_FILE, SUMMARY_FILE)]
     summary = json.loads(storage.read_text(files[2])) if storage.exists(files[2]) else {}
     figures = {"best_val_acc": (summary.get("best_trial") or {}).get("best_val_acc"), "trials": summary.get("trials")}
@@ -229,11 +235,9 @@ def log_ensemble(config: Config, experiment: str, out: str, info: dict[str, Any]
     (MLflow) or a run of its group (W&B)."""
     if not config.log:
         return
-    from caviar.ensembles.ensembler import ENSEMBLE_FILE, MEMBERS_FILE, PLOT_FILE
-
     figures = {f"ensemble_{k}": float(info[k]) for k in ("accuracy", "nll", "ece", "gain_over_best_member")}
     figures["ensemble_best_member_accuracy"] = float(info["best_member"]["accuracy"])
-    files = [storage.join(out, name) for name in (ENSEMBLE_FILE, MEMBERS_FILE, PLOT_FILE)]
+    files = [storage.join(out, name) for name in (ENSEMBLE_FILE, MEMBERS_FILE, ENSEMBLE_PLOT_FILE)]
     record = _find_record(experiment)
     if "mlflow" in config.log:
         saved = record.get("mlflow", {})
@@ -244,7 +248,7 @@ def log_ensemble(config: Config, experiment: str, out: str, info: dict[str, Any]
             found = client.get_experiment_by_name(name)
             experiment_id = found.experiment_id if found else client.create_experiment(name)
             run_id = client.create_run(experiment_id, run_name=f"{name} (ensemble)",
-                                       tags={"caviar.sweeps.experiment": experiment}).info.run_id
+                                       tags={"caviar.experiment": experiment}).info.run_id
         for key, value in figures.items():
             client.log_metric(run_id, key, value)
         _mlflow_log_files(client, run_id, files, "ensemble")

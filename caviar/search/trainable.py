@@ -16,9 +16,10 @@ import ray
 import torch
 from ray import tune
 
+from caviar.layout import BABYSIT_FILE
 from caviar.search import reader
 from caviar.training import devices
-from caviar.training.babysit import BABYSIT_FILE, Babysitter
+from caviar.training.babysit import Babysitter
 from caviar.training.data import SplitData
 from caviar.training.trial import Trial, TrialSettings, data_tensors, find_checkpoint_file, load_checkpoint_file
 

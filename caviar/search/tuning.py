@@ -13,12 +13,12 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from caviar.search.callbacks import CheckpointPruner, StateSeal
 from caviar.config import Config, ConfigError
-from caviar.training.data import SplitData
+from caviar.search.callbacks import CheckpointPruner, StateSeal
 from caviar.search.schedulers import PromotingASHA, pbt_scheduler
 from caviar.search.space import OptunaDefineByRun, fixed_values, to_param_space
 from caviar.search.trainable import train_trial
+from caviar.training.data import SplitData
 from caviar.training.trial import TRIAL_EPOCHS_KEY, TrialSettings
 
 

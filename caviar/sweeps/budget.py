@@ -20,15 +20,13 @@ The shape of the plan (the caviar way is many models):
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from caviar.config import Config, ConfigError, build_config
-
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min|m|h|d)")
+from caviar.config.durations import format_duration
+from caviar.config.rungs import asha_epochs_per_trial, rungs
 
 # Fractions of the budget not spent training: the tail, when the last trials run and other slots
 # idle, and process start-up between trials (measured: 0.2-0.6 s per trial, 4-5 s per sweep).
@@ -43,31 +41,6 @@ TRIAL_OVERHEAD_S = 1.0
 # The longest trial must finish within this fraction of the time: it cannot start at second 0
 # (ASHA promotes it only after rivals reached its rungs).
 LONGEST_TRIAL_SHARE = 0.6
-
-
-def parse_duration(text: Any) -> float:
-    """"30m" -> 1800.0; also "90s", "1h30m", "1.5h", "2d" or a plain number of seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        raw = str(text).strip().lower().replace(" ", "")
-        if re.fullmatch(r"\d+(\.\d+)?", raw):
-            seconds = float(raw)
-        elif raw and _PART.sub("", raw) == "":
-            seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(raw))
-        else:
-            raise ConfigError(f"budget {text!r}: expected a duration such as 90s, 30m, 1h30m or 2h")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"budget {text!r}: must be a positive duration such as 30m")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    hours, minutes = divmod(round(seconds / 60), 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
 
 # ---------------------------------------------------------------- measuring
@@ -139,25 +112,6 @@ def _sync(device: Any) -> None:
 
 
 # ---------------------------------------------------------------- planning
-def rungs(max_epochs: int, grace: int, eta: int) -> list[int]:
-    """ASHA's milestones below max_epochs (Ray's rule: grace * eta**k), then max_epochs."""
-    milestones, t = [], grace
-    while t < max_epochs:
-        milestones.append(t)
-        t *= eta
-    return milestones + [max_epochs]
-
-
-def asha_epochs_per_trial(max_epochs: int, grace: int, eta: int) -> float:
-    """Expected epochs of one trial under ASHA: every trial runs to the first rung, a 1/eta share
-    of those to the next, and so on (the top share to max_epochs)."""
-    total, previous = 0.0, 0
-    for k, milestone in enumerate(rungs(max_epochs, grace, eta)):
-        total += (milestone - previous) / eta**k
-        previous = milestone
-    return total
-
-
 @dataclass
 class Plan:
     budget_s: float  # the whole budget

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from caviar import storage
+from caviar.layout import LEADERBOARD_FILE, SUMMARY_FILE
 from caviar.results.border import format_warnings
-from caviar.results.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, format_table, interrupted
+from caviar.results.leaderboard import deadline_reached, format_table, interrupted
 from caviar.sweeps.stages import StagedResult, describe_stages
 
 

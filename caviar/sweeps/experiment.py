@@ -18,16 +18,19 @@ import pandas as pd
 import ray
 from ray import tune
 
-from caviar.sweeps import budget as budgets
 from caviar import storage
-from caviar.search import connect, tracking, tuning
+from caviar.config import Config, ConfigError, load_config, read_saved_config
+from caviar.config.durations import parse_duration
+from caviar.layout import CONFIG_FILE, LEADERBOARD_FILE, SUMMARY_FILE, TUNER_FILE
 from caviar.results.border import border_warnings
+from caviar.results.folder import ExperimentFolder
+from caviar.results.leaderboard import summarize
+from caviar.search import connect, tracking, tuning
 from caviar.search.callbacks import ProgressPrinter
-from caviar.config import CONFIG_FILE, Config, ConfigError, load_config, read_saved_config
-from caviar.training.data import SplitData, prepare_data
-from caviar.results.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, leaderboard, summarize, trial_row
-from caviar.search.reader import has_state, read_trials, saved_state_is_whole
+from caviar.search.reader import has_state, saved_state_is_whole
 from caviar.search.seal import check_seal
+from caviar.sweeps import budget as budgets
+from caviar.training.data import SplitData, prepare_data
 from caviar.training.train import images_per_epoch
 
 # A trial that fits its length to the deadline (fit_to_deadline) aims this many seconds before it:
@@ -51,20 +54,7 @@ class SweepResult:
 
 
 def _collect(path: str, config: Config) -> pd.DataFrame:
-    rows = [
-        trial_row(
-            trial_id=record.trial_id,
-            ray_status=record.ray_status,
-            hparams=record.hparams,
-            history=record.history,
-            max_epochs=config.search.max_epochs,
-            retries=record.retries,
-            path=record.path,
-            best_checkpoint=storage.uri(record.checkpoints[0][0].path, path) if record.checkpoints else "",
-        )
-        for record in read_trials(path)
-    ]
-    return leaderboard(rows)
+    return ExperimentFolder(path).trial_table(config.search.max_epochs)[0]
 
 
 def _write_results(path: str, table: pd.DataFrame, summary: dict[str, Any]) -> None:
@@ -118,7 +108,7 @@ def run_experiment(
         resources = connect.check_cluster(config, storage_path, joined=not started)
         # A resumed sweep finishes what its plan drew; the budget was that of the first run.
         if config.budget and not resume and deadline is None:
-            budget_s = budgets.parse_duration(config.budget)
+            budget_s = parse_duration(config.budget)
             deadline = begin + budget_s
             plan = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begin)
             config = budgets.apply(config, plan)
@@ -217,7 +207,7 @@ def check_resumable(path: str) -> None:
     """Ray's saved state in `path` is there, whole and sealed (caviar.search.seal); else resuming would
     start the sweep over (with an empty config) and overwrite its results, or unpickle files
     caviar did not write."""
-    if not storage.exists(storage.join(path, "tuner.pkl")) or not has_state(path):
+    if not storage.exists(storage.join(path, TUNER_FILE)) or not has_state(path):
         raise ConfigError(f"--resume {path}: Ray Tune's saved state (tuner.pkl, experiment_state-*.json) is missing, "
                           "so the sweep cannot continue; its finished trials are still readable (`caviar ensemble`, "
                           "`caviar report`)")

@@ -23,12 +23,21 @@ from typing import Any
 
 import pandas as pd
 
-from caviar.results.border import (
-    MIN_SCORED, at_position, clip_value, edge_with_evidence, fmt, fmt_range, position, scored, top_count, widened,
-)
 from caviar.config import Choice, Range, SpaceConfig, StageConfig
+from caviar.config.scales import searched
 from caviar.errors import CaviarError
-from caviar.search.space import searched
+from caviar.results.border import (
+    MIN_SCORED,
+    at_position,
+    clip_value,
+    edge_with_evidence,
+    fmt,
+    fmt_range,
+    position,
+    scored,
+    top_count,
+    widened,
+)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -22,26 +22,28 @@ from typing import Any, Callable
 import pandas as pd
 
 from caviar import storage
-from caviar.search import connect
-from caviar.results.border import format_warnings
-from caviar.sweeps.budget import AFFORDABLE_SHARE, affordable, apply as apply_plan, parse_duration, stage_deadline
 from caviar.config import (
-    CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, build_config, read_saved_config,
+    CONFIG_FILE,
+    Config,
+    ConfigError,
+    SpaceConfig,
+    StageConfig,
+    build_config,
 )
-from caviar.training.data import prepare_data
+from caviar.config.durations import parse_duration
+from caviar.config.scales import derived_seed, entries, searched
 from caviar.errors import CaviarError
+from caviar.layout import STAGES_FILE, SUMMARY_FILE, stage_folder
+from caviar.results.border import format_warnings
+from caviar.results.folder import ExperimentFolder
+from caviar.results.leaderboard import deadline_reached, interrupted
+from caviar.search import connect
+from caviar.sweeps.budget import AFFORDABLE_SHARE, affordable, apply as apply_plan, stage_deadline
 from caviar.sweeps.experiment import SweepResult, config_for_resume, plan_budget, run_experiment
-from caviar.results.leaderboard import LEADERBOARD_FILE, SUMMARY_FILE, deadline_reached, interrupted
 from caviar.sweeps.narrowing import next_space, param_spec
-from caviar.search.space import entries, searched
+from caviar.training.data import prepare_data
 from caviar.training.train import images_per_epoch
 from caviar.training.trial import TRIAL_EPOCHS_KEY
-
-STAGES_FILE = "stages.json"
-
-
-def stage_folder(index: int, stage: StageConfig) -> str:
-    return f"stage{index}-{stage.name}"
 
 
 # ---------------------------------------------------------------- one stage's config
@@ -55,7 +57,7 @@ def stage_config(config: Config, index: int, space: SpaceConfig, root: str,
     tree["stages"] = []
     tree["budget"] = None  # the staged run planned every stage; each one gets the run's deadline
     tree["storage"] = root
-    tree["name"] = stage_folder(index, stage)
+    tree["name"] = stage_folder(index, stage.name)
     tree["space"] = space.model_dump(mode="json")
     search = tree["search"]
     search["max_epochs"] = stage.epochs
@@ -83,12 +85,11 @@ def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index:
     seed (derived from its own and the stage, so a rerun draws the same): independent
     initialisations of the winners are what an ensemble gains most from."""
     from caviar.results.border import scored
-    from caviar.search.space import SEED_RANGE
 
     points = []
     for _, row in scored(table).head(count).iterrows():
         point = {name: _plain(row[name]) for name in entries(space) if name in row and pd.notna(row[name])}
-        point["seed"] = (int(row.get("seed", 0)) * 7919 + 104729 * stage_index) % SEED_RANGE[1]
+        point["seed"] = derived_seed(row.get("seed", 0), stage_index, mix=7919)
         points.append(point)
     return points
 
@@ -156,11 +157,10 @@ def _move_aside(path: str, log: Callable[[str], None]) -> None:
 
 
 def _load_stage(path: str) -> SweepResult:
-    table = pd.read_csv(storage.join(path, LEADERBOARD_FILE)) if storage.exists(
-        storage.join(path, LEADERBOARD_FILE)) else pd.DataFrame()
-    summary = json.loads(storage.read_text(storage.join(path, SUMMARY_FILE)))
-    config = build_config(read_saved_config(path), f"{path}/{CONFIG_FILE}")
-    return SweepResult(path=path, trials=table, summary=summary, config=config)
+    folder = ExperimentFolder(path)
+    table = folder.leaderboard()
+    return SweepResult(path=path, trials=table if table is not None else pd.DataFrame(),
+                       summary=folder.summary() or {}, config=folder.config())
 
 
 def _space_spec(space: SpaceConfig) -> dict[str, Any]:
@@ -216,10 +216,10 @@ def run_staged(
     try:
         space = config.space
         for index, stage in enumerate(stages, start=1):
-            path = storage.join(root, stage_folder(index, stage))
+            path = storage.join(root, stage_folder(index, stage.name))
             state = _stage_state(path)
             entry: dict[str, Any] = {
-                "index": index, "name": stage.name, "folder": stage_folder(index, stage), "epochs": stage.epochs,
+                "index": index, "name": stage.name, "folder": stage_folder(index, stage.name), "epochs": stage.epochs,
                 "num_samples": stage.num_samples, "train_subset": stage.train_subset,
             }
             points = None

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from caviar.search import tracking
 from caviar.config import Config, ConfigError, load_config
+from caviar.search import tracking
 from caviar.sweeps.experiment import SweepResult, config_for_resume, run_experiment
 from caviar.sweeps.stages import run_staged
 

@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from caviar.layout import BABYSIT_FILE, TENSORBOARD_DIR
 from caviar.training.train import autocast, prepare_inputs
 
-BABYSIT_FILE = "babysit.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 PROBE_IMAGES = 128  # images in the probe batch (fewer if the trial's batch is smaller)
 HISTOGRAM_VALUES = 65536  # values per histogram at most (a strided sample of the layer's output)
 ACTIVATIONS = (nn.ReLU, nn.ELU, nn.Tanh)

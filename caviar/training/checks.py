@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from caviar.config import Choice, Config, Range, SpaceConfig, load_config
+from caviar.config.scales import entries, from_sampling_scale, to_sampling_scale
 from caviar.training.models import build_model
-from caviar.search.space import entries, from_sampling_scale, to_sampling_scale
 
 FINE, OK, SUSPICIOUS = 1e-7, 1e-4, 1e-2  # the notes' relative-error thresholds
 OVERFIT_TARGET = 0.05  # nats: "near-zero" training loss on the tiny subset

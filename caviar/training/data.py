@@ -9,7 +9,6 @@ normalisation are batched tensor ops on that device, so no DataLoader workers or
 from __future__ import annotations
 
 import functools
-import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -19,12 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from caviar.errors import CaviarError
-
-
-class DataError(CaviarError):
-    """Data missing, unreadable or inconsistent; the message names the file or config key to fix."""
-
+from caviar.config import default_data_root
+from caviar.errors import DataError
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -34,12 +29,6 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _IMAGE_BYTES = 3 * 32 * 32  # one row of b"data": 1024 R, then 1024 G, then 1024 B, each row-major
-
-
-def default_data_root() -> Path:
-    """CAVIAR_DATA if set, else ~/.cache/caviar/data (the folder that holds cifar-10-batches-py/)."""
-    env = os.environ.get("CAVIAR_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "caviar" / "data"
 
 
 # ---------------------------------------------------------------- reading batch files

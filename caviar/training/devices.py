@@ -18,16 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from caviar.errors import CaviarError
-
-
-class DeviceError(CaviarError):
-    """A trial was given a GPU that this process cannot use; the message says why and the fix."""
-
-
-class TrialOutOfMemory(CaviarError):
-    """A trial ran out of GPU memory; the message names its batch size, model and memory share."""
-
+from caviar.errors import DeviceError, TrialOutOfMemory
 
 # Oldest Linux NVIDIA driver that runs a CUDA major version, with CUDA's minor-version
 # compatibility (docs.nvidia.com/deploy/cuda-compatibility). PyPI's torch wheels are CUDA 13

@@ -15,15 +15,22 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from caviar.config import Config
+
+# Beside a checkpoint file: the state only resuming needs (RESUME_FILE, see Trial.save).
+from caviar.layout import CHECKPOINT_PATTERN, RESUME_FILE, checkpoint_name
 from caviar.training.data import SplitData
 from caviar.training.models import build_model
 from caviar.training.train import (
-    autocast, ema_decay, eval_batches, evaluate, make_optimizer, make_scheduler, pick_device, train_one_epoch,
+    autocast,
+    ema_decay,
+    eval_batches,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    pick_device,
+    train_one_epoch,
 )
 
-CHECKPOINT_PATTERN = "epoch=*-val_acc=*.pt"
-# Beside it in a checkpoint folder: the state only resuming needs (see Trial.save).
-RESUME_FILE = "resume.pt"
 RESUME_KEYS = ("optimizer", "scheduler", "rng")
 # A trial config's own epoch count, set when a stage sizes each of its configs to its own speed.
 TRIAL_EPOCHS_KEY = "max_epochs"
@@ -105,11 +112,6 @@ def effective_average(method: str, averaged_epochs: int) -> str:
     if method == "swa" and averaged_epochs < 2:
         return "none"
     return method
-
-
-def checkpoint_name(epoch: int, val_acc: float) -> str:
-    """A name that sorts by quality in a folder listing: ``epoch=007-val_acc=0.8123.pt``."""
-    return f"epoch={epoch:03d}-val_acc={val_acc:.4f}.pt"
 
 
 def find_checkpoint_file(folder: str | Path) -> Path:

@@ -1,0 +1,499 @@
+"""The typed config of a caviar experiment, with every default in one place.
+
+Every field says its unit and why it has its default. Unknown keys and bad values fail pydantic's
+validation, which caviar.config.loading turns into a ConfigError naming the dotted key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from caviar.config.durations import parse_duration
+from caviar.errors import ConfigError
+
+Scalar = Union[bool, int, float, str]
+
+
+# The resolved config, written into the experiment folder before any trial starts (`--resume`
+# needs nothing else).
+
+
+class _Strict(BaseModel):
+    # extra="forbid": a typo such as `search.num_sample` must fail, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def describe_item(item: dict[str, Any]) -> str:
+    """One of pydantic's errors as caviar prints it: the dotted key, what is wrong, the value given."""
+    key = ".".join(str(part) for part in item["loc"])
+    if item["type"] == "extra_forbidden":
+        return f"{key}: unknown key; check the spelling (`caviar config` lists every key)"
+    message = item["msg"].removeprefix("Value error, ")
+    shown = item.get("input")
+    got = f" (got {shown!r})" if not isinstance(shown, (dict, Range, Choice)) else ""
+    return f"{key}: {message}{got}" if key else f"{message}{got}"
+
+
+def default_storage() -> str:
+    """Where experiments go unless `storage` says otherwise: CAVIAR_RESULTS or ~/caviar_results."""
+    return os.environ.get("CAVIAR_RESULTS", str(Path("~/caviar_results").expanduser()))
+
+
+def default_data_root() -> Path:
+    """CAVIAR_DATA if set, else ~/.cache/caviar/data (the folder that holds cifar-10-batches-py/)."""
+    env = os.environ.get("CAVIAR_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "caviar" / "data"
+
+
+# ---------------------------------------------------------------- search space entries
+class Range(_Strict):
+    """A numeric range sampled on a stated scale (see caviar.search.space.SCALES for the rules)."""
+
+    low: float
+    high: float
+    scale: Literal["linear", "log", "int", "log_int", "one_minus_log"] = "linear"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "Range":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g}); swap them or widen the range")
+        if self.scale in ("log", "log_int") and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0 (got {self.low:g}); use e.g. low: 1.0e-6, or scale: linear")
+        if self.scale == "one_minus_log" and not (0 <= self.low and self.high < 1):
+            raise ValueError(
+                f"scale one_minus_log samples 1 - 10**u, so it needs 0 <= low < high < 1 (got {self.low:g}..{self.high:g})"
+            )
+        if self.scale in ("int", "log_int") and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an integer range needs whole-number bounds (got {self.low:g}..{self.high:g})")
+        return self
+
+
+class Choice(_Strict):
+    """A categorical choice, sampled uniformly (random search, never a grid)."""
+
+    choices: list[Scalar] = Field(min_length=1)
+
+
+# A hyperparameter is a fixed value, a Range or a Choice. A bare YAML list is a Choice too.
+Param = Union[Range, Choice, Scalar]
+
+# What each hyperparameter may take, so a typo ("adma") fails before the sweep, not in a trial.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
+LR_SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
+CATEGORIES: dict[str, tuple[Any, ...]] = {
+    "optimizer": OPTIMIZERS,
+    "lr_schedule": LR_SCHEDULES,
+    "init": ("he", "xavier"),
+    "batch_norm": (True, False),
+    "activation": ("relu", "elu", "tanh"),
+}
+INTEGERS = ("batch_size", "conv_layers", "conv_width", "fc_layers", "fc_width")
+# Space entries that shape the convnet only: other families leave them out of their space.
+CONVNET_SHAPE = ("conv_layers", "conv_width", "fc_layers", "fc_width")
+
+
+# What a value can mean, beyond its type: a probability, a momentum below 1, a depth the 32-pixel
+# input allows (each conv block halves it: 5 blocks reach 1 pixel). (low, high, high included)
+MEANINGFUL: dict[str, tuple[float, float, bool, str]] = {
+    "dropout": (0.0, 1.0, False, "a drop probability in [0, 1)"),
+    "momentum": (0.0, 1.0, False, "a momentum / beta1 in [0, 1)"),
+    "conv_layers": (1, 5, True, "1 to 5 conv blocks (each halves the 32-pixel image)"),
+}
+
+
+def _check_meaning(name: str, value: float) -> None:
+    if name in MEANINGFUL:
+        low, high, inclusive, what = MEANINGFUL[name]
+        if value < low or value > high or (value == high and not inclusive):
+            raise ValueError(f"{value!r} is outside {what}")
+
+
+def _check_value(name: str, value: Any) -> None:
+    if name in CATEGORIES:
+        if value not in CATEGORIES[name] or isinstance(value, bool) != isinstance(CATEGORIES[name][0], bool):
+            raise ValueError(f"{value!r} is not one of {list(CATEGORIES[name])}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number")
+    elif name in INTEGERS and (value != int(value) or value < 1):
+        raise ValueError(f"{value!r} is not a positive whole number")
+    elif value < 0:
+        raise ValueError(f"{value!r} is negative")
+    else:
+        _check_meaning(name, value)
+
+
+def _as_param(name: str, value: Any) -> Any:
+    """A YAML value -> fixed value, Range or Choice, checked against what `name` accepts."""
+    if isinstance(value, list):
+        value = {"choices": value}
+    if isinstance(value, dict):
+        kind = Choice if "choices" in value else Range
+        try:
+            value = kind.model_validate(value)
+        except ValidationError as error:
+            raise ValueError("; ".join(describe_item(item) for item in error.errors())) from None
+    if isinstance(value, Choice):
+        for choice in value.choices:
+            _check_value(name, choice)
+    elif isinstance(value, Range):
+        if name in CATEGORIES:
+            raise ValueError(f"is categorical; give a list of choices from {list(CATEGORIES[name])}")
+        if name in INTEGERS and value.scale not in ("int", "log_int"):
+            raise ValueError(f"takes whole numbers; use scale: int or scale: log_int (got scale: {value.scale})")
+        _check_meaning(name, value.low)
+        _check_meaning(name, value.high)
+    else:
+        _check_value(name, value)
+    return value
+
+
+def _lr_by_optimizer(value: dict[str, Any]) -> dict[str, Any]:
+    """`lr: {adam: {low: 1e-4, high: 1e-2, scale: log}, nesterov: {...}}`: a range per optimizer."""
+    unknown = [name for name in value if name not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is neither a range key (low, high, scale, choices) nor an optimizer "
+                         f"{list(OPTIMIZERS)}; give one range, or one per optimizer")
+    entries = {}
+    for name, entry in value.items():
+        try:
+            entries[name] = _as_param("lr", entry)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    return entries
+
+
+# A range per optimizer: SGD's useful step sizes sit ~2 decades above Adam's, so one shared range
+# spends most of each optimizer's trials where it cannot train.
+ByOptimizer = dict[str, Union[Range, Choice, float]]
+
+
+class SpaceConfig(_Strict):
+    """The search space. Defaults follow the notes: log scale for rates, linear for dropout.
+    Each entry is a fixed value, a list of choices, or {low, high, scale} (scales: caviar.search.space);
+    `lr` may also give one of those per optimizer ({adam: {...}, nesterov: {...}})."""
+
+    lr: Union[Param, ByOptimizer] = Range(low=1e-6, high=10, scale="log")  # step size; 10 ** uniform(-6, 1)
+    weight_decay: Param = Range(low=1e-6, high=1e-1, scale="log")  # L2 strength per step, log scale
+    dropout: Param = Range(low=0.1, high=0.7, scale="linear")  # drop probability (keep 0.3..0.9)
+    momentum: Param = Range(low=0.9, high=0.999, scale="one_minus_log")  # SGD momentum / Adam beta1
+    batch_size: Param = Choice(choices=[64, 128, 256, 512, 1024])  # images per step
+    # The convnet's shape (CONVNET_SHAPE); null = not searched (a ResNet-9's size is model.width).
+    conv_layers: Optional[Param] = Range(low=1, high=3, scale="int")  # convnet conv blocks (each halves H, W)
+    conv_width: Optional[Param] = Range(low=32, high=256, scale="log_int")  # channels per conv block
+    fc_layers: Optional[Param] = Range(low=1, high=3, scale="int")  # hidden fully connected layers
+    fc_width: Optional[Param] = Range(low=32, high=256, scale="log_int")  # units per hidden FC layer
+    optimizer: Param = Choice(choices=list(OPTIMIZERS))  # momentum unused by sgd/rmsprop/adagrad
+    lr_schedule: Param = Choice(choices=list(LR_SCHEDULES))  # per epoch, spanning max_epochs
+    init: Param = Choice(choices=["he", "xavier"])  # weight initialisation scheme
+    batch_norm: Param = Choice(choices=[True, False])
+    activation: Param = Choice(choices=["relu", "elu", "tanh"])
+    grad_clip: Param = Choice(choices=[0, 5, 10, 15])  # max global grad norm; 0 = no clipping
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _entry(cls, value: Any, info: Any) -> Any:
+        if value is None and info.field_name in CONVNET_SHAPE:
+            return None
+        if info.field_name == "lr" and isinstance(value, dict) and not {"low", "high", "scale", "choices"} & set(value):
+            return _lr_by_optimizer(value)
+        return _as_param(info.field_name, value)
+
+    @model_validator(mode="after")
+    def _lr_for_every_optimizer(self) -> "SpaceConfig":
+        if isinstance(self.lr, dict):
+            optimizers = self.optimizer.choices if isinstance(self.optimizer, Choice) else [self.optimizer]
+            missing = [name for name in optimizers if name not in self.lr]
+            if missing:
+                raise ValueError(f"lr: no learning-rate range for optimizer {missing[0]!r}; add lr.{missing[0]}: "
+                                 f"{{low: ..., high: ..., scale: log}} or drop it from space.optimizer")
+        return self
+
+
+# ---------------------------------------------------------------- sections
+class DataConfig(_Strict):
+    root: Optional[str] = None  # folder holding cifar-10-batches-py/; null = $CAVIAR_DATA or ~/.cache/caviar/data
+    val_size: int = Field(5000, ge=1)  # images held out of the training set, same for every trial (scores need some)
+    split_seed: int = 0  # seed of the one fixed train/val permutation
+    train_subset: Union[int, float, None] = None  # class-balanced count (int) or fraction; None = all
+    augment: bool = True  # random crop (4 px padding) + horizontal flip, batched on the device
+    download: bool = True  # fetch CIFAR-10 (md5-checked) when data.root has no copy
+
+    @field_validator("train_subset")
+    @classmethod
+    def _subset_positive(cls, value: Any) -> Any:
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive count (e.g. 2000) or a fraction in (0, 1], or null for all")
+        if isinstance(value, float) and value > 1:
+            raise ValueError("a fraction must be at most 1.0; write a whole number for an image count")
+        return value
+
+
+class ModelConfig(_Strict):
+    family: Literal["convnet", "resnet"] = "convnet"  # convnet: the notes' net; resnet: ResNet-9 style
+    width: float = Field(1.0, gt=0)  # resnet width multiplier (1.0 = 64-128-256-512 channels)
+    num_classes: int = Field(10, ge=2)
+
+
+class SearchConfig(_Strict):
+    # asha: early stopping (caviar.search.schedulers.PromotingASHA); random: every trial to the end; pbt:
+    # population-based training (Ray's PopulationBasedTraining), whose population is an ensemble
+    scheduler: Literal["asha", "random", "pbt"] = "asha"
+    num_samples: int = Field(64, ge=1)  # trials drawn from the space
+    max_epochs: int = Field(20, ge=1)  # epoch budget of one trial; LR schedules span it
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = Field(3, ge=2)  # ASHA: keep the top 1/eta at each rung
+    # ASHA: a rung promotes its top 1/reduction_factor only once this many trials (and at least
+    # reduction_factor) have reached it; until then trials wait there, paused (caviar.search.schedulers),
+    # so with few slots the first trials are not let through unopposed.
+    min_rung_trials: int = Field(3, ge=1)
+    # PBT: epochs between exploit/explore steps (the bottom quarter copies the top quarter's
+    # weights and perturbs lr, weight_decay, momentum, dropout by x0.8/x1.2 or resamples them).
+    pbt_interval: int = Field(2, ge=1)
+    metric: Literal["val_acc"] = "val_acc"  # what ASHA and "best" mean (maximised)
+    seed: Union[int, None] = 0  # seed of the random search, so a sweep is repeatable; null = fresh
+    max_concurrent: int = Field(0, ge=0)  # cap on running trials; 0 = as many as resources allow
+    # Configs tried first, exactly (Ray's points_to_evaluate): e.g. known good settings, or a
+    # staged run's top configs (stage `from_top`). Each is a mapping of space entries; the rest drawn.
+    points: list[dict[str, Any]] = Field(default_factory=list)
+    # random: the notes' advice for convnets; tpe: Bayesian (Optuna's TPE via Ray Tune), needs
+    # `pip install caviar[bayes]`. Same space, same schedulers.
+    algorithm: Literal["random", "tpe"] = "random"
+    # Warn when the best trial sits in this outer fraction of a numeric range (in its sampling
+    # scale, e.g. log10 for lr): a better value may lie beyond the edge (caviar.results.border).
+    border_fraction: float = Field(0.1, gt=0, lt=0.5)
+    # What ASHA's rungs count (grace_period, then x reduction_factor, up to max_epochs): epochs, or
+    # the seconds those epochs take at `epoch_seconds`. A budget buys time, not epochs: in seconds,
+    # a config twice as fast has trained twice the epochs when it is judged, as it would in the
+    # time the budget leaves to train it (caviar.search.schedulers.PromotingASHA).
+    fidelity: Literal["epochs", "seconds"] = "epochs"
+    # Seconds of one epoch, what `fidelity: seconds` converts epochs with: with a budget, the planner
+    # writes the speed its probe measured (caviar.sweeps.budget); without one, set it by hand.
+    epoch_seconds: Optional[float] = Field(None, gt=0)
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)  # CPU slots per trial; torch uses that many threads
+    # GPU share per trial, at most 1 (a trial trains on one GPU); a fraction such as 0.25 puts 4
+    # trials on each GPU; auto = a share per model family; 0 = CPU only.
+    gpus_per_trial: Union[float, Literal["auto"]] = "auto"
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus_nonnegative(cls, value: Any) -> Any:
+        if value != "auto" and value < 0:
+            raise ValueError("must be >= 0 (a fraction such as 0.25 shares one GPU among 4 trials) or 'auto'")
+        if value != "auto" and value > 1:
+            raise ValueError("must be at most 1: a trial trains on one GPU, so more would hold GPUs that sit idle; "
+                             "use 1 for a whole GPU per trial, or a fraction such as 0.25 to share one")
+        return value
+
+
+class CheckpointConfig(_Strict):
+    # Best checkpoints kept per trial (by val_acc; Ray also keeps the latest). More than one keeps
+    # snapshots from different epochs of the best trial for the ensemble (`--snapshots N`).
+    keep: int = Field(3, ge=1)
+    max_failures: int = Field(3, ge=0)  # retries of a crashed trial from its last checkpoint
+
+
+class AverageConfig(_Strict):
+    """A running average of each trial's weights, stored beside the raw weights in every checkpoint
+    and used as its own ensemble member (batch-norm statistics recomputed before use)."""
+
+    # swa: equal average of end-of-epoch weights (needs 2+ averaged epochs, else no average)
+    method: Literal["swa", "ema", "none"] = "swa"
+    start: float = Field(0.75, ge=0, lt=1)  # averaging covers epochs after this fraction of max_epochs
+    # ema: per-step decay of the old average at a batch size of 128; a trial with batch size B
+    # uses ema_decay ** (B / 128), so the average spans the same number of images (not steps)
+    # whatever the batch size (at 1024, 0.999 -> 0.992).
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    bn_images: int = Field(10000, ge=1)  # training images used to recompute batch-norm statistics
+
+
+class TrainConfig(_Strict):
+    # Stop a trial when a batch loss exceeds this multiple of the chance loss ln(classes) (23 nats
+    # for CIFAR-10 at 10x). The notes' rule is 3x for quick first stages; 10x leaves room for noisy
+    # starts. NaN/inf always stops it.
+    diverge_factor: float = Field(10.0, gt=1)
+    # Images per forward pass when evaluating; auto: 1024 on CUDA, 64 on CPU (cache-sized batches
+    # were 1.5-3x faster there, see benchmarks).
+    eval_batch_size: Union[Literal["auto"], int] = "auto"
+    # bfloat16 autocast where bf16 is native: GPUs of compute capability >= 8.0 (A100, A10G, L4,
+    # H100) and CPUs with AVX512-BF16 or AMX; float32 elsewhere (T4, V100, other CPUs emulate it).
+    amp: bool = True
+    channels_last: bool = True  # NHWC inputs: faster convolutions on CUDA and on CPU (oneDNN), see benchmarks
+    # Images per epoch: a count, a fraction of the training set, or null for one whole pass. Each
+    # epoch draws a fresh random order of the whole set, so a smaller epoch is a finer fidelity in
+    # images seen (ASHA's rungs, LR schedules, checkpoints and the leaderboard count these epochs),
+    # not a fixed subset: a first rung of 1/4 pass ranks trials on 4x cheaper evidence.
+    epoch_size: Union[int, float, None] = None
+
+    @field_validator("epoch_size")
+    @classmethod
+    def _epoch_size(cls, value: Any) -> Any:
+        return DataConfig._subset_positive(value)
+
+    @field_validator("eval_batch_size", mode="before")
+    @classmethod
+    def _batch_size_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("must be a positive whole number of images (e.g. 256) or auto")
+
+
+class StageConfig(_Strict):
+    """One stage of a coarse-to-fine sweep (caviar.sweeps.stages): its own Ray Tune experiment. The next
+    stage's ranges come from this stage's top trials (narrowed, or widened past an edge)."""
+
+    name: str  # folder of the stage inside the experiment folder, e.g. coarse -> stage1-coarse
+    epochs: int = Field(ge=1)  # search.max_epochs of this stage (LR schedules span it)
+    num_samples: int = Field(ge=1)  # trials of this stage
+    train_subset: Union[int, float, None] = None  # images (int) or fraction; null = data.train_subset; 1.0 = all
+    scheduler: Optional[Literal["asha", "random"]] = None  # null = search.scheduler
+    top: Union[int, float] = Field(0.25, gt=0)  # trials whose values set the next ranges: fraction or count
+    pad: float = Field(0.1, ge=0)  # margin around the top trials' span, x this range's width (sampling scale)
+    widen: float = Field(0.5, gt=0)  # past an edge where the best sits, x this range's width
+    # Train the previous stage's best N configs (their exact hyperparameters, new seeds) for this
+    # stage's epochs, instead of drawing new ones from narrowed ranges: the last step of a search,
+    # where the winners get the epochs (and weight averages) the search could not give them all.
+    # num_samples is then N and the scheduler random (every trial to the end).
+    from_top: Optional[int] = Field(None, ge=1)
+
+    def scheduler_run(self, default: str) -> str:
+        """The scheduler this stage's sweep runs: random for a from_top stage (every winner trains
+        to the end), else its own or `default` (search.scheduler)."""
+        return "random" if self.from_top else self.scheduler or default
+
+    @field_validator("name")
+    @classmethod
+    def _stage_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError("must be a short name of letters, digits, '-' or '_' (e.g. coarse)")
+        return value
+
+    @field_validator("train_subset")
+    @classmethod
+    def _subset(cls, value: Any) -> Any:
+        return DataConfig._subset_positive(value)
+
+
+class Config(_Strict):
+    name: str = "cifar10-asha"  # experiment folder name under `storage`
+    storage: Optional[str] = None  # local path, NFS path or s3:// URI; null = $CAVIAR_RESULTS or ~/caviar_results
+    # A local `storage` path that every node of a multi-node cluster mounts, in a way caviar cannot
+    # tell from the filesystem type (NFS and the like are recognised): see caviar.search.cluster.
+    storage_shared: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    average: AverageConfig = Field(default_factory=AverageConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    # Coarse-to-fine stages run by one `caviar sweep` (caviar.sweeps.stages); empty = one plain sweep.
+    stages: list[StageConfig] = Field(default_factory=list)
+    # Wall-clock budget of the sweep, e.g. 30m or 2h (caviar.sweeps.budget): trials, epochs and stages
+    # are sized to fit it on the machine or cluster it runs on; null = run what the file says.
+    budget: Optional[str] = None
+    # Experiment trackers that also receive every trial (hyperparameters, per-epoch metrics) through
+    # Ray Tune's logger callbacks, and the leaderboard and ensemble figures (caviar.search.tracking):
+    # mlflow, wandb; [] = the experiment folder only. Each needs its extra (`pip install caviar[mlflow]`).
+    log: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):  # --set log=mlflow, --set log=mlflow,wandb
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError(f"names a tracker twice (got {value})")
+        return value
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_is_a_duration(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            parse_duration(value)
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix(f"budget {value!r}: ")) from None
+        return str(value)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, value: list) -> list:
+        names = [stage.name for stage in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must differ (got {names})")
+        return value
+
+    @model_validator(mode="after")
+    def _space_fits_the_model(self) -> "Config":
+        # The default space searches the convnet's shape. A ResNet-9 ignores those entries, so
+        # drawn they were noise in its leaderboard that narrowing and the border check acted on
+        # ("best value on the border: conv_layers" for a ResNet): they are left out of its space,
+        # as an experiment saved before this rule (its caviar.yaml lists them) is read too.
+        if self.model.family == "convnet":
+            return self
+        unused = {name: None for name in CONVNET_SHAPE if getattr(self.space, name) is not None}
+        if unused:  # without validation: assigning would run this validator again
+            object.__setattr__(self, "space", self.space.model_copy(update=unused))
+        return self
+
+    @model_validator(mode="after")
+    def _points_name_the_space(self) -> "Config":
+        # Ray checks a point's keys only when the sweep starts (and a typo then fails inside it).
+        known = set(SpaceConfig.model_fields) | {"seed", "max_epochs"}  # max_epochs: caviar.training.trial.TRIAL_EPOCHS_KEY
+        for i, point in enumerate(self.search.points):
+            unknown = sorted(set(point) - known)
+            if unknown:
+                raise ValueError(f"search.points[{i}] names {', '.join(map(repr, unknown))}, which the space does not "
+                                 f"have; a point may set {', '.join(sorted(known))}")
+            epochs = point.get("max_epochs", 1)
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+                raise ValueError(f"search.points[{i}].max_epochs must be a whole number of epochs >= 1 "
+                                 f"(got {epochs!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _seconds_have_a_unit(self) -> "Config":
+        if self.search.fidelity != "seconds":
+            return self
+        if not self.budget and self.search.epoch_seconds is None:
+            raise ValueError("search.fidelity: seconds converts ASHA's rungs from epochs to seconds at a measured "
+                             "speed: add a budget (budget: 30m or --budget 30m), which measures it, or set "
+                             "search.epoch_seconds yourself; or use search.fidelity: epochs")
+        schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
+        if "asha" not in schedulers:
+            raise ValueError("search.fidelity: seconds sets what ASHA's rungs count, but no sweep of this experiment "
+                             f"uses ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError("must be a plain folder name such as cifar10-asha (no '/')")
+        return value
+
+    def resolved(self) -> "Config":
+        """A copy with the environment-dependent defaults (data root, storage) filled in, as saved
+        with an experiment so that resuming it later reads the same data and folder."""
+        copy_ = self.model_copy(deep=True)
+        copy_.storage = self.storage or default_storage()
+        copy_.data.root = self.data.root or str(default_data_root())
+        return copy_
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
