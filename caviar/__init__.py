@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from caviar import moved
 from caviar.config import Config, ConfigError, load_config
 from caviar.errors import CaviarError
+
+moved.install()  # the module paths of before the layer folders (caviar.space, ...) stay importable
 
 __all__ = [
     "CaviarError", "Config", "ConfigError", "DataError", "Ensemble", "EnsembleResult", "SweepResult", "ensemble",

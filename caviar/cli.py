@@ -185,7 +185,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from caviar.search.cluster import check_cluster_file, describe_cluster
+    from caviar.search.cluster_files import check_cluster_file, describe_cluster
 
     print(f"{args.file}: OK, {describe_cluster(check_cluster_file(args.file, root=args.root))}")
     return 0

@@ -16,7 +16,7 @@ from test_sweep import SMALL_NET, small_config
 import caviar
 from caviar.config import ConfigError, load_config
 from caviar.config.durations import parse_duration
-from caviar.config.rungs import asha_epochs_per_trial, rungs
+from caviar.config.schedulers import asha_epochs_per_trial, rungs
 from caviar.search.schedulers import PromotingASHA
 from caviar.sweeps import budget
 from caviar.sweeps.budget import Throughput, plan

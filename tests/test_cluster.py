@@ -14,7 +14,7 @@ from conftest import REPO
 
 from caviar import cli
 from caviar.config import ConfigError, load_config
-from caviar.search import cluster
+from caviar.search import cluster, cluster_files
 
 AWS = REPO / "cluster" / "aws.yaml"
 LOCAL = REPO / "cluster" / "local.yaml"
@@ -88,10 +88,10 @@ def test_local_file_pins_ray_and_keeps_the_dashboard_local():
 def test_shipped_files_only_miss_the_values_a_user_must_set(path, tmp_path):
     """`caviar cluster check` on the file as shipped lists only its CHANGE-ME values; filled in, it passes."""
     with pytest.raises(ConfigError) as error:
-        cluster.check_cluster_file(path)
+        cluster_files.check_cluster_file(path)
     lines = str(error.value).splitlines()[1:]
     assert lines and all("CHANGE-ME" in line and "set it" in line for line in lines)
-    prepared = cluster.check_cluster_file(write(tmp_path, filled(load(path))))
+    prepared = cluster_files.check_cluster_file(write(tmp_path, filled(load(path))))
     assert prepared["cluster_name"] == load(path)["cluster_name"]
 
 
@@ -125,7 +125,7 @@ def test_typos_rays_schema_lets_through_are_caught(path, section, old, new, mess
     if path == AWS:  # (the local provider's preparation trips over a missing worker_ips by itself)
         validate_config(prepare_config(copy.deepcopy(config)))  # Ray alone: no complaint
     with pytest.raises(ConfigError) as error:
-        cluster.check_cluster_file(write(tmp_path, config))
+        cluster_files.check_cluster_file(write(tmp_path, config))
     assert message in str(error.value)
 
 
@@ -156,7 +156,7 @@ def test_other_problems_are_reported(name, tmp_path):
     """Ray version drift, a public dashboard or port, a mounted working tree: each named with its fix."""
     edit, message = PROBLEMS[name]
     with pytest.raises(ConfigError) as error:
-        cluster.check_cluster_file(write(tmp_path, _edit(filled(load(AWS)), edit)))
+        cluster_files.check_cluster_file(write(tmp_path, _edit(filled(load(AWS)), edit)))
     assert message in str(error.value)
 
 
@@ -278,18 +278,19 @@ def test_driver_in_the_comments_must_run_the_wheel(cuda13_wheel, tmp_path, capsy
     PyPI's CUDA 13 wheel (driver >= 580) is refused, saying both; with a CUDA 12 wheel installed
     first in setup_commands, 535 is right and the file passes."""
     text = AWS.read_text().replace("CHANGE-ME", "set")
-    assert cluster.check_cluster_file(write_text(tmp_path, text, "shipped.yaml"))  # says >= 580: fine
+    assert cluster_files.check_cluster_file(write_text(tmp_path, text, "shipped.yaml"))  # says >= 580: fine
     assert cli.main(["cluster", "check", str(tmp_path / "shipped.yaml")]) == 0
     assert "GPU nodes need NVIDIA driver >= 580.65.06 (PyTorch CUDA 13.0 wheel)" in capsys.readouterr().out
     old = write_text(tmp_path, text.replace("driver >= 580", "driver >= 535"), "old.yaml")
     with pytest.raises(ConfigError) as error:
-        cluster.check_cluster_file(old)
+        cluster_files.check_cluster_file(old)
     assert "the comments ask for an NVIDIA driver >= 535, but the PyTorch wheel the nodes install is a CUDA 13.0 " \
            "build, which needs >= 580.65.06" in str(error.value)
     cu126 = "    - pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cu126\n"
     fixed = old.read_text().replace("setup_commands:\n", "setup_commands:\n" + cu126, 1)
-    prepared = cluster.check_cluster_file(write_text(tmp_path, fixed, "cu126.yaml"))
-    assert cluster.wheel_cuda(prepared) == "12.6" and "driver >= 525.60.13" in cluster.describe_cluster(prepared)
+    prepared = cluster_files.check_cluster_file(write_text(tmp_path, fixed, "cu126.yaml"))
+    assert cluster_files.wheel_cuda(prepared) == "12.6"
+    assert "driver >= 525.60.13" in cluster_files.describe_cluster(prepared)
 
 
 @pytest.mark.parametrize("path", [AWS, LOCAL], ids=["aws", "local"])
@@ -299,13 +300,22 @@ def test_gpu_nodes_check_their_driver_at_setup(path, cuda13_wheel, tmp_path):
     config = filled(load(path))
     for key in ("setup_commands", "worker_setup_commands"):
         config[key] = [c for c in config.get(key, []) if "caviar.training.devices" not in c]
-    with pytest.raises(ConfigError, match=r"no setup command runs `python -m caviar.training.devices`.*driver >= 580.65.06"):
-        cluster.check_cluster_file(write(tmp_path, config))
+    with pytest.raises(ConfigError,
+                       match=r"no setup command runs `python -m caviar.training.devices`.*driver >= 580.65.06"):
+        cluster_files.check_cluster_file(write(tmp_path, config))
     config["available_node_types"] = {name: t for name, t in config.get("available_node_types", {}).items()
                                       if name == config.get("head_node_type")}
     if path == AWS:  # a CPU-only cluster needs no driver check
         config["max_workers"] = 0
-        cluster.check_cluster_file(write(tmp_path, config))
+        cluster_files.check_cluster_file(write(tmp_path, config))
+
+
+def test_a_cluster_file_with_the_device_checks_old_module_path_still_passes(cuda13_wheel, tmp_path):
+    """Cluster files written before the layer folders run `python -m caviar.devices`, which still
+    works on the nodes (caviar.moved): the check accepts it."""
+    text = AWS.read_text().replace("CHANGE-ME", "set").replace("caviar.training.devices", "caviar.devices")
+    assert "-m caviar.devices" in text
+    assert cluster_files.check_cluster_file(write_text(tmp_path, text, "before.yaml"))
 
 
 def write_text(tmp_path, text: str, name: str):

@@ -175,3 +175,11 @@ def test_a_point_naming_what_the_space_lacks_is_refused_before_any_compute():
     with pytest.raises(ConfigError, match=r"search.points\[0\].max_epochs must be a whole number"):
         load_config(None, ["search.points=[{lr: 0.1, max_epochs: 0}]"])
     assert load_config(None, ["search.points=[{lr: 0.1, seed: 3, max_epochs: 4}]"]).search.points[0]["max_epochs"] == 4
+
+
+def test_search_metric_of_older_files_still_loads_and_another_is_refused():
+    """`search.metric` is gone (trials are ranked by val_acc everywhere); a file written when it
+    existed (`metric: val_acc`) loads, and asking for another metric says why it cannot be."""
+    assert "metric" not in load_config(None, ["search.metric=val_acc"]).to_dict()["search"]
+    with pytest.raises(ConfigError, match="ranks trials by val_acc only"):
+        load_config(None, ["search.metric=val_loss"])

@@ -1,4 +1,5 @@
-"""Tests for caviar.training.data (reading, split, subset, augmentation) and caviar.training.fixture."""
+"""Tests for caviar.training.data (reading CIFAR-10, CIFAR-100 and image folders, statistics, split,
+subset, augmentation), its caches (caviar.training.datacache) and caviar.training.fixture."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import pytest
 import torch
 
 from caviar.errors import CaviarError
-from caviar.training import data as D
+from caviar.training import data as D, datacache, imagefolder
 from caviar.training.data import (
     CIFAR10_FOLDER,
+    CIFAR100_FOLDER,
     DataError,
     augment_batch,
     balanced_subset,
+    describe_dataset,
     load_cifar10,
     load_test_set,
     normalize,
@@ -31,7 +34,14 @@ from caviar.training.data import (
     read_class_names,
     split_train_val,
 )
-from caviar.training.fixture import main as fixture_main, write_cifar_fixture
+from caviar.training.fixture import (
+    _dump_py2,
+    imagefolder_class_names,
+    main as fixture_main,
+    write_cifar100_fixture,
+    write_cifar_fixture,
+    write_imagefolder_fixture,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared/data/cifar10-sample"
@@ -438,3 +448,339 @@ def test_mistyped_root_is_not_created(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=f"data.root {typo} does not exist.*create it first"):
         load_cifar10(typo, download=True)
     assert not typo.exists()
+
+
+# ---------------------------------------------------------------- CIFAR-100, image folders, statistics (issue 27)
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path_factory, monkeypatch):
+    # The user-level fallback cache (~/.cache/caviar/datasets) goes to a temp folder in these tests.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
+@pytest.fixture(scope="module")
+def cifar100_root(tmp_path_factory) -> Path:
+    return write_cifar100_fixture(tmp_path_factory.mktemp("c100"), train_size=400, test_size=200)
+
+
+@pytest.fixture
+def letters_root(tmp_path) -> Path:
+    """26 classes A..Z, 4 train and 1 test image each (small: a folder is decoded in well under a second)."""
+    return write_imagefolder_fixture(tmp_path / "letters", train_size=104, test_size=26, classes=26)
+
+
+def _png(path: Path, size=(32, 32), mode="RGB", value=128) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+    return path
+
+
+def test_cifar100_fixture_loads_with_fine_and_coarse_labels(cifar100_root):
+    """CIFAR-100's python format loads with its 100 fine or 20 coarse classes: same images, labels from
+    the chosen list, class names from its meta file; the test file loads the same way."""
+    fine = prepare_data(cifar100_root, val_size=100, download=False, format="cifar100", labels="fine")
+    coarse = prepare_data(cifar100_root, val_size=100, download=False, format="cifar100", labels="coarse")
+    assert len(fine.classes) == 100 and fine.classes[0] == "fine_000"
+    assert len(coarse.classes) == 20 and coarse.classes[-1] == "coarse_19"
+    assert np.array_equal(fine.train_x, coarse.train_x) and fine.train_x.shape == (300, 3, 32, 32)
+    assert np.array_equal(coarse.train_y, fine.train_y // 5)  # fine c is in coarse c // 5
+    assert set(np.concatenate([fine.train_y, fine.val_y])) == set(range(100))
+    x, y = load_test_set(cifar100_root / CIFAR100_FOLDER, download=False, format="cifar100", labels="coarse")
+    assert x.shape == (200, 3, 32, 32) and y.max() == 19 and np.bincount(y).tolist() == [10] * 20
+
+
+def test_cifar100_fixture_matches_published_format(cifar100_root):
+    """The CIFAR-100 fixture is Python 2 style: str opcodes for bytes keys, numpy.core globals, the published keys."""
+    raw = (cifar100_root / CIFAR100_FOLDER / "train").read_bytes()
+    ops = list(pickletools.genops(raw))
+    assert {arg for op, arg, _ in ops if op.name == "GLOBAL"} == {
+        "numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+    assert not any(op.name in ("BINUNICODE", "SHORT_BINBYTES", "BINBYTES") for op, _, _ in ops)
+    batch = pickle.loads(raw, encoding="bytes")
+    assert list(batch) == [b"filenames", b"batch_label", b"fine_labels", b"coarse_labels", b"data"]
+    meta = pickle.loads((cifar100_root / CIFAR100_FOLDER / "meta").read_bytes(), encoding="bytes")
+    assert set(meta) == {b"fine_label_names", b"coarse_label_names"}
+
+
+def test_imagefolder_fixture_of_26_classes_loads(letters_root):
+    """An image folder of 26 classes loads: class names are the sorted folder names, labels their
+    indices, images uint8 (N, 3, 32, 32); the test split uses the training set's class list."""
+    data = prepare_data(letters_root, val_size=26, download=False, format="imagefolder")
+    assert data.classes == [chr(ord("A") + i) for i in range(26)] == imagefolder_class_names(26)
+    assert data.train_x.shape == (78, 3, 32, 32) and data.train_x.dtype == np.uint8
+    assert np.bincount(np.concatenate([data.train_y, data.val_y]), minlength=26).tolist() == [4] * 26
+    x, y = load_test_set(letters_root, format="imagefolder")
+    assert x.shape == (26, 3, 32, 32) and sorted(y.tolist()) == list(range(26))
+    first = sorted((letters_root / "train" / "A").iterdir())[0]
+    assert np.array_equal(imagefolder.decode(first, 32), imagefolder.load_split(letters_root, "train").images[0])
+
+
+def test_imagefolder_is_decoded_once_then_read_from_its_cache(letters_root, monkeypatch):
+    """The second load of an unchanged folder decodes nothing (Pillow is not even opened) and gives
+    the same arrays; the cache is a tagged .caviar-cache folder of .npy and .json files."""
+    first = D.load_train_set(letters_root, format="imagefolder")
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("decoded again"))
+    again = D.load_train_set(letters_root, format="imagefolder")
+    assert all(np.array_equal(a, b) for a, b in zip(first[:2], again[:2])) and again[2] == first[2]
+    cache = letters_root / ".caviar-cache"
+    assert (cache / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+    assert {p.suffix for p in cache.iterdir()} <= {".npy", ".json", ".TAG"}
+
+
+def test_a_changed_image_folder_is_decoded_again(letters_root):
+    """A file added, replaced or removed changes the fingerprint: the split is decoded again, and the
+    cache keeps only the newest entry of each kind."""
+    before = imagefolder.load_split(letters_root, "train")
+    _png(letters_root / "train" / "B" / "zz-new.png", value=(7, 7, 7))
+    after = imagefolder.load_split(letters_root, "train")
+    assert after.key != before.key and len(after.labels) == len(before.labels) + 1
+    assert (after.images[after.labels == 1] == 7).all(axis=(1, 2, 3)).sum() == 1
+    entries = sorted(p.name for p in (letters_root / ".caviar-cache").glob("imagefolder-train-32px-*"))
+    assert len(entries) == 3 and all(after.key in name for name in entries)
+
+
+def test_imagefolder_images_are_made_rgb_and_square(tmp_path):
+    """Grey, palette, RGBA and 16-bit images of any size become RGB image_size squares (shorter side
+    scaled, centre cropped)."""
+    from PIL import Image
+
+    root = tmp_path / "mixed"
+    _png(root / "train" / "a" / "grey.png", size=(64, 48), mode="L", value=200)
+    _png(root / "train" / "a" / "rgba.png", size=(20, 40), mode="RGBA", value=(10, 20, 30, 0))
+    _png(root / "train" / "b" / "palette.png", size=(32, 32), mode="P", value=3)
+    Image.fromarray(np.full((16, 16), 65535 // 2, np.uint16)).save(root / "train" / "b" / "deep.png")
+    images, labels, classes = D.load_train_set(root, format="imagefolder", image_size=16)
+    assert images.shape == (4, 3, 16, 16) and labels.tolist() == [0, 0, 1, 1] and classes == ["a", "b"]
+    assert (images[0] == 200).all() and images[1][:, 0, 0].tolist() == [10, 20, 30]
+    assert (images[2] == 127).all()  # deep.png (sorted before palette.png), 16-bit: its top byte
+
+
+def test_statistics_come_from_all_training_images_and_are_cached(fixture_root, monkeypatch):
+    """mean/std are per channel on the 0..1 scale over every training image (before the split, so
+    every val_size and subset agree), and are read from the cache on the next load."""
+    images, _, _ = D.load_train_set(fixture_root)
+    x = images.astype(np.float64) / 255
+    data = prepare_data(fixture_root, val_size=60, download=False)
+    assert np.allclose(data.mean, x.mean(axis=(0, 2, 3)), atol=1e-12)
+    assert np.allclose(data.std, x.std(axis=(0, 2, 3)), atol=1e-12)
+    assert (fixture_root / CIFAR10_FOLDER / ".caviar-cache").is_dir()
+    monkeypatch.setattr(datacache, "channel_stats", lambda images: pytest.fail("computed again"))
+    other = prepare_data(fixture_root, val_size=120, train_subset=50, download=False)
+    assert other.mean == data.mean and other.std == data.std
+
+
+def test_real_cifar10_sample_statistics_are_near_the_published_constants():
+    """channel_stats of the 160 real training images lies near CIFAR-10's published statistics."""
+    if not SAMPLE.is_dir():
+        pytest.skip(f"{SAMPLE} not present")
+    mean, std = datacache.channel_stats(load_cifar10(SAMPLE, download=False).train_images)
+    assert np.allclose(mean, D.CIFAR10_MEAN, atol=0.05) and np.allclose(std, D.CIFAR10_STD, atol=0.03)
+
+
+def test_cache_never_writes_into_a_folder_caviar_did_not_make(letters_root, monkeypatch, tmp_path):
+    """A .caviar-cache that is not caviar's (no CACHEDIR.TAG of ours) is left alone: the cache goes to
+    the user's cache folder instead; so does it where the data folder cannot be written."""
+    foreign = letters_root / ".caviar-cache"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("the user's")
+    imagefolder.load_split(letters_root, "train")
+    assert [p.name for p in foreign.iterdir()] == ["mine.txt"]
+    home = datacache.cache_folders(letters_root)[1]
+    assert home.is_relative_to(datacache.user_cache_root()) and any(home.glob("imagefolder-train-*.npy"))
+    # A read-only data folder (simulated: the tests may run as root, whom chmod does not stop).
+    readonly = write_imagefolder_fixture(tmp_path / "ro", train_size=26, test_size=26, classes=2)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == datacache.CACHE_FOLDER:
+            raise PermissionError(30, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    imagefolder.load_split(readonly, "test")
+    assert not (readonly / ".caviar-cache").exists()
+    assert any(datacache.cache_folders(readonly)[1].glob("imagefolder-test-*.json"))
+
+
+# ---------------------------------------------------------------- bad data: one clear message each
+def test_cifar100_label_out_of_range(tmp_path):
+    """A CIFAR-100 label beyond its class count names the file, the range and the keys to check."""
+    folder = tmp_path / CIFAR100_FOLDER
+    folder.mkdir()
+    _dump_py2({b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 5, 100], b"coarse_labels": [0, 1, 2]},
+              folder / "train")
+    with pytest.raises(DataError, match=r"train: labels must be in 0\.\.99, found 0\.\.100.*data.labels"):
+        prepare_data(tmp_path, val_size=1, download=False, format="cifar100")
+    with pytest.raises(DataError, match="no fine_labels entry"):
+        _dump_py2({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2]}, folder / "train")
+        prepare_data(tmp_path, val_size=1, download=False, format="cifar100")
+
+
+def test_cifar_images_of_mixed_or_other_sizes(tmp_path):
+    """Rows of different lengths in a batch are 'mixed sizes'; rows of another square size name the
+    data.image_size that reads them, and that setting does."""
+    path = _dump({b"data": [bytes(3072), bytes(3000)], b"labels": [0, 1]}, tmp_path / "data_batch_1")
+    with pytest.raises(DataError, match=r"data_batch_1: images of mixed sizes \(rows of 3000, 3072 bytes\)"):
+        read_batch_file(path)
+    big = _dump({b"data": np.zeros((2, 3 * 64 * 64), np.uint8), b"labels": [0, 1]}, tmp_path / "big")
+    with pytest.raises(DataError, match=r"found \(2, 12288\): rows of 12288 bytes are 64 x 64 images, set "
+                                        "data.image_size: 64"):
+        read_batch_file(big)
+    assert read_batch_file(big, image_size=64)[0].shape == (2, 3, 64, 64)
+    rows = _dump({b"data": [bytes(3072), bytes(3072)], b"labels": [0, 1]}, tmp_path / "rows")
+    assert read_batch_file(rows)[0].shape == (2, 3, 32, 32)
+
+
+def test_cifar10_meta_must_name_ten_classes(tmp_path):
+    """CIFAR-10's format holds labels 0..9: a batches.meta naming another count is an error saying so."""
+    root = write_cifar_fixture(tmp_path, train_size=20, test_size=10)
+    _dump_py2({b"label_names": [f"c{i}".encode() for i in range(12)]}, root / CIFAR10_FOLDER / "batches.meta")
+    with pytest.raises(DataError, match="batches.meta names 12 classes, but CIFAR-10's format holds 10"):
+        prepare_data(root, val_size=5, download=False)
+
+
+def _truncated_png(path: Path) -> None:
+    _png(path)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: (root / "train" / "C").mkdir(), r"class folder .*train/C is empty"),
+    (lambda root: _truncated_png(root / "train" / "B" / "00001.png"),
+     r"train/B/00001.png cannot be read as an image .*truncated"),
+    (lambda root: (root / "train" / "A" / "00000.png").write_bytes(b"not an image"),
+     r"train/A/00000.png cannot be read as an image \(UnidentifiedImageError"),
+    (lambda root: (root / "train" / "A" / "notes.txt").write_text("x"), r"train/A/notes.txt is not an image file"),
+    (lambda root: _png(root / "train" / "stray.png"), r"train/stray.png is not in a class folder"),
+    (lambda root: __import__("shutil").rmtree(root / "train"), r"/train is missing: .*data.format: imagefolder"),
+])
+def test_bad_image_folder(tmp_path, make, message):
+    """An empty class folder, a truncated, corrupt or non-image file, a stray file and a missing
+    folder each get a DataError naming it (and say what to do)."""
+    root = write_imagefolder_fixture(tmp_path / "bad", train_size=4, test_size=2, classes=2)
+    make(root)
+    with pytest.raises(DataError, match=message):
+        prepare_data(root, val_size=1, download=False, format="imagefolder")
+
+
+def test_bad_image_folder_test_split(tmp_path):
+    """test/ must exist for the test set, hold only the training set's classes, and the root must exist."""
+    root = write_imagefolder_fixture(tmp_path / "t", train_size=4, test_size=2, classes=2)
+    _png(root / "test" / "Z" / "0.png")
+    with pytest.raises(DataError, match=r"test/Z is a class the training set does not have .*A, B"):
+        load_test_set(root, format="imagefolder")
+    __import__("shutil").rmtree(root / "test")
+    with pytest.raises(DataError, match=r"/test is missing"):
+        load_test_set(root, format="imagefolder")
+    prepare_data(root, val_size=1, format="imagefolder")  # a sweep needs no test/
+    with pytest.raises(DataError, match=r"data.root .*nowhere does not exist"):
+        prepare_data(tmp_path / "nowhere", val_size=1, format="imagefolder")
+    (root / "train" / "B").rename(root / "B")
+    with pytest.raises(DataError, match="1 class folder: a classifier needs at least 2"):
+        prepare_data(root, val_size=1, format="imagefolder")
+
+
+def test_num_classes_that_disagrees_is_an_error_before_any_image_is_read(letters_root, cifar100_root, monkeypatch):
+    """A model.num_classes other than the data's is a DataError naming both, raised before decoding
+    or reading a single image; the matching count (or None) loads."""
+    monkeypatch.setattr(imagefolder, "decode_all", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(D, "read_batch_file", lambda *a, **k: pytest.fail("read"))
+    with pytest.raises(DataError, match=r"model.num_classes is 10, but the data at .* \(imagefolder\) has 26 classes; "
+                                        "set model.num_classes: 26"):
+        prepare_data(letters_root, val_size=5, format="imagefolder", num_classes=10)
+    with pytest.raises(DataError, match=r"model.num_classes is 100, .*\(cifar100, coarse labels\) has 20 classes"):
+        prepare_data(cifar100_root, val_size=5, format="cifar100", labels="coarse", num_classes=100)
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(letters_root / "xdg"))
+    assert len(prepare_data(letters_root, val_size=5, format="imagefolder", num_classes=26).classes) == 26
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(format="mnist"), "data.format must be one of cifar10, cifar100, imagefolder"),
+    (dict(labels="medium"), "data.labels must be fine or coarse"),
+    (dict(image_size=0), "data.image_size must be a positive"),
+])
+def test_bad_data_settings(fixture_root, kwargs, message):
+    """A format, label set or image size outside what exists is a DataError naming the key."""
+    with pytest.raises(DataError, match=message):
+        prepare_data(fixture_root, val_size=5, **kwargs)
+
+
+# ---------------------------------------------------------------- normalisation and augmentation choices
+def test_normalize_with_given_statistics():
+    """normalize with a dataset's mean/std uses them (x/255 - mean) / std; None keeps CIFAR-10's."""
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).repeat(2, 3, 1, 1)
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
+    y = normalize(x, mean=mean, std=std)
+    assert y[0, :, 0, 0].tolist() == [-1.0, -1.0, 0.0] and y[0, :, 0, 1].tolist() == [1.0, 3.0, 1.0]
+    assert torch.equal(normalize(x, mean=D.CIFAR10_MEAN, std=D.CIFAR10_STD), normalize(x))
+    assert normalize(x, torch.bfloat16, mean=mean, std=std).dtype == torch.bfloat16
+
+
+def test_augment_without_flip_never_mirrors():
+    """flip=False: every output is an unmirrored window of the padded input (with pad 0: the image itself)."""
+    images = torch.randint(1, 256, (32, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = augment_batch(images, torch.Generator().manual_seed(1), pad=2, flip=False)
+    for b in range(32):
+        assert all(not mirrored for _, _, mirrored in _find_params(images[b].numpy(), out[b].numpy(), 2))
+    assert torch.equal(augment_batch(images, torch.Generator().manual_seed(1), pad=0, flip=False), images)
+
+
+def test_augment_pad_zero_keeps_images_in_place():
+    """pad=0: no shift, so an output is the image or its mirror, never a moved window (and no border of zeros)."""
+    images = torch.randint(1, 256, (64, 3, 6, 6), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    out = augment_batch(images, torch.Generator().manual_seed(3), pad=0)
+    assert bool(((out == images) | (out == images.flip(3))).flatten(1).all(1).all()) and bool((out > 0).all())
+
+
+def test_cutout_zeroes_one_square_per_image():
+    """cutout N zeroes, in every channel, one N x N square per image centred anywhere (clipped at the
+    edges), and nothing else; at random places, repeatably from the generator's seed."""
+    images = torch.full((200, 3, 12, 12), 255, dtype=torch.uint8)
+    out = augment_batch(images, torch.Generator().manual_seed(4), pad=0, flip=False, cutout=4)
+    assert torch.equal(out, augment_batch(images, torch.Generator().manual_seed(4), pad=0, flip=False, cutout=4))
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])
+    corners = set()
+    for mask in zero[:, 0]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4
+        assert int(mask.sum()) == len(rows) * len(cols)  # one rectangle, the square's part inside the image
+        assert bool(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all())
+        corners.add((int(rows[0]), int(cols[0])))
+    assert int(zero[:, 0].sum(dim=(1, 2)).max()) == 16 and len(corners) > 40
+    assert torch.equal(augment_batch(images, torch.Generator().manual_seed(4), pad=0, flip=False), images)
+
+
+# ---------------------------------------------------------------- describing a dataset, fixture CLI
+def test_describe_dataset(letters_root):
+    """describe_dataset gives images per split, classes, balance and statistics as plain data."""
+    data = prepare_data(letters_root, val_size=26, format="imagefolder")
+    _, test_y = load_test_set(letters_root, format="imagefolder")
+    info = describe_dataset(data, test_labels=test_y)
+    assert info["classes"] == 26 and info["class_names"][:2] == ["A", "B"] and info["image_shape"] == [3, 32, 32]
+    assert info["images"] == {"train": 78, "val": 26, "test": 26}
+    assert info["per_class"] | {"smallest": None, "largest": None} == {
+        "min": 4, "max": 4, "smallest": None, "largest": None, "empty": []}
+    assert info["mean"] == [round(v, 4) for v in data.mean] and len(info["std"]) == 3
+    import json
+
+    json.dumps(info)  # plain data: a report or `caviar check --json` can write it as it is
+
+
+def test_fixture_cli_formats(tmp_path, capsys):
+    """The fixture CLI writes CIFAR-100 and image-folder sets with --classes and prints where; CIFAR-10 stays 10."""
+    fixture_main([str(tmp_path / "c"), "--format", "cifar100", "--classes", "30", "--train-size", "60",
+                  "--test-size", "30"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "c" / CIFAR100_FOLDER)
+    assert len(D.read_cifar100_classes(tmp_path / "c" / CIFAR100_FOLDER, "fine")) == 30
+    assert len(D.read_cifar100_classes(tmp_path / "c" / CIFAR100_FOLDER, "coarse")) == 20
+    fixture_main([str(tmp_path / "i"), "--format", "imagefolder", "--classes", "3", "--train-size", "6",
+                  "--test-size", "3"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "i")
+    assert sorted(p.name for p in (tmp_path / "i" / "train").iterdir()) == ["A", "B", "C"]
+    with pytest.raises(SystemExit):
+        fixture_main([str(tmp_path / "x"), "--classes", "5"])

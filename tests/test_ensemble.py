@@ -152,6 +152,39 @@ def test_test_set_is_read_only_after_selection(experiment, monkeypatch, tmp_path
     assert events.count("select") >= 2 and "data_batch_1" in events
 
 
+def test_under_a_budget_the_test_set_is_read_only_after_selection(experiment, monkeypatch, tmp_path):
+    """With --budget, the check whether the mirror view fits (which counts the test images) opens no
+    test_batch: the test set is read once, after every selection."""
+    import caviar.training.data as data_module
+    from caviar.ensembles import ensembler
+
+    events: list[str] = []
+    greedy = SELECTORS["greedy"]
+    monkeypatch.setitem(SELECTORS, "greedy", lambda p, y: events.append("select") or greedy(p, y))
+    real_read = data_module.read_batch_file
+    monkeypatch.setattr(data_module, "read_batch_file",
+                        lambda path: events.append(Path(path).name) or real_read(path))
+    real_fits = ensembler.mirror_fits
+    monkeypatch.setattr(ensembler, "mirror_fits", lambda *a, **k: events.append("mirror check") or real_fits(*a, **k))
+    res = caviar.ensemble(experiment, top_k=2, seeds=0, budget="10m", out=tmp_path)
+    assert events.count("mirror check") == 1 and res.ensemble.flip  # the budget's path ran, and kept the view
+    assert events.count("test_batch") == 1 and events[-1] == "test_batch", events
+    assert events.index("mirror check") < events.index("select")
+
+
+def test_the_test_images_are_counted_without_reading_them(tmp_path):
+    """The budget's count of test images comes from test_batch's size: at least the true count,
+    within 2%, whether data.root is the batches folder or holds it; 0 when there is none."""
+    from caviar.training.data import estimated_test_images
+    from caviar.training.fixture import write_cifar_fixture
+
+    root = write_cifar_fixture(tmp_path / "fx", train_size=300, test_size=500)
+    folder = next(root.rglob("test_batch")).parent
+    for where in (root, folder):
+        assert 500 <= estimated_test_images(where) <= 510
+    assert estimated_test_images(tmp_path / "nothing") == 0
+
+
 def test_a_sweep_never_reads_the_test_set(tmp_path):
     """prepare_data (what every sweep and trial loads) opens no test_batch, and works without one."""
     import shutil
@@ -273,6 +306,7 @@ def test_a_finished_sweep_is_read_from_its_best_trials_only(tmp_path, monkeypatc
     with a damaged leaderboard it reads every folder."""
     import types
 
+    import caviar.results.folder
     from caviar.ensembles import ensembler
 
     rows = [{"trial_id": f"t{i:03d}", "status": "diverged" if i == 0 else "completed", "best_val_acc": 1 - i / 100}
@@ -287,7 +321,7 @@ def test_a_finished_sweep_is_read_from_its_best_trials_only(tmp_path, monkeypatc
         return [types.SimpleNamespace(trial_id=n.removeprefix("trial_"), checkpoints=[(None, {"val_acc": 0.5})])
                 for n in sorted(names)]
 
-    monkeypatch.setattr(ensembler, "read_trials", read_trials)
+    monkeypatch.setattr(caviar.results.folder, "read_trials", read_trials)  # what ExperimentFolder.trials reads
     assert len(ensembler._read_best_trials(str(tmp_path), top_k=5)) == 25
     assert asked[-1] == {f"trial_t{i:03d}" for i in range(1, 26)}  # the 25 best, the diverged one left out
     (tmp_path / "leaderboard.csv").write_text("not,a\nleaderboard")

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "caviar"
 
 # Bottom to top: a module may import its own layer and the ones before it, never a later one.
 LAYERS = [
-    ("foundation", ("caviar.errors", "caviar.layout", "caviar.storage")),
+    ("foundation", ("caviar.errors", "caviar.layout", "caviar.storage", "caviar.moved")),
     ("config", ("caviar.config",)),
     ("training", ("caviar.training",)),
     ("search", ("caviar.search",)),
@@ -66,7 +66,7 @@ GRAPH = {module: imports_of(module) for module in MODULES}
 def test_every_module_sits_in_a_layer_folder():
     """The package's top level holds only the foundation and the commands; everything else is in a folder."""
     top = sorted(m for m in MODULES if m.count(".") == 1 and not (PACKAGE / m.split(".")[1]).is_dir())
-    assert top == ["caviar.__main__", "caviar.cli", "caviar.errors", "caviar.layout", "caviar.storage"]
+    assert top == ["caviar.__main__", "caviar.cli", "caviar.errors", "caviar.layout", "caviar.moved", "caviar.storage"]
     for module in MODULES:
         layer_of(module)
 

@@ -34,7 +34,9 @@ def test_resnet_width_multiplier():
     widths = [m.out_channels for m in full.modules() if isinstance(m, nn.Conv2d)]
     assert max(widths) == 512 and min(widths) == 64
     assert max(m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)) == 128
-    count = lambda m: sum(p.numel() for p in m.parameters())
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert count(full) > 10 * count(small)
 
 

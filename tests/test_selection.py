@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from caviar.ensembles.selection import accuracy, combine, ece, greedy_select, nll, uniform_select
+from caviar.ensembles.selection import (
+    accuracy,
+    choose_weights,
+    combine,
+    ece,
+    greedy_select,
+    nll,
+    uniform_select,
+)
 
 
 def test_nll_and_accuracy_by_hand():
@@ -58,3 +66,20 @@ def test_uniform_and_combine():
     probs = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
     assert list(uniform_select(probs)) == [0.5, 0.5]
     np.testing.assert_allclose(combine(probs, [3, 1]), [[0.75, 0.25]])
+
+
+def test_weights_are_chosen_from_validation_data_alone():
+    """choose_weights takes validation probabilities, labels, the member groups and the selector's
+    name (no test data can reach it), and gives each group the weights its members alone get."""
+    import inspect
+
+    assert list(inspect.signature(choose_weights).parameters) == ["val_probs", "val_labels", "groups", "select"]
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10) * 0.5, size=(4, 200))
+    labels = rng.integers(0, 10, 200)
+    groups = {"top": [0, 1], "seed": [2, 3], "all": [0, 1, 2, 3]}
+    chosen = choose_weights(probs, labels, groups, "greedy")
+    np.testing.assert_array_equal(chosen.overall, greedy_select(probs, labels))
+    assert chosen.groups == groups and list(chosen.by_group) == ["top", "seed", "all"]
+    np.testing.assert_array_equal(chosen.by_group["seed"], greedy_select(probs[[2, 3]], labels))
+    np.testing.assert_array_equal(choose_weights(probs, labels, groups, "uniform").overall, np.full(4, 0.25))

@@ -96,4 +96,4 @@ def test_the_wheel_ships_the_experiments(tmp_path):
     (wheel,) = tmp_path.glob("caviar-*.whl")
     files = set(zipfile.ZipFile(wheel).namelist())
     assert {f"caviar/experiments/{name}.yaml" for name in NAMES} <= files
-    assert "caviar/shipped.py" in files
+    assert "caviar/config/shipped.py" in files

@@ -203,6 +203,7 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
     import gc
     import weakref
 
+    from caviar.search import tuning
     from caviar.sweeps import experiment
 
     loaded = []
@@ -221,7 +222,7 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
         raise _StopBeforeTraining
 
     monkeypatch.setattr(experiment, "prepare_data", spy)
-    monkeypatch.setattr(experiment.tune.Tuner, "fit", fit)
+    monkeypatch.setattr(tuning.tune.Tuner, "fit", fit)
     with pytest.raises(_StopBeforeTraining):
         caviar.sweep(load_config(small_config(learnable_root, tmp_path, "dropped")))
     assert alive_during_fit == [False]

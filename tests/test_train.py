@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS, load_config
+from caviar.training import trial as trial_module
 from caviar.training.data import prepare_data
 from caviar.training.train import make_optimizer, make_scheduler
 from caviar.training.trial import (
@@ -17,6 +18,7 @@ from caviar.training.trial import (
     Trial,
     TrialSettings,
     averaged_weights,
+    bn_sample,
     checkpoint_name,
     data_tensors,
     find_checkpoint_file,
@@ -403,3 +405,35 @@ def test_the_refit_counts_what_averaged_epochs_add(tensors):
     epochs = trial.refit(epoch_s=1.0, now=0.0)
     assert seconds(epochs) <= REFIT_USE * 100 < seconds(epochs + 1)
     assert epochs < 2 + int(REFIT_USE * 100)
+
+
+def test_bn_sample_is_a_seeded_random_sample():
+    """The images that re-estimate an average's batch-norm statistics are a seeded random sample,
+    not the first ones in file order: from a class-ordered set it takes every class."""
+    labels = torch.arange(1000) // 100  # class-ordered: 100 images of class 0, then 100 of class 1, ...
+    idx = bn_sample(1000, 200, seed=3)
+    assert len(idx) == 200 and bool((idx[1:] > idx[:-1]).all())  # distinct, sorted
+    assert set(labels[idx].tolist()) == set(range(10))
+    assert torch.equal(idx, bn_sample(1000, 200, seed=3)) and not torch.equal(idx, bn_sample(1000, 200, seed=4))
+    assert bn_sample(1000, 1000, seed=3) is None and bn_sample(10, 10000, seed=0) is None  # all of them
+
+
+def test_averaged_batch_norm_is_reestimated_on_every_class_of_class_ordered_data(tensors, monkeypatch):
+    """On training data in class order, the batch-norm pass of the average sees bn_images images of
+    every class (the first bn_images would hold two of the ten), the same ones each epoch."""
+    train_x, train_y, val_x, val_y = tensors
+    order = torch.argsort(train_y, stable=True)
+    x, y = train_x[order], train_y[order]
+    label_of = {bytes(image.numpy()): int(label) for image, label in zip(x, y)}
+    seen: list[torch.Tensor] = []
+    real = trial_module.eval_batches
+    monkeypatch.setattr(trial_module, "eval_batches", lambda images, *a: seen.append(images) or real(images, *a))
+    config = load_config(None, search__max_epochs=3, average__method="ema", average__start=0.34,
+                         model__num_classes=10)
+    trial = Trial(HPARAMS, replace(TrialSettings.from_config(config), bn_images=300))
+    for _ in range(3):
+        trial.run_epoch(x, y, val_x, val_y)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1]) and len(seen[0]) == 300
+    classes = torch.tensor([label_of[bytes(image.numpy())] for image in seen[0]])
+    assert set(classes.tolist()) == set(range(10)) and torch.bincount(classes).min() >= 10
+    assert set(y[:300].tolist()) == {0, 1}  # what the first 300 would have been

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from caviar.config import Config, StageConfig, load_config, shipped
 from caviar.config.durations import format_hours
-from caviar.config.rungs import asha_epochs_per_trial
+from caviar.config.schedulers import SCHEDULERS, asha_epochs_per_trial
 
 # CIFAR-10's training images less the default validation split: one "pass" over the training set.
 FULL_TRAIN_IMAGES = 45_000
@@ -54,7 +54,7 @@ class Entry:
 
 
 def asha_trial_epochs(trials: int, max_epochs: int, grace: int, eta: int) -> float:
-    """Expected trial-epochs of ASHA over `trials` trials (caviar.config.rungs)."""
+    """Expected trial-epochs of ASHA over `trials` trials (caviar.config.schedulers)."""
     return trials * asha_epochs_per_trial(max_epochs, grace, eta)
 
 
@@ -84,8 +84,8 @@ def entry(name: str) -> Entry:
     passes, trials, epochs = 0.0, 0, []
     for count, max_epochs, scheduler, subset in _sweeps(config):
         search = config.search
-        trial_epochs = (asha_trial_epochs(count, max_epochs, min(search.grace_period, max_epochs),
-                                          search.reduction_factor) if scheduler == "asha" else count * max_epochs)
+        trial_epochs = count * SCHEDULERS[scheduler].epochs_per_trial(max_epochs, search.grace_period,
+                                                                      search.reduction_factor)
         passes += trial_epochs * (subset * epoch_share + EVAL_SHARE)
         trials += count
         epochs.append(str(max_epochs))

@@ -15,7 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from caviar.config import shipped
-from caviar.config.schema import Config, describe_item
+from caviar.config.schema import Config
+from caviar.config.space import describe_item
 from caviar.errors import CaviarError, ConfigError
 from caviar.layout import CONFIG_FILE
 
@@ -98,6 +99,17 @@ def derive_config(config: Config, changes: dict[str, Any], source: str) -> Confi
     for key, value in changes.items():
         _apply(tree, key.split("."), copy.deepcopy(value))
     return build_config(tree, source)
+
+
+def with_classes(config: Config, count: int, source: str) -> Config:
+    """`config` with model.num_classes set from the data (`count` classes in `source`); a stated
+    num_classes that disagrees is an error before any compute (a head of the wrong size trains
+    without complaint, and labels past it fail inside the first trial)."""
+    stated = config.model.num_classes
+    if stated is not None and stated != count:
+        raise ConfigError(f"model.num_classes is {stated} but {source} has {count} classes; remove model.num_classes "
+                          f"(the data says how many) or set --set model.num_classes={count}")
+    return config if stated == count else derive_config(config, {"model.num_classes": count}, "config")
 
 
 class _Loader(yaml.SafeLoader):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from caviar.config.schema import Choice, Range, SpaceConfig
+from caviar.config.space import Choice, Range, SpaceConfig
 
 SCALES = ("linear", "log", "int", "log_int", "one_minus_log")
 SEED_RANGE = (0, 2**31 - 1)

@@ -11,32 +11,15 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from caviar.config.durations import parse_duration
+from caviar.config.schedulers import SCHEDULERS
+from caviar.config.space import CONVNET_SHAPE, SpaceConfig, Strict
 from caviar.errors import ConfigError
-
-Scalar = Union[bool, int, float, str]
-
 
 # The resolved config, written into the experiment folder before any trial starts (`--resume`
 # needs nothing else).
-
-
-class _Strict(BaseModel):
-    # extra="forbid": a typo such as `search.num_sample` must fail, not be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def describe_item(item: dict[str, Any]) -> str:
-    """One of pydantic's errors as caviar prints it: the dotted key, what is wrong, the value given."""
-    key = ".".join(str(part) for part in item["loc"])
-    if item["type"] == "extra_forbidden":
-        return f"{key}: unknown key; check the spelling (`caviar config` lists every key)"
-    message = item["msg"].removeprefix("Value error, ")
-    shown = item.get("input")
-    got = f" (got {shown!r})" if not isinstance(shown, (dict, Range, Choice)) else ""
-    return f"{key}: {message}{got}" if key else f"{message}{got}"
 
 
 def default_storage() -> str:
@@ -50,178 +33,41 @@ def default_data_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "caviar" / "data"
 
 
-# ---------------------------------------------------------------- search space entries
-class Range(_Strict):
-    """A numeric range sampled on a stated scale (see caviar.search.space.SCALES for the rules)."""
-
-    low: float
-    high: float
-    scale: Literal["linear", "log", "int", "log_int", "one_minus_log"] = "linear"
-
-    @model_validator(mode="after")
-    def _check_bounds(self) -> "Range":
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g}); swap them or widen the range")
-        if self.scale in ("log", "log_int") and self.low <= 0:
-            raise ValueError(f"a log-scale range needs low > 0 (got {self.low:g}); use e.g. low: 1.0e-6, or scale: linear")
-        if self.scale == "one_minus_log" and not (0 <= self.low and self.high < 1):
-            raise ValueError(
-                f"scale one_minus_log samples 1 - 10**u, so it needs 0 <= low < high < 1 (got {self.low:g}..{self.high:g})"
-            )
-        if self.scale in ("int", "log_int") and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError(f"an integer range needs whole-number bounds (got {self.low:g}..{self.high:g})")
-        return self
-
-
-class Choice(_Strict):
-    """A categorical choice, sampled uniformly (random search, never a grid)."""
-
-    choices: list[Scalar] = Field(min_length=1)
-
-
-# A hyperparameter is a fixed value, a Range or a Choice. A bare YAML list is a Choice too.
-Param = Union[Range, Choice, Scalar]
-
-# What each hyperparameter may take, so a typo ("adma") fails before the sweep, not in a trial.
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
-LR_SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
-CATEGORIES: dict[str, tuple[Any, ...]] = {
-    "optimizer": OPTIMIZERS,
-    "lr_schedule": LR_SCHEDULES,
-    "init": ("he", "xavier"),
-    "batch_norm": (True, False),
-    "activation": ("relu", "elu", "tanh"),
-}
-INTEGERS = ("batch_size", "conv_layers", "conv_width", "fc_layers", "fc_width")
-# Space entries that shape the convnet only: other families leave them out of their space.
-CONVNET_SHAPE = ("conv_layers", "conv_width", "fc_layers", "fc_width")
-
-
-# What a value can mean, beyond its type: a probability, a momentum below 1, a depth the 32-pixel
-# input allows (each conv block halves it: 5 blocks reach 1 pixel). (low, high, high included)
-MEANINGFUL: dict[str, tuple[float, float, bool, str]] = {
-    "dropout": (0.0, 1.0, False, "a drop probability in [0, 1)"),
-    "momentum": (0.0, 1.0, False, "a momentum / beta1 in [0, 1)"),
-    "conv_layers": (1, 5, True, "1 to 5 conv blocks (each halves the 32-pixel image)"),
-}
-
-
-def _check_meaning(name: str, value: float) -> None:
-    if name in MEANINGFUL:
-        low, high, inclusive, what = MEANINGFUL[name]
-        if value < low or value > high or (value == high and not inclusive):
-            raise ValueError(f"{value!r} is outside {what}")
-
-
-def _check_value(name: str, value: Any) -> None:
-    if name in CATEGORIES:
-        if value not in CATEGORIES[name] or isinstance(value, bool) != isinstance(CATEGORIES[name][0], bool):
-            raise ValueError(f"{value!r} is not one of {list(CATEGORIES[name])}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{value!r} is not a number")
-    elif name in INTEGERS and (value != int(value) or value < 1):
-        raise ValueError(f"{value!r} is not a positive whole number")
-    elif value < 0:
-        raise ValueError(f"{value!r} is negative")
-    else:
-        _check_meaning(name, value)
-
-
-def _as_param(name: str, value: Any) -> Any:
-    """A YAML value -> fixed value, Range or Choice, checked against what `name` accepts."""
-    if isinstance(value, list):
-        value = {"choices": value}
-    if isinstance(value, dict):
-        kind = Choice if "choices" in value else Range
-        try:
-            value = kind.model_validate(value)
-        except ValidationError as error:
-            raise ValueError("; ".join(describe_item(item) for item in error.errors())) from None
-    if isinstance(value, Choice):
-        for choice in value.choices:
-            _check_value(name, choice)
-    elif isinstance(value, Range):
-        if name in CATEGORIES:
-            raise ValueError(f"is categorical; give a list of choices from {list(CATEGORIES[name])}")
-        if name in INTEGERS and value.scale not in ("int", "log_int"):
-            raise ValueError(f"takes whole numbers; use scale: int or scale: log_int (got scale: {value.scale})")
-        _check_meaning(name, value.low)
-        _check_meaning(name, value.high)
-    else:
-        _check_value(name, value)
-    return value
-
-
-def _lr_by_optimizer(value: dict[str, Any]) -> dict[str, Any]:
-    """`lr: {adam: {low: 1e-4, high: 1e-2, scale: log}, nesterov: {...}}`: a range per optimizer."""
-    unknown = [name for name in value if name not in OPTIMIZERS]
-    if unknown:
-        raise ValueError(f"{unknown[0]!r} is neither a range key (low, high, scale, choices) nor an optimizer "
-                         f"{list(OPTIMIZERS)}; give one range, or one per optimizer")
-    entries = {}
-    for name, entry in value.items():
-        try:
-            entries[name] = _as_param("lr", entry)
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
-    return entries
-
-
-# A range per optimizer: SGD's useful step sizes sit ~2 decades above Adam's, so one shared range
-# spends most of each optimizer's trials where it cannot train.
-ByOptimizer = dict[str, Union[Range, Choice, float]]
-
-
-class SpaceConfig(_Strict):
-    """The search space. Defaults follow the notes: log scale for rates, linear for dropout.
-    Each entry is a fixed value, a list of choices, or {low, high, scale} (scales: caviar.search.space);
-    `lr` may also give one of those per optimizer ({adam: {...}, nesterov: {...}})."""
-
-    lr: Union[Param, ByOptimizer] = Range(low=1e-6, high=10, scale="log")  # step size; 10 ** uniform(-6, 1)
-    weight_decay: Param = Range(low=1e-6, high=1e-1, scale="log")  # L2 strength per step, log scale
-    dropout: Param = Range(low=0.1, high=0.7, scale="linear")  # drop probability (keep 0.3..0.9)
-    momentum: Param = Range(low=0.9, high=0.999, scale="one_minus_log")  # SGD momentum / Adam beta1
-    batch_size: Param = Choice(choices=[64, 128, 256, 512, 1024])  # images per step
-    # The convnet's shape (CONVNET_SHAPE); null = not searched (a ResNet-9's size is model.width).
-    conv_layers: Optional[Param] = Range(low=1, high=3, scale="int")  # convnet conv blocks (each halves H, W)
-    conv_width: Optional[Param] = Range(low=32, high=256, scale="log_int")  # channels per conv block
-    fc_layers: Optional[Param] = Range(low=1, high=3, scale="int")  # hidden fully connected layers
-    fc_width: Optional[Param] = Range(low=32, high=256, scale="log_int")  # units per hidden FC layer
-    optimizer: Param = Choice(choices=list(OPTIMIZERS))  # momentum unused by sgd/rmsprop/adagrad
-    lr_schedule: Param = Choice(choices=list(LR_SCHEDULES))  # per epoch, spanning max_epochs
-    init: Param = Choice(choices=["he", "xavier"])  # weight initialisation scheme
-    batch_norm: Param = Choice(choices=[True, False])
-    activation: Param = Choice(choices=["relu", "elu", "tanh"])
-    grad_clip: Param = Choice(choices=[0, 5, 10, 15])  # max global grad norm; 0 = no clipping
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _entry(cls, value: Any, info: Any) -> Any:
-        if value is None and info.field_name in CONVNET_SHAPE:
-            return None
-        if info.field_name == "lr" and isinstance(value, dict) and not {"low", "high", "scale", "choices"} & set(value):
-            return _lr_by_optimizer(value)
-        return _as_param(info.field_name, value)
-
-    @model_validator(mode="after")
-    def _lr_for_every_optimizer(self) -> "SpaceConfig":
-        if isinstance(self.lr, dict):
-            optimizers = self.optimizer.choices if isinstance(self.optimizer, Choice) else [self.optimizer]
-            missing = [name for name in optimizers if name not in self.lr]
-            if missing:
-                raise ValueError(f"lr: no learning-rate range for optimizer {missing[0]!r}; add lr.{missing[0]}: "
-                                 f"{{low: ..., high: ..., scale: log}} or drop it from space.optimizer")
-        return self
-
-
 # ---------------------------------------------------------------- sections
-class DataConfig(_Strict):
-    root: Optional[str] = None  # folder holding cifar-10-batches-py/; null = $CAVIAR_DATA or ~/.cache/caviar/data
+class AugmentConfig(Strict):
+    """Training-time augmentation, batched on the device. Each may be searched instead (space.crop,
+    space.flip, space.cutout); mirror test-time averaging follows `flip`."""
+
+    crop: int = Field(4, ge=0, le=16)  # random crop after zero padding by this many pixels; 0 = none
+    flip: bool = True  # random horizontal flips; off where a mirror image is another thing (letters)
+    cutout: int = Field(0, ge=0, le=32)  # side of a square zeroed at a random place per image; 0 = none
+
+
+class DataConfig(Strict):
+    # Folder holding the dataset: cifar-10-batches-py/, cifar-100-python/, or train/<class>/*.png
+    # and test/<class>/*.png (data.format); null = $CAVIAR_DATA or ~/.cache/caviar/data
+    root: Optional[str] = None
+    format: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
+    labels: Literal["fine", "coarse"] = "fine"  # CIFAR-100: its 100 fine or 20 coarse classes
+    image_size: int = Field(32, ge=8, le=256)  # an image folder's images are resized to this square (pixels)
     val_size: int = Field(5000, ge=1)  # images held out of the training set, same for every trial (scores need some)
     split_seed: int = 0  # seed of the one fixed train/val permutation
     train_subset: Union[int, float, None] = None  # class-balanced count (int) or fraction; None = all
-    augment: bool = True  # random crop (4 px padding) + horizontal flip, batched on the device
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     download: bool = True  # fetch CIFAR-10 (md5-checked) when data.root has no copy
+
+    def known_classes(self) -> int | None:
+        """The classes a CIFAR format always has (CIFAR-100: fine or coarse); None for an image
+        folder, whose class folders say (read with the data)."""
+        return {"cifar10": 10, "cifar100": 100 if self.labels == "fine" else 20}.get(self.format)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_switch(cls, value: Any) -> Any:
+        # The one switch of older files: true = crop 4 and flip, false = neither.
+        if isinstance(value, bool):
+            return {"crop": 4 if value else 0, "flip": value, "cutout": 0}
+        return value
 
     @field_validator("train_subset")
     @classmethod
@@ -233,13 +79,14 @@ class DataConfig(_Strict):
         return value
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     family: Literal["convnet", "resnet"] = "convnet"  # convnet: the notes' net; resnet: ResNet-9 style
     width: float = Field(1.0, gt=0)  # resnet width multiplier (1.0 = 64-128-256-512 channels)
-    num_classes: int = Field(10, ge=2)
+    # Classes of the classifier head; null = as many as the data has (a stated count must match it).
+    num_classes: Optional[int] = Field(None, ge=2)
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     # asha: early stopping (caviar.search.schedulers.PromotingASHA); random: every trial to the end; pbt:
     # population-based training (Ray's PopulationBasedTraining), whose population is an ensemble
     scheduler: Literal["asha", "random", "pbt"] = "asha"
@@ -254,7 +101,6 @@ class SearchConfig(_Strict):
     # PBT: epochs between exploit/explore steps (the bottom quarter copies the top quarter's
     # weights and perturbs lr, weight_decay, momentum, dropout by x0.8/x1.2 or resamples them).
     pbt_interval: int = Field(2, ge=1)
-    metric: Literal["val_acc"] = "val_acc"  # what ASHA and "best" mean (maximised)
     seed: Union[int, None] = 0  # seed of the random search, so a sweep is repeatable; null = fresh
     max_concurrent: int = Field(0, ge=0)  # cap on running trials; 0 = as many as resources allow
     # Configs tried first, exactly (Ray's points_to_evaluate): e.g. known good settings, or a
@@ -276,7 +122,19 @@ class SearchConfig(_Strict):
     epoch_seconds: Optional[float] = Field(None, gt=0)
 
 
-class ResourcesConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_is_val_acc(cls, values: Any) -> Any:
+        # Trials are ranked by val_acc everywhere (ASHA, checkpoint names, the leaderboard), so
+        # there is no `search.metric` to set; files written when it existed (metric: val_acc) load.
+        if isinstance(values, dict) and "metric" in values:
+            if values["metric"] != "val_acc":
+                raise ValueError(f"metric: caviar ranks trials by val_acc only (got {values['metric']!r}); "
+                                 "remove search.metric")
+            values = {key: value for key, value in values.items() if key != "metric"}
+        return values
+
+class ResourcesConfig(Strict):
     cpus_per_trial: float = Field(1.0, gt=0)  # CPU slots per trial; torch uses that many threads
     # GPU share per trial, at most 1 (a trial trains on one GPU); a fraction such as 0.25 puts 4
     # trials on each GPU; auto = a share per model family; 0 = CPU only.
@@ -293,14 +151,14 @@ class ResourcesConfig(_Strict):
         return value
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(Strict):
     # Best checkpoints kept per trial (by val_acc; Ray also keeps the latest). More than one keeps
     # snapshots from different epochs of the best trial for the ensemble (`--snapshots N`).
     keep: int = Field(3, ge=1)
     max_failures: int = Field(3, ge=0)  # retries of a crashed trial from its last checkpoint
 
 
-class AverageConfig(_Strict):
+class AverageConfig(Strict):
     """A running average of each trial's weights, stored beside the raw weights in every checkpoint
     and used as its own ensemble member (batch-norm statistics recomputed before use)."""
 
@@ -314,7 +172,7 @@ class AverageConfig(_Strict):
     bn_images: int = Field(10000, ge=1)  # training images used to recompute batch-norm statistics
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     # Stop a trial when a batch loss exceeds this multiple of the chance loss ln(classes) (23 nats
     # for CIFAR-10 at 10x). The notes' rule is 3x for quick first stages; 10x leaves room for noisy
     # starts. NaN/inf always stops it.
@@ -345,7 +203,7 @@ class TrainConfig(_Strict):
         raise ValueError("must be a positive whole number of images (e.g. 256) or auto")
 
 
-class StageConfig(_Strict):
+class StageConfig(Strict):
     """One stage of a coarse-to-fine sweep (caviar.sweeps.stages): its own Ray Tune experiment. The next
     stage's ranges come from this stage's top trials (narrowed, or widened past an edge)."""
 
@@ -381,7 +239,7 @@ class StageConfig(_Strict):
         return DataConfig._subset_positive(value)
 
 
-class Config(_Strict):
+class Config(Strict):
     name: str = "cifar10-asha"  # experiment folder name under `storage`
     storage: Optional[str] = None  # local path, NFS path or s3:// URI; null = $CAVIAR_RESULTS or ~/caviar_results
     # A local `storage` path that every node of a multi-node cluster mounts, in a way caviar cannot
@@ -472,7 +330,7 @@ class Config(_Strict):
                              "speed: add a budget (budget: 30m or --budget 30m), which measures it, or set "
                              "search.epoch_seconds yourself; or use search.fidelity: epochs")
         schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
-        if "asha" not in schedulers:
+        if not any(SCHEDULERS[name].rungs for name in schedulers):
             raise ValueError("search.fidelity: seconds sets what ASHA's rungs count, but no sweep of this experiment "
                              f"uses ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
         return self

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from caviar.errors import CaviarError
 
-FOLDER = Path(__file__).resolve().parent / "experiments"
+FOLDER = Path(__file__).resolve().parents[1] / "experiments"  # caviar/experiments/
 
 
 def names() -> list[str]:

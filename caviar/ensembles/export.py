@@ -5,7 +5,7 @@ member weights chosen on validation and the input normalisation the members trai
 Built with torch's own exporters (torch.jit.script, torch.onnx.export), checked against
 `Ensemble.predict` in tests/test_export.py.
 
-Input: NCHW images, (N, 3, 32, 32), as `Ensemble.predict` takes them: uint8 0..255, or float 0..1
+Input: NCHW images, (N, 3, S, S) at the size the members trained on (32 for CIFAR), as `Ensemble.predict` takes them: uint8 0..255, or float 0..1
 (as torchvision's ToTensor makes), which is rounded to the 256 levels the members trained on.
 Output: (N, classes) float32 probabilities, each row summing to 1. Computed in float32 (caviar's own
 `predict` uses bfloat16 where the device has it natively, so the two differ by bf16 rounding there).
@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from caviar.config import ConfigError
+from caviar.ensembles.model import Ensemble
+from caviar.layout import ENSEMBLE_FILE
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -30,17 +32,19 @@ OPSET = 18
 
 
 class EnsembleModule(nn.Module):
-    """(N, 3, 32, 32) uint8 0..255 or float 0..1 -> (N, classes) weighted mean of the members' softmax."""
+    """(N, 3, S, S) uint8 0..255 or float 0..1 -> (N, classes) weighted mean of the members' softmax."""
 
-    def __init__(self, models: list[nn.Module], weights: list[float], flip: bool = False) -> None:
+    def __init__(self, models: list[nn.Module], weights: list[float], flip: bool = False,
+                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> None:
         super().__init__()
         self.members = nn.ModuleList(models)
         self.flip = flip  # each member over the image and its mirror image, as the saved ensemble was evaluated
         w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
         self.register_buffer("weights", w / w.sum())  # (members,), summing to 1 as selection.combine does
-        # Every member trained on the same normalised pixels (caviar.training.data.normalize); (1, 3, 1, 1)
-        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR10_STD, dtype=torch.float32).view(1, 3, 1, 1))
+        # Every member trained on the same pixels, normalised by its dataset's statistics
+        # (caviar.training.data.normalize); (1, 3, 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype == torch.uint8:
@@ -75,9 +79,6 @@ def check_out(out: Path) -> None:
 def export(folder: str | Path, fmt: str = "torchscript", out: str | Path | None = None,
            input_type: str = "uint8") -> Path:
     """Write the ensemble saved in `folder` (by `caviar ensemble`) as one `fmt` file; returns its path."""
-    from caviar.ensembles.ensembler import Ensemble
-    from caviar.layout import ENSEMBLE_FILE
-
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if input_type not in INPUTS:
@@ -90,19 +91,20 @@ def export(folder: str | Path, fmt: str = "torchscript", out: str | Path | None 
     check_out(target)
     ensemble = Ensemble.load(folder)
     module = EnsembleModule([m.cpu().eval() for m in ensemble.models], list(ensemble.weights),
-                            flip=ensemble.flip).eval()
+                            flip=ensemble.flip, mean=ensemble.mean, std=ensemble.std).eval()
     module.requires_grad_(False)  # inference only: outputs that need no torch.no_grad() to become numpy
     classes = int(ensemble.descriptions[0]["num_classes"])
+    size = int(ensemble.descriptions[0].get("image_size", 32))
     info = {"members": ensemble.names, "weights": [float(w) for w in module.weights], "classes": classes,
-            "input": "NCHW (N, 3, 32, 32): uint8 0..255 or float 0..1", "output": "(N, classes) probabilities",
-            "mirror_averaged": ensemble.flip,
+            "input": f"NCHW (N, 3, {size}, {size}): uint8 0..255 or float 0..1", "output": "(N, classes) probabilities",
+            "mirror_averaged": ensemble.flip, "mean": list(ensemble.mean), "std": list(ensemble.std),
             "source": str(folder.resolve())}
     partial = target.with_name(target.name + ".partial")  # never a half-written file under the final name
     try:
         if fmt == "torchscript":
             _torchscript(module, partial, info)
         else:
-            _onnx(module, partial, input_type)
+            _onnx(module, partial, input_type, size)
         if target.exists():  # appeared while exporting: still not ours to replace
             raise ConfigError(f"--out {target} appeared while exporting; the export is left in {partial}")
         os.replace(partial, target)
@@ -122,10 +124,10 @@ def _torchscript(module: EnsembleModule, path: Path, info: dict) -> None:
     scripted.save(str(path), _extra_files={"caviar.json": json.dumps(info, indent=2)})
 
 
-def _onnx(module: EnsembleModule, path: Path, input_type: str) -> None:
+def _onnx(module: EnsembleModule, path: Path, input_type: str, size: int = 32) -> None:
     # An ONNX graph has one input type: the example's dtype picks the branch of forward.
-    example = (torch.zeros(2, 3, 32, 32, dtype=torch.uint8) if input_type == "uint8"
-               else torch.zeros(2, 3, 32, 32, dtype=torch.float32))
+    example = (torch.zeros(2, 3, size, size, dtype=torch.uint8) if input_type == "uint8"
+               else torch.zeros(2, 3, size, size, dtype=torch.float32))
     with torch.no_grad():
         program = torch.onnx.export(module, (example,), dynamo=True, input_names=["images"],
                                     output_names=["probabilities"], opset_version=OPSET, verbose=False,

@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
+from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 from caviar.training.models import build_model
 from caviar.training.trial import averaged_weights, find_checkpoint_file, load_checkpoint_file
 
+if TYPE_CHECKING:  # caviar.search imports Ray: only the type is needed here
+    from caviar.search.reader import TrialRecord
+
 KINDS = ("top", "average", "seed", "snapshot")
+
+
+class Checkpoint(Protocol):
+    """What a member needs of a Ray Tune checkpoint (`tune.Checkpoint`, from caviar.search.reader)."""
+
+    @property
+    def path(self) -> str: ...  # its folder, local or a URI
+
+    def as_directory(self) -> AbstractContextManager[str]: ...  # a local folder holding its files
 
 
 @dataclass
@@ -26,7 +40,7 @@ class Member:
     name: str  # unique, e.g. top1-3f2a1_00004, avg-3f2a1_00004, seed-1234567, snap-e007-3f2a1_00004
     kind: str  # one of KINDS
     trial_id: str
-    checkpoint: Any  # a Ray Checkpoint (local folder or URI)
+    checkpoint: Checkpoint  # a Ray Tune checkpoint (local folder or URI)
     weights: str  # "model" (raw weights) or "averaged"
     epoch: int
     sweep_val_acc: float  # what the sweep reported for these weights on the validation split
@@ -37,13 +51,13 @@ def _val_acc(metrics: dict[str, Any], key: str = "val_acc") -> float:
     return float(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) else math.nan
 
 
-def rank_trials(records: list[Any]) -> list[Any]:
+def rank_trials(records: list[TrialRecord]) -> list[TrialRecord]:
     """Trials with a usable checkpoint, best validation accuracy first (diverged ones have none)."""
     usable = [r for r in records if r.checkpoints]
     return sorted(usable, key=lambda r: -_val_acc(r.checkpoints[0][1]))
 
 
-def top_members(ranked: list[Any], top_k: int) -> list[Member]:
+def top_members(ranked: list[TrialRecord], top_k: int) -> list[Member]:
     return [
         Member(f"top{i + 1}-{r.trial_id}", "top", r.trial_id, r.checkpoints[0][0], "model",
                int(r.checkpoints[0][1].get("epoch", 0)), _val_acc(r.checkpoints[0][1]))
@@ -51,7 +65,7 @@ def top_members(ranked: list[Any], top_k: int) -> list[Member]:
     ]
 
 
-def average_members(ranked: list[Any], top_k: int) -> list[Member]:
+def average_members(ranked: list[TrialRecord], top_k: int) -> list[Member]:
     """The averaged weights in each top trial's latest checkpoint (where averaging had started)."""
     members = []
     for r in ranked[:top_k]:
@@ -67,7 +81,7 @@ def average_members(ranked: list[Any], top_k: int) -> list[Member]:
     return members
 
 
-def snapshot_members(best: Any, count: int) -> list[Member]:
+def snapshot_members(best: TrialRecord, count: int) -> list[Member]:
     """Other kept checkpoints (other epochs) of the best trial, best first."""
     return [
         Member(f"snap-e{int(m.get('epoch', 0)):03d}-{best.trial_id}", "snapshot", best.trial_id, checkpoint, "model",
@@ -76,7 +90,7 @@ def snapshot_members(best: Any, count: int) -> list[Member]:
     ]
 
 
-def seed_members(records: list[Any]) -> list[Member]:
+def seed_members(records: list[TrialRecord]) -> list[Member]:
     return [
         Member(f"seed-{r.hparams['seed']}", "seed", r.trial_id, r.checkpoints[0][0], "model",
                int(r.checkpoints[0][1].get("epoch", 0)), _val_acc(r.checkpoints[0][1]))
@@ -102,14 +116,16 @@ def model_from_state(state: dict[str, Any], weights: str = "model") -> nn.Module
     return model.eval()
 
 
-def load_models(members: list[Member], family: str, num_classes: int) -> list[tuple[Member, nn.Module, dict]]:
+def load_models(members: list[Member], family: str, num_classes: int | None) -> list[tuple[Member, nn.Module, dict]]:
     """(member, model, description) for every member that loads; the rest are skipped with a
-    warning naming the checkpoint. Checkpoints of another family or class count are refused, not mixed."""
+    warning naming the checkpoint. Checkpoints of another family or class count (None: the first
+    member's) are refused, not mixed."""
     loaded = []
     for member in members:
         try:
             state = load_member(member)
             settings = state["settings"]
+            num_classes = num_classes or settings["num_classes"]
             if settings["family"] != family or settings["num_classes"] != num_classes:
                 raise ValueError(
                     f"it is a {settings['family']} with {settings['num_classes']} classes, but this experiment "
@@ -121,9 +137,21 @@ def load_models(members: list[Member], family: str, num_classes: int) -> list[tu
                           f"is unusable ({type(error).__name__}: {error})", stacklevel=2)
             continue
         description = {"family": settings["family"], "width": settings["width"],
-                       "num_classes": settings["num_classes"], "hparams": state["hparams"]}
+                       "num_classes": settings["num_classes"], "hparams": state["hparams"],
+                       # the pixels it trained on: checkpoints from before per-dataset statistics used CIFAR-10's
+                       "mean": list(settings.get("mean", CIFAR10_MEAN)), "std": list(settings.get("std", CIFAR10_STD)),
+                       "flip": trained_with_flips(state), "image_size": int(settings.get("image_size", 32))}
         loaded.append((member, model, description))
     return loaded
+
+
+def trained_with_flips(state: dict[str, Any]) -> bool:
+    """Whether the checkpoint's trial saw mirror images in training (its own `flip`, else the
+    sweep's; checkpoints from before augmentations were choices knew one switch, `augment`)."""
+    settings, hparams = state["settings"], state["hparams"]
+    if hparams.get("flip") is not None:
+        return bool(hparams["flip"])
+    return bool(settings.get("augment", True)) and bool(settings.get("flip", True))
 
 
 def member_state(model: nn.Module, description: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ to 1; ``labels`` is (N,) ints.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 ECE_BINS = 15
@@ -74,3 +76,21 @@ def uniform_select(probs: np.ndarray, labels: np.ndarray | None = None) -> np.nd
 
 
 SELECTORS = {"greedy": greedy_select, "uniform": uniform_select}
+
+
+@dataclass(frozen=True)
+class ChosenWeights:
+    """Ensemble weights chosen on validation: over every member, and over each group of members alone."""
+
+    overall: np.ndarray  # (members,), summing to 1
+    groups: dict[str, list[int]]  # group name (a kind of member, or "all") -> its members' indices
+    by_group: dict[str, np.ndarray]  # group name -> (len(groups[name]),) weights, summing to 1
+
+
+def choose_weights(val_probs: np.ndarray, val_labels: np.ndarray, groups: dict[str, list[int]],
+                   select: str) -> ChosenWeights:
+    """The `select` weights of the (members, N, classes) validation probabilities, for all members and
+    for each group alone. Validation data is all it is given: the test set cannot steer a weight."""
+    selector = SELECTORS[select]
+    return ChosenWeights(selector(val_probs, val_labels), groups,
+                   {name: selector(val_probs[idx], val_labels) for name, idx in groups.items()})

@@ -32,10 +32,10 @@ UNSCORED = ("diverged", "error")
 HARD_LIMITS: dict[str, tuple[float, float]] = {
     "dropout": (0.0, 0.9), "conv_layers": (1, 5), "momentum": (0.0, 0.999), "lr": (0.0, 10.0),
     "weight_decay": (0.0, 0.1), "conv_width": (1, 1024), "fc_width": (1, 1024), "fc_layers": (1, 4),
+    "crop": (0, 16), "cutout": (0, 32),
 }
 # Evidence before an edge counts: at least this many scored trials, and at least half the top
-# trials (two at least) in the same outer zone. One lucky trial at an edge is noise: after an
-# interrupted sweep the warning fired on the evidence of one scored trial (issue 10).
+# trials (two at least) in the same outer zone. One lucky trial at an edge is noise.
 MIN_SCORED = 8
 
 

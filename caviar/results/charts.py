@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -19,10 +19,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from caviar.config import Choice, Config, Range  # noqa: E402
-from caviar.config.rungs import milestones  # noqa: E402
 from caviar.config.scales import searched  # noqa: E402
+from caviar.config.schedulers import SCHEDULERS, milestones  # noqa: E402
 from caviar.layout import CHECKPOINT_PATTERN, CHECKPOINT_PREFIX  # noqa: E402
 from caviar.results.border import at_position, scored  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from caviar.training.babysit import read_babysit  # noqa: E402
 
 CHECKPOINT_GLOB = f"{CHECKPOINT_PREFIX}*/{CHECKPOINT_PATTERN}"
@@ -43,7 +46,7 @@ def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.0, 2.8)) 
     return fig, flat[:count]
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -139,7 +142,7 @@ def plot_hparams(table: pd.DataFrame, config: Config, warnings: list[dict[str, A
 
 def rung_epochs(config: Config) -> list[int]:
     s = config.search
-    if s.scheduler != "asha" or s.fidelity == "seconds":  # rungs in seconds fall on no fixed epoch
+    if not SCHEDULERS[s.scheduler].rungs or s.fidelity == "seconds":  # rungs in seconds fall on no fixed epoch
         return []
     return [int(t) for t in milestones(s.max_epochs, s.grace_period, s.reduction_factor)]
 
@@ -156,7 +159,7 @@ def plot_rungs(table: pd.DataFrame, config: Config, path: Path) -> Path:
         ax.text(rung + 0.55, max(reached or [1]) * 0.95, f"rung {rung}", color="tab:red", fontsize=8, va="top")
     ax.bar_label(bars, fontsize=7)
     kind = "no early stopping"
-    if config.search.scheduler == "asha":
+    if SCHEDULERS[config.search.scheduler].rungs:
         kind = "ASHA, rungs in seconds" if config.search.fidelity == "seconds" else "ASHA"
     ax.set_title(f"trials that reached each epoch ({kind}, {len(table)} trials)", fontsize=10)
     ax.set_xlabel("epoch")

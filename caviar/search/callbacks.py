@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray import tune
+from ray.tune.experiment import Trial
 
 from caviar import storage
 from caviar.config.durations import format_duration
@@ -46,7 +47,7 @@ class CheckpointPruner(tune.Callback):
         self._before_snapshot: list[tuple[str, tune.Checkpoint]] = []  # queued before the last snapshot
         self._order = 0
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: tune.Checkpoint, **info: Any):
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: tune.Checkpoint, **info: Any):
         # Ray calls this with the result that came with the checkpoint already in trial.last_result.
         self._order += 1
         if trial.trial_id not in self._kept:
@@ -80,7 +81,7 @@ class CheckpointPruner(tune.Callback):
         self._before_snapshot, self._since_snapshot = self._since_snapshot, []
         return None  # nothing of its own to save
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         # Ray has written the final state (it names each trial's latest checkpoint).
         self._apply(self._before_snapshot + self._since_snapshot)
         self._before_snapshot, self._since_snapshot = [], []
@@ -111,7 +112,7 @@ class StateSeal(tune.Callback):
         # have moved since): look everything up again.
         self._storage, self._carried = None, None
 
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if self._storage is None and trials:
             self._storage = trials[0].storage
 
@@ -175,7 +176,7 @@ class ProgressPrinter(tune.Callback):
         elif self.events[kind] == MAX_EVENT_LINES + 1:
             self.log(f"(further '{kind}' events are counted in the status line)")
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         self.counts.epochs += 1
         if result.get("diverged"):
             self.counts.diverged.add(trial.trial_id)
@@ -190,21 +191,21 @@ class ProgressPrinter(tune.Callback):
                 self._event("new best", f"new best: val_acc {acc:.4f}, trial {trial.trial_id} at epoch "
                             f"{result.get('epoch')}")
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.counts.errored.add(trial.trial_id)
         log = storage.join(trial.storage.trial_fs_path, "error.txt") if getattr(trial, "storage", None) else "?"
         self._event("failed", f"trial {trial.trial_id} failed; its error: {log}")
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         now = time.time()
         if now - self.last_status >= self.every_s:
             self.last_status = now
             self.log(self.status(trials, now))
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.log(self.status(trials, time.time()))
 
-    def status(self, trials: list, now: float) -> str:
+    def status(self, trials: list[Trial], now: float) -> str:
         states: dict[str, int] = {}
         for trial in trials:
             states[trial.status] = states.get(trial.status, 0) + 1

@@ -4,6 +4,8 @@ once, and whether any node can run one at all (checked before anything is writte
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 import ray
 
@@ -64,6 +66,33 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         # A private instance listens on loopback only: nothing outside this machine can reach it.
         ray.init(address="local", _node_ip_address="127.0.0.1", log_to_driver=True, logging_config=_logging(verbose))
     return True
+
+
+@contextmanager
+def session(address: str | None, verbose: bool = False) -> Iterator[bool]:
+    """start_ray for the `with` block, which gets whether it started Ray; a Ray instance it started
+    is shut down after the block (a cluster it joined runs on)."""
+    started = start_ray(address, verbose)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+
+
+T = TypeVar("T")
+
+
+def run_as_trial(function: Callable[..., T], resources: dict[str, float], *args: Any) -> T:
+    """`function(*args, gpu_ids)` run as one Ray task with a trial's `resources`, where the trials
+    will run; `gpu_ids` are the GPUs Ray assigned the task (strings; [] when it asked for none).
+    `function` must be importable by module path (Ray's workers import it)."""
+    task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(_with_assigned_gpus)
+    return ray.get(task.remote(function, *args))
+
+
+def _with_assigned_gpus(function: Callable[..., T], *args: Any) -> T:
+    return function(*args, [str(gpu) for gpu in ray.get_gpu_ids()])
 
 
 def _logging(verbose: bool) -> ray.LoggingConfig:

@@ -2,9 +2,8 @@
 
 Ray's ASHAScheduler is the "stopping" form of asynchronous successive halving: a trial that reaches
 a rung goes on if it beats the rung's cutoff among whichever trials got there first. With few
-slots the first trials reach every rung alone and go through unopposed: on a 2-slot machine the
-first two trials of the default experiment (one at lr 1e-6) ran 4 and 5 epochs before any other
-trial started, and in a 30-minute budget 3 of 11 trials took two thirds of the search (issue 10).
+slots the first trials reach every rung alone and go through unopposed: on a 2-slot machine a
+few early trials can take most of a budgeted search.
 
 :class:`PromotingASHA` is the form of the ASHA paper (Li et al. 2020, Algorithm 2): a trial that
 reaches a rung waits there (Ray pauses it; its checkpoint is the rung's), and a free slot goes to
@@ -23,15 +22,18 @@ time than a fast one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.sample import Domain
 
-from caviar.config.rungs import milestones
+from caviar.config.schedulers import milestones
 from caviar.search.space import DEPENDENT_SAMPLERS
+
+if TYPE_CHECKING:
+    from ray.tune.execution.tune_controller import TuneController
 
 
 class PromotingASHA(FIFOScheduler):
@@ -66,7 +68,7 @@ class PromotingASHA(FIFOScheduler):
         top = sorted(scores, key=lambda tid: -scores[tid])[: len(scores) // self._eta]
         return trial_id in top
 
-    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         t = float(result[self._time_attr])
@@ -85,7 +87,7 @@ class PromotingASHA(FIFOScheduler):
                     return TrialScheduler.PAUSE
         return TrialScheduler.CONTINUE
 
-    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+    def choose_trial_to_run(self, tune_controller: TuneController) -> Trial | None:
         trials = {trial.trial_id: trial for trial in tune_controller.get_trials()}
         for rung in reversed(range(len(self._milestones))):  # promotions first, highest rung first
             waiting = [tid for tid, r in self._waiting.items() if r == rung]
@@ -120,13 +122,13 @@ class PromotingASHA(FIFOScheduler):
         self._promoted[self._waiting.pop(best)].add(best)
         return trials[best]
 
-    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+    def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
         self._forget(trial)
 
-    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+    def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
         self._forget(trial)
 
-    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+    def on_trial_error(self, tune_controller: TuneController, trial: Trial) -> None:
         self._waiting.pop(trial.trial_id, None)  # Ray may retry it from its checkpoint: keep its last report
 
     def _forget(self, trial: Trial) -> None:
@@ -149,7 +151,7 @@ def score_at(milestone: float, before: tuple[float, float] | None, after: tuple[
     return s0 + (s1 - s0) * (milestone - t0) / (t1 - t0)
 
 
-def _stop_paused(tune_controller: Any, trial: Trial) -> None:
+def _stop_paused(tune_controller: TuneController, trial: Trial) -> None:
     """Stop a paused trial, and have Ray save its new status: Ray 2.60 refreshes a trial's entry in
     experiment_state only when it reports or checkpoints, so a trial stopped while paused would stay
     PAUSED there, which reads as an interrupted sweep (private API: Ray is pinned)."""

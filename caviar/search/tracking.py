@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caviar import storage
 from caviar.config import Config, ConfigError
@@ -34,6 +34,12 @@ from caviar.layout import (
     SUMMARY_FILE,
     TRACKING_FILE as RECORD_FILE,  # the tracker runs that belong to the folder
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from ray.tune import Callback
+
 
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the pip extra that brings it
 WANDB_PROJECT = "caviar"
@@ -114,13 +120,13 @@ def _mlflow_uri() -> str:
     return mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, or MLflow's default
 
 
-def _mlflow_client(uri: str | None = None) -> Any:
+def _mlflow_client(uri: str | None = None) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri or _mlflow_uri())
 
 
-def _mlflow_callback(config: Config, path: str) -> Any:
+def _mlflow_callback(config: Config, path: str) -> Callback:
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class SweepRun(MLflowLoggerCallback):
@@ -153,7 +159,7 @@ def _read_bytes(location: str) -> bytes:
         return stream.read()
 
 
-def _mlflow_log_files(client: Any, run_id: str, files: list[str], artifact_path: str) -> None:
+def _mlflow_log_files(client: MlflowClient, run_id: str, files: list[str], artifact_path: str) -> None:
     """Copy `files` (local paths or URIs; missing ones skipped) into the run's artifacts."""
     with tempfile.TemporaryDirectory() as local:
         for location in files:
@@ -163,7 +169,7 @@ def _mlflow_log_files(client: Any, run_id: str, files: list[str], artifact_path:
                 client.log_artifact(run_id, str(target), artifact_path=artifact_path)
 
 
-def _table(location: str) -> Any:
+def _table(location: str) -> pd.DataFrame:
     import io
 
     import pandas as pd
@@ -187,14 +193,14 @@ def _wandb_kwargs(path: str) -> dict[str, Any]:
     return kwargs
 
 
-def _wandb_callback(config: Config, path: str) -> Any:
+def _wandb_callback(config: Config, path: str) -> Callback:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     return WandbLoggerCallback(group=label(config), **_wandb_kwargs(path))
 
 
 # ---------------------------------------------------------------- the three moments
-def callbacks(config: Config, path: str) -> list[Any]:
+def callbacks(config: Config, path: str) -> list[Callback]:
     """Ray Tune callbacks for the trackers in `config.log`, for the sweep in experiment folder `path`."""
     made = []
     if "mlflow" in config.log:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from caviar.config import Config, ConfigError
+from caviar.config.schedulers import SCHEDULERS
+from caviar.layout import TRIAL_PREFIX
 from caviar.search.callbacks import CheckpointPruner, StateSeal
 from caviar.search.schedulers import PromotingASHA, pbt_scheduler
 from caviar.search.space import OptunaDefineByRun, fixed_values, to_param_space
@@ -26,7 +28,7 @@ def trainable(config: Config, data: SplitData, resources: dict[str, float], ends
     """`ends_by`: a deadline each trial fits its epoch count to (caviar.training.trial.Trial.refit)."""
     # with_parameters puts the dataset in the object store once; every trial on a node maps
     # the same copy instead of loading (or downloading) its own.
-    settings = replace(TrialSettings.from_config(config), ends_by=ends_by)
+    settings = replace(TrialSettings.from_config(config, data), ends_by=ends_by)
     trainable = tune.with_parameters(train_trial, data=data, settings=settings)
     return tune.with_resources(trainable, resources)
 
@@ -35,7 +37,7 @@ def run_config(config: Config, storage_path: str, *, verbose: bool = False,
                callbacks: list[tune.Callback] | None = None) -> tune.RunConfig:
     """`callbacks` run on the driver beside caviar's checkpoint pruning; `verbose` brings back Ray
     Tune's own console output (a box per trial, tables of every trial) in place of caviar's."""
-    pbt = config.search.scheduler == "pbt"
+    pbt = SCHEDULERS[config.search.scheduler].population
     return tune.RunConfig(
         name=config.name,
         storage_path=storage_path,
@@ -60,7 +62,7 @@ def run_config(config: Config, storage_path: str, *, verbose: bool = False,
 
 def trial_dirname(trial: Any) -> str:
     """``trial_<id>`` instead of Ray's name with every hyperparameter in it (the leaderboard has them)."""
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 def search_alg(config: Config) -> Any:
@@ -98,29 +100,40 @@ def param_space(config: Config) -> dict[str, Any]:
     return params
 
 
-def scheduler(config: Config) -> Any:
+def scheduler(config: Config) -> TrialScheduler:
+    """Ray Tune's scheduler for `search.scheduler` (one builder per name in SCHEDULER_BUILDERS)."""
+    return SCHEDULER_BUILDERS[config.search.scheduler](config)
+
+
+def _asha(config: Config) -> PromotingASHA:
     search = config.search
-    if search.scheduler == "asha":
-        # In seconds (search.fidelity), every rung is its epochs at the measured speed; a trial
-        # still ends at its own max_epochs, so a fast one may finish before the last rung.
-        unit: float = 1  # epochs stay whole numbers
-        if search.fidelity == "seconds":
-            if search.epoch_seconds is None:  # the planner writes it before any sweep starts
-                raise ConfigError("search.fidelity: seconds needs search.epoch_seconds (a budget measures it)")
-            unit = search.epoch_seconds
-        return PromotingASHA(
-            time_attr="time_total_s" if search.fidelity == "seconds" else "epoch",
-            max_t=search.max_epochs * unit,
-            grace_period=min(search.grace_period, search.max_epochs) * unit,
-            reduction_factor=search.reduction_factor,
-            min_rung_trials=search.min_rung_trials,
-        )
-    if search.scheduler == "pbt":
-        if search.algorithm != "random":
-            raise ConfigError("search.scheduler: pbt draws its population at random and mutates it; use "
-                              "search.algorithm: random with it")
-        return pbt_scheduler(to_param_space(config.space), search.pbt_interval, search.seed)
-    return FIFOScheduler()
+    # In seconds (search.fidelity), every rung is its epochs at the measured speed; a trial
+    # still ends at its own max_epochs, so a fast one may finish before the last rung.
+    unit: float = 1  # epochs stay whole numbers
+    if search.fidelity == "seconds":
+        if search.epoch_seconds is None:  # the planner writes it before any sweep starts
+            raise ConfigError("search.fidelity: seconds needs search.epoch_seconds (a budget measures it)")
+        unit = search.epoch_seconds
+    return PromotingASHA(
+        time_attr="time_total_s" if search.fidelity == "seconds" else "epoch",
+        max_t=search.max_epochs * unit,
+        grace_period=min(search.grace_period, search.max_epochs) * unit,
+        reduction_factor=search.reduction_factor,
+        min_rung_trials=search.min_rung_trials,
+    )
+
+
+def _pbt(config: Config) -> TrialScheduler:
+    search = config.search
+    if search.algorithm != "random":
+        raise ConfigError("search.scheduler: pbt draws its population at random and mutates it; use "
+                          "search.algorithm: random with it")
+    return pbt_scheduler(to_param_space(config.space), search.pbt_interval, search.seed)
+
+
+SCHEDULER_BUILDERS: dict[str, Callable[[Config], TrialScheduler]] = {
+    "asha": _asha, "pbt": _pbt, "random": lambda config: FIFOScheduler(),
+}
 
 
 def tune_config(config: Config, time_budget_s: float | None = None) -> tune.TuneConfig:
@@ -138,6 +151,18 @@ def tune_config(config: Config, time_budget_s: float | None = None) -> tune.Tune
         # every trial at the deadline (checkpoints kept) if the estimate was off.
         time_budget_s=time_budget_s,
     )
+
+
+def new_tuner(trainable: Any, config: Config, tune_config: tune.TuneConfig, run_config: tune.RunConfig) -> tune.Tuner:
+    """The Tuner of a new sweep of `config` (its param_space from the config), from the parts
+    tune_config and run_config built: they are what can refuse the config."""
+    return tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(path: str, trainable: Any) -> tune.Tuner:
+    """The Tuner of the sweep saved in `path`: finished trials stay finished; interrupted and
+    errored ones continue from their checkpoints."""
+    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
 
 # Ray Tune warns when it snapshots the experiment state more than once in 5 s because trials have

@@ -22,11 +22,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from caviar.config import Config, ConfigError, build_config
+from caviar.config import Config, ConfigError, StageConfig, derive_config
 from caviar.config.durations import format_duration
-from caviar.config.rungs import asha_epochs_per_trial, rungs
+from caviar.config.schedulers import SCHEDULERS, asha_epochs_per_trial, rungs
+
+if TYPE_CHECKING:
+    import torch
+
+    from caviar.training.data import SplitData
 
 # Fractions of the budget not spent training: the tail, when the last trials run and other slots
 # idle, and process start-up between trials (measured: 0.2-0.6 s per trial, 4-5 s per sweep).
@@ -61,7 +66,8 @@ class Throughput:
         return train_images * self.train_s_per_image + evaluation + average
 
 
-def measure(config: Config, data: Any, device: Any = None, configs: int = 3, seconds_each: float = 1.5) -> Throughput:
+def measure(config: Config, data: SplitData, device: torch.device | None = None, configs: int = 3,
+            seconds_each: float = 1.5) -> Throughput:
     """Time training steps and an evaluation pass of `configs` configs drawn from the space, on
     `device` with the trial's thread count. Runs inside a Ray task (caviar.sweeps.experiment), which passes
     the device Ray assigned it."""
@@ -73,7 +79,7 @@ def measure(config: Config, data: Any, device: Any = None, configs: int = 3, sec
     from caviar.training.train import evaluate, train_one_epoch
     from caviar.training.trial import Trial, TrialSettings, data_tensors
 
-    settings = TrialSettings.from_config(config)
+    settings = TrialSettings.from_config(config, data)
     torch.set_num_threads(settings.threads)
     train_x, train_y, val_x, val_y = None, None, None, None
     train_times, eval_times = [], []
@@ -104,7 +110,7 @@ def measure(config: Config, data: Any, device: Any = None, configs: int = 3, sec
     return Throughput(statistics.median(train_times), statistics.median(eval_times), configs, device)
 
 
-def _sync(device: Any) -> None:
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         import torch
 
@@ -152,7 +158,8 @@ def _single(scheduler: str, trial_epochs: float, longest: int, config: Config, s
     costing `overhead` epochs' worth of time besides its own epochs."""
     search = config.search
     cap = max(1, min(search.max_epochs, longest))
-    if scheduler == "asha":
+    rule = SCHEDULERS[scheduler]
+    if rule.rungs:
         grace, eta = search.grace_period, search.reduction_factor
         for epochs in range(cap, 0, -1):
             g = min(grace, epochs)
@@ -162,7 +169,7 @@ def _single(scheduler: str, trial_epochs: float, longest: int, config: Config, s
             if n >= needed:
                 return n, epochs
         return max(slots, int(trial_epochs / (1 + overhead))), 1
-    if scheduler == "pbt":
+    if rule.population:
         population = max(4, 2 * slots)
         return population, max(1, min(cap, int(trial_epochs / population - overhead)))
     for epochs in range(cap, 0, -1):  # random search: at least 2 trials per slot
@@ -171,22 +178,19 @@ def _single(scheduler: str, trial_epochs: float, longest: int, config: Config, s
     return max(slots, int(trial_epochs / (1 + overhead))), 1
 
 
-def _stage_cost(config: Config, stage: Any, epochs: int, train_fraction: float) -> float:
-    scheduler = stage.scheduler_run(config.search.scheduler)
-    per_trial = (asha_epochs_per_trial(epochs, min(config.search.grace_period, epochs), config.search.reduction_factor)
-                 if scheduler == "asha" else epochs)
-    return per_trial * train_fraction
+def _stage_cost(config: Config, stage: StageConfig, epochs: int, train_fraction: float) -> float:
+    rule = SCHEDULERS[stage.scheduler_run(config.search.scheduler)]
+    return rule.epochs_per_trial(epochs, config.search.grace_period, config.search.reduction_factor) * train_fraction
 
 
-def _stage_epoch_cap(stage: Any, fraction: float, seconds: float, longest: int, epoch_s: float,
+def _stage_epoch_cap(stage: StageConfig, fraction: float, seconds: float, longest: int, epoch_s: float,
                      slots: int) -> int:
     """The most epochs one trial of a stage can be given. A stage that draws trials (ASHA) promotes
     its longest trial only after rivals reached its rungs, so that one must fit LONGEST_TRIAL_SHARE
     of the time. The trials of a `from_top` stage start together when it starts and run to its end
     (in waves where there are more than slots), so the cap is the whole time, and it applies to the
-    epochs after scaling: the stage's epochs follow the file's proportions. (Capping the file's
-    figure at LONGEST_TRIAL_SHARE before scaling gave a 30-minute cpu-budget plan 41-47% search
-    instead of the file's ~29%, its winners 57 epochs instead of 70.)"""
+    epochs after scaling: the stage's epochs follow the file's proportions (capped before scaling,
+    they would skew them)."""
     fraction = max(fraction, 1e-9)
     if stage.from_top:
         waves = math.ceil(stage.from_top / max(1, slots))
@@ -254,29 +258,25 @@ def stage_deadline(planned_stages: list[dict[str, Any]], index: int, now: float,
 
 def apply(config: Config, planned: Plan) -> Config:
     """`config` with the planned sizes (and the deadline) written in: what the sweep then runs."""
-    tree = config.to_dict()
-    search = tree["search"]
+    search = config.search
+    changes: dict[str, Any] = {}
     if planned.stages:
-        for entry, sized in zip(tree["stages"], planned.stages):
-            entry["num_samples"], entry["epochs"] = sized["num_samples"], sized["epochs"]
+        for i, (_, sized) in enumerate(zip(config.stages, planned.stages)):
+            changes |= {f"stages.{i}.num_samples": sized["num_samples"], f"stages.{i}.epochs": sized["epochs"]}
     else:
-        search["num_samples"] = planned.num_samples
-        search["max_epochs"] = planned.max_epochs
-        search["grace_period"] = min(search["grace_period"], planned.max_epochs)
-    if search["fidelity"] == "seconds":
+        changes |= {"search.num_samples": planned.num_samples, "search.max_epochs": planned.max_epochs,
+                    "search.grace_period": min(search.grace_period, planned.max_epochs)}
+    if search.fidelity == "seconds":
         # an epoch as the search trains it: no weight average yet (each stage gets its own: caviar.sweeps.stages)
-        search["epoch_seconds"] = round(planned.stages[0]["epoch_s"] if planned.stages else
-                                        planned.epoch_s / planned.average_factor, 3)
-    return build_config(tree, "planned config")
+        changes["search.epoch_seconds"] = round(planned.stages[0]["epoch_s"] if planned.stages else
+                                                planned.epoch_s / planned.average_factor, 3)
+    return derive_config(config, changes, "planned config")
 
 
 # A stage that trains the search's winners (`from_top`) passes over a winner slower than the
 # configuration the plan timed by more than 1 / this share: it could train less than this share of
-# the epochs the plan meant for it, so its search score came from a schedule it cannot get.
-# Measured in issue 10 (benchmarks/README.md section 7, run 3): the two best configs of a 30-minute
-# search were 1.7 and 2.5 times slower than the planned one, so they trained 7.5 passes each where
-# the plan meant ~20, and the ensemble ended 1.9 points below a hand-picked config trained for 40;
-# the third best, 3 times faster than the slowest, scored 0.8 point less in the search.
+# the epochs the plan meant for it, so its search score came from a schedule it cannot get
+# (benchmarks/README.md, section 7).
 AFFORDABLE_SHARE = 0.5
 
 

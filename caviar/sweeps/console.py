@@ -3,16 +3,15 @@ failed trials' logs are, and what to do next."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from caviar import storage
 from caviar.layout import LEADERBOARD_FILE, SUMMARY_FILE
 from caviar.results.border import format_warnings
 from caviar.results.leaderboard import deadline_reached, format_table, interrupted
+from caviar.sweeps.experiment import SweepOutcome
 from caviar.sweeps.stages import StagedResult, describe_stages
 
 
-def describe(result: Any) -> str:
+def describe(result: SweepOutcome) -> str:
     """The short report printed at the end of `caviar sweep` (a SweepResult or a staged one)."""
     counts = ", ".join(f"{n} {status}" for status, n in result.summary["counts"].items() if n)
     lines = [format_table(result.trials), "", f"{result.summary['trials']} trials: {counts}"]

@@ -12,14 +12,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import pandas as pd
-import ray
-from ray import tune
 
 from caviar import storage
-from caviar.config import Config, ConfigError, load_config, read_saved_config
+from caviar.config import Config, ConfigError, load_config, read_saved_config, with_classes
 from caviar.config.durations import parse_duration
 from caviar.layout import CONFIG_FILE, LEADERBOARD_FILE, SUMMARY_FILE, TUNER_FILE
 from caviar.results.border import border_warnings
@@ -30,12 +28,32 @@ from caviar.search.callbacks import ProgressPrinter
 from caviar.search.reader import has_state, saved_state_is_whole
 from caviar.search.seal import check_seal
 from caviar.sweeps import budget as budgets
-from caviar.training.data import SplitData, prepare_data
+from caviar.training.data import SplitData, data_for, describe_dataset
 from caviar.training.train import images_per_epoch
 
 # A trial that fits its length to the deadline (fit_to_deadline) aims this many seconds before it:
 # its last epoch must be reported and checkpointed before Ray stops the experiment at the deadline.
 TRIAL_END_MARGIN_S = 10.0
+
+
+class SweepOutcome(Protocol):
+    """What `caviar.sweep` returns, for one experiment (SweepResult) or for stages
+    (caviar.sweeps.stages.StagedResult: the last stage's): what the console and the CLI read."""
+
+    @property
+    def path(self) -> str: ...  # the experiment folder (local path or URI)
+
+    @property
+    def trials(self) -> pd.DataFrame: ...  # the leaderboard, best first
+
+    @property
+    def summary(self) -> dict[str, Any]: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def best(self) -> pd.Series | None: ...
 
 
 @dataclass
@@ -83,6 +101,34 @@ def run_experiment(
     progress lines (caviar.search.callbacks); with `verbose`, Ray Tune's own console output comes instead.
     """
     begin = time.time() if begin is None else begin
+    storage_path, path, config, data = _checked_start(config, resume)
+    dataset = describe_dataset(data)  # recorded in summary.json: what the trials trained on
+    plan: budgets.Plan | None = None
+    with connect.session(address, verbose) as started:
+        resources = connect.check_cluster(config, storage_path, joined=not started)
+        # A resumed sweep finishes what its plan drew; the budget was that of the first run.
+        if config.budget and not resume and deadline is None:
+            config, plan, deadline = _fitted_to_budget(config, data, resources, begin, log)
+        ends_by = deadline - TRIAL_END_MARGIN_S if fit_to_deadline and deadline is not None else None
+        trainable = tuning.trainable(config, data, resources, ends_by=ends_by)
+        # The object store holds the dataset now; the driver's own copy would sit idle for the
+        # whole sweep (147 MB for CIFAR-10, on the head node).
+        del data
+        fit_begin = time.time()
+        _fit(trainable, config, storage_path, path, resume=resume, deadline=deadline, log=log, verbose=verbose)
+        table = _final_table(path, config, deadline)
+        summary = _summary(table, config, path, resources, begin=begin, fit_begin=fit_begin, deadline=deadline,
+                           plan=plan) | {"data": dataset}
+        _write_results(path, table, summary)
+        tracking.log_sweep(config, path)  # the leaderboard to the trackers' parent run (log: in the config)
+    return SweepResult(path=path, trials=table, summary=summary, config=config)
+
+
+def _checked_start(config: Config, resume: bool) -> tuple[str, str, Config, SplitData]:
+    """The storage path, the experiment folder, the config with the data's class count, and the
+    data of the sweep, after the checks that can refuse it before Ray starts: a new sweep where
+    one already is, data that cannot be read or disagrees with model.num_classes, storage that
+    cannot be written."""
     storage_path = storage.resolve(config.storage)
     path = storage.join(storage_path, config.name)
     if not resume and storage.exists(storage.join(path, CONFIG_FILE)):
@@ -90,76 +136,75 @@ def run_experiment(
             f"experiment folder {path} already holds a sweep; finish it with `caviar sweep --resume {path}` "
             f"or start another with --set name=<new name>"
         )
-    data = prepare_data(
-        config.data.root,
-        val_size=config.data.val_size,
-        train_subset=config.data.train_subset,
-        split_seed=config.data.split_seed,
-        download=config.data.download,
-    )
-    check_labels(config, data)
+    data = read_data(config)
+    config = with_classes(config, len(data.classes), f"data.root {config.data.root}")
     problem = storage.writable_problem(storage_path)
     if problem:
         raise ConfigError(f"storage {storage_path} is not writable ({problem}); pass --storage a folder you can write")
+    return storage_path, path, config, data
 
-    started = connect.start_ray(address, verbose)
-    plan: budgets.Plan | None = None
-    try:
-        resources = connect.check_cluster(config, storage_path, joined=not started)
-        # A resumed sweep finishes what its plan drew; the budget was that of the first run.
-        if config.budget and not resume and deadline is None:
-            budget_s = parse_duration(config.budget)
-            deadline = begin + budget_s
-            plan = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begin)
-            config = budgets.apply(config, plan)
-            log(plan.describe())
-        ends_by = deadline - TRIAL_END_MARGIN_S if fit_to_deadline and deadline is not None else None
-        trainable = tuning.trainable(config, data, resources, ends_by=ends_by)
-        # The object store holds the dataset now; the driver's own copy would sit idle for the
-        # whole sweep (147 MB for CIFAR-10, on the head node).
-        del data
-        fit_begin = time.time()
-        if not resume:
-            # Everything that can refuse the config (searcher, scheduler) is built before caviar.yaml
-            # is written: a failed start must not leave a folder that counts as a sweep.
-            progress = [] if verbose else [ProgressPrinter(config.search.num_samples,
-                                                           deadline=deadline, log=log)]
-            tune_config = tuning.tune_config(config, time_left(deadline))
-            run_config = tuning.run_config(config, storage_path, verbose=verbose,
-                                           callbacks=progress + tracking.callbacks(config, path))
-            storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
-            tuner = tune.Tuner(trainable, param_space=tuning.param_space(config), tune_config=tune_config,
-                               run_config=run_config)
-        else:
-            # Finished trials stay finished; interrupted ones continue from their checkpoints.
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        tuning.fit(tuner, config.search.num_samples)
-        table = _collect(path, config)
-        if deadline is not None and time.time() >= deadline - 1.0 and "status" in table:
-            # Ray stops every trial at the deadline but saves the running and paused ones' status
-            # as it was (RUNNING, PAUSED): they were stopped by the budget, not interrupted.
-            table.loc[table["status"] == "unfinished", "status"] = "early-stopped"
-        summary = summarize(table, config.search.num_samples) | {
-            "experiment": path,
-            "wall_time_s": round(time.time() - fit_begin, 1),
-            "resources_per_trial": resources,
-            "config": config.to_dict(),
-            # numeric ranges whose best trial sits at an edge (caviar.results.border), with wider ranges
-            "border_warnings": border_warnings(table, config.space, config.search.border_fraction),
+
+def read_data(config: Config) -> SplitData:
+    """The sweep's dataset, split into train and validation as the config says (labels checked
+    against its classes, and those against a stated model.num_classes)."""
+    return data_for(config)
+
+
+def _fitted_to_budget(config: Config, data: SplitData, resources: dict[str, float], begin: float,
+                      log: Callable[[str], None]) -> tuple[Config, budgets.Plan, float]:
+    """`config` sized to its budget (caviar.sweeps.budget), the plan, and the deadline (from `begin`)."""
+    budget_s = parse_duration(config.budget)
+    plan = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begin)
+    planned = budgets.apply(config, plan)
+    log(plan.describe())
+    return planned, plan, begin + budget_s
+
+
+def _fit(trainable: Any, config: Config, storage_path: str, path: str, *, resume: bool, deadline: float | None,
+         log: Callable[[str], None], verbose: bool) -> None:
+    """Run the sweep's trials: a new Tuner, or with `resume` the one saved in `path`."""
+    if resume:
+        tuner = tuning.restore_tuner(path, trainable)
+    else:
+        # Everything that can refuse the config (searcher, scheduler) is built before caviar.yaml
+        # is written: a failed start must not leave a folder that counts as a sweep.
+        progress = [] if verbose else [ProgressPrinter(config.search.num_samples, deadline=deadline, log=log)]
+        tune_config = tuning.tune_config(config, time_left(deadline))
+        run_config = tuning.run_config(config, storage_path, verbose=verbose,
+                                       callbacks=progress + tracking.callbacks(config, path))
+        storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
+        tuner = tuning.new_tuner(trainable, config, tune_config, run_config)
+    tuning.fit(tuner, config.search.num_samples)
+
+
+def _final_table(path: str, config: Config, deadline: float | None) -> pd.DataFrame:
+    """The leaderboard of the trials in `path`, the ones the deadline stopped counted as early-stopped."""
+    table = _collect(path, config)
+    if deadline is not None and time.time() >= deadline - 1.0 and "status" in table:
+        # Ray stops every trial at the deadline but saves the running and paused ones' status
+        # as it was (RUNNING, PAUSED): they were stopped by the budget, not interrupted.
+        table.loc[table["status"] == "unfinished", "status"] = "early-stopped"
+    return table
+
+
+def _summary(table: pd.DataFrame, config: Config, path: str, resources: dict[str, float], *, begin: float,
+             fit_begin: float, deadline: float | None, plan: budgets.Plan | None) -> dict[str, Any]:
+    """summary.json of a finished (or stopped) sweep: counts, the best trial, where and how it ran,
+    and with a deadline, the plan and whether the deadline stopped it."""
+    summary = summarize(table, config.search.num_samples) | {
+        "experiment": path,
+        "wall_time_s": round(time.time() - fit_begin, 1),
+        "resources_per_trial": resources,
+        "config": config.to_dict(),
+        # numeric ranges whose best trial sits at an edge (caviar.results.border), with wider ranges
+        "border_warnings": border_warnings(table, config.space, config.search.border_fraction),
+    }
+    if deadline is not None:
+        summary["budget"] = (plan.to_dict() if plan else {}) | {
+            "deadline_reached": time.time() >= deadline - 1.0,
+            "command_wall_time_s": round(time.time() - begin, 1),
         }
-        if deadline is not None:
-            summary["budget"] = (plan.to_dict() if plan else {}) | {
-                "deadline_reached": time.time() >= deadline - 1.0,
-                "command_wall_time_s": round(time.time() - begin, 1),
-            }
-        _write_results(path, table, summary)
-        tracking.log_sweep(config, path)  # the leaderboard to the trackers' parent run (log: in the config)
-    finally:
-        if started:
-            ray.shutdown()
-    return SweepResult(path=path, trials=table, summary=summary, config=config)
-
-
+    return summary
 
 
 def config_for_resume(resume: str | Path, overrides: list[str] | None = None, **values: Any) -> Config:
@@ -178,14 +223,6 @@ def config_for_resume(resume: str | Path, overrides: list[str] | None = None, **
     if not config.stages:
         check_resumable(path)
     return config.resolved()
-
-
-def check_labels(config: Config, data: SplitData) -> None:
-    """Labels the model cannot output would crash every trial: say so before any starts."""
-    largest = int(max(data.train_y.max(initial=0), data.val_y.max(initial=0)))
-    if largest >= config.model.num_classes:
-        raise ConfigError(f"model.num_classes is {config.model.num_classes} but {config.data.root} has labels up to "
-                          f"{largest}; set --set model.num_classes={largest + 1}")
 
 
 # What may change when a sweep resumes: where things are and what runs them. Anything else (the
@@ -223,20 +260,19 @@ def time_left(deadline: float | None) -> float | None:
     return None if deadline is None else max(1.0, deadline - time.time())
 
 
-def _measure_on_assigned_device(config: Config, data: SplitData) -> budgets.Throughput:
+def _measure_on_assigned_device(config: Config, data: SplitData, gpu_ids: list[str]) -> budgets.Throughput:
     """caviar.sweeps.budget.measure on the device Ray assigned this task (CPU when it asked for no GPU)."""
     from caviar.training import devices
 
-    return budgets.measure(config, data, devices.trial_device([str(gpu) for gpu in ray.get_gpu_ids()]))
+    return budgets.measure(config, data, devices.trial_device(gpu_ids))
 
 
 def plan_budget(config: Config, data: SplitData, resources: dict[str, float], *, budget_s: float, spent_s: float,
                 stage_train_images: list[int] | None = None) -> budgets.Plan:
     """Measure a trial's speed where trials run (a Ray task with one trial's resources, on the
     sweep's own data), then size the sweep to the budget (caviar.sweeps.budget.plan)."""
-    probe = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(_measure_on_assigned_device)
-    throughput = ray.get(probe.remote(config, data))
+    throughput = connect.run_as_trial(_measure_on_assigned_device, resources, config, data)
     return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, slots=connect.cluster_slots(config, resources),
-                        throughput=throughput, train_images=images_per_epoch(len(data.train_y), config.train.epoch_size),
-                        val_images=len(data.val_y),
-                        stage_train_images=stage_train_images)
+                        throughput=throughput,
+                        train_images=images_per_epoch(len(data.train_y), config.train.epoch_size),
+                        val_images=len(data.val_y), stage_train_images=stage_train_images)

@@ -10,8 +10,8 @@ The rule from stage i to stage i+1 (settings `top`, `pad`, `widen` of stage i):
 - but if the best trial sits in the outer `search.border_fraction` of the range (caviar.results.border),
   that side moves *past* the edge by `widen` x the old width instead;
 - a categorical entry keeps the choices that appear among the top trials, and every choice too
-  few scored trials tried to judge (fewer than MIN_TRIES): a 1-epoch stage's top quarter dropped
-  Adam and the cosine schedule on the evidence of noise (issue 10).
+  few scored trials tried to judge (fewer than MIN_TRIES), so that a short stage's noise cannot
+  drop one.
 
 Nothing narrows on thin evidence: with fewer than caviar.results.border.MIN_SCORED scored trials the space
 is kept as it is, and an edge moves only when the evidence rule of caviar.results.border holds.
@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from caviar.config import Choice, Range, SpaceConfig, StageConfig
+from caviar.config import Choice, Range, Scalar, SpaceConfig, StageConfig
 from caviar.config.scales import searched
 from caviar.errors import CaviarError
 from caviar.results.border import (
@@ -50,7 +50,7 @@ def _same(a: Any, b: Any) -> bool:
         return str(a) == str(b)
 
 
-def param_spec(param: Any) -> Any:
+def param_spec(param: Range | Choice | Scalar) -> dict[str, Any] | Scalar:
     """A space entry as the plain value, {low, high, scale} or {choices} that configs and stages.json hold."""
     if isinstance(param, Range):
         return {"low": param.low, "high": param.high, "scale": param.scale}

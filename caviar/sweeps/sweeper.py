@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from caviar.config import Config, ConfigError, load_config
 from caviar.search import tracking
-from caviar.sweeps.experiment import SweepResult, config_for_resume, run_experiment
+from caviar.sweeps.experiment import SweepOutcome, SweepResult, config_for_resume, run_experiment
 from caviar.sweeps.stages import run_staged
 
 __all__ = ["SweepResult", "sweep"]
@@ -29,11 +29,11 @@ def sweep(
     log: Callable[[str], None] = print,
     verbose: bool = False,
     **values: Any,
-) -> SweepResult:
-    """Run (or with `resume`, finish) a sweep and return its leaderboard.
+) -> SweepOutcome:
+    """Run (or with `resume`, finish) a sweep and return its leaderboard (a SweepResult).
 
     An experiment with `stages` runs them all (caviar.sweeps.stages) and returns a StagedResult whose
-    path, trials and summary are the last stage's; `stage` reruns (or resumes) from stage N.
+    path, trials, summary and config are the last stage's; `stage` reruns (or resumes) from stage N.
     With `budget` in the config, the sweep is planned to fit it (caviar.sweeps.budget) and stopped at
     its deadline.
 

@@ -23,14 +23,19 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from caviar.layout import BABYSIT_FILE, TENSORBOARD_DIR
-from caviar.training.train import autocast, prepare_inputs
+from caviar.training.train import Stats, autocast, prepare_inputs
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
+
+    from caviar.training.trial import Trial  # typing only: trial imports nothing of babysit
 
 PROBE_IMAGES = 128  # images in the probe batch (fewer if the trial's batch is smaller)
 HISTOGRAM_VALUES = 65536  # values per histogram at most (a strided sample of the layer's output)
@@ -66,8 +71,9 @@ def probe_step(
     grad_clip: float = 0.0,
     amp: bool = True,
     channels_last: bool = True,
+    stats: Stats = None,
 ) -> dict[str, Any]:
-    """One measured training step on (images uint8 (B, 3, 32, 32), labels (B,)), then undone.
+    """One measured training step on (images uint8 (B, 3, H, W), labels (B,)), then undone.
 
     Returns {"loss", "activations": {layer: values}, "gradients": {weight: values},
     "update_ratio": {weight: ||dW||/||W||}, "weight_norm", "grad_norm"}.
@@ -89,7 +95,7 @@ def probe_step(
              for name, module in model.named_modules() if isinstance(module, ACTIVATIONS)]
     try:
         model.train()
-        x = prepare_inputs(images, device, channels_last)
+        x = prepare_inputs(images, device, channels_last, stats)
         y = labels.to(device)
         with autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
@@ -136,7 +142,7 @@ class Babysitter:
     turns babysitting off.
     """
 
-    def __init__(self, folder: str | Path | None, trial: Any, train_x: torch.Tensor, train_y: torch.Tensor):
+    def __init__(self, folder: str | Path | None, trial: Trial, train_x: torch.Tensor, train_y: torch.Tensor):
         self.folder = Path(folder) if folder else None
         self.trial = trial
         count = min(PROBE_IMAGES, int(trial.hparams.get("batch_size", PROBE_IMAGES)), len(train_y))
@@ -144,7 +150,7 @@ class Babysitter:
         self.points = probe_epochs(trial.settings.max_epochs)
         self.writer = None
 
-    def _writer(self) -> Any:
+    def _writer(self) -> SummaryWriter:
         if self.writer is None:
             from tensorboardX import SummaryWriter
 
@@ -158,7 +164,7 @@ class Babysitter:
         s = self.trial.settings
         stats = probe_step(self.trial.model, self.trial.optimizer, self.images, self.labels,
                            grad_clip=float(self.trial.hparams.get("grad_clip") or 0), amp=s.amp,
-                           channels_last=s.channels_last)
+                           channels_last=s.channels_last, stats=s.stats)
         epoch = self.trial.epoch
         writer = self._writer()
         for name, values in stats["activations"].items():

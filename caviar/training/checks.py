@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caviar.config import Choice, Config, Range, SpaceConfig, load_config
+from caviar.config import Choice, Config, Range, Scalar, SpaceConfig, load_config
 from caviar.config.scales import entries, from_sampling_scale, to_sampling_scale
 from caviar.training.models import build_model
+from caviar.training.train import Stats
 
 FINE, OK, SUSPICIOUS = 1e-7, 1e-4, 1e-2  # the notes' relative-error thresholds
 OVERFIT_TARGET = 0.05  # nats: "near-zero" training loss on the tiny subset
@@ -67,7 +68,7 @@ def centre_hparams(space: SpaceConfig) -> dict[str, Any]:
     return hparams
 
 
-def largest(param: Any) -> float:
+def largest(param: Range | Choice | Scalar) -> float:
     """The largest value an entry can take (for 'regularisation on')."""
     if isinstance(param, Range):
         return float(param.high)
@@ -91,10 +92,11 @@ def dropout_p(model: nn.Module, p: float | None) -> Iterator[None]:
             m.p = old
 
 
-def normalized(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalized(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32, stats: Stats = None) -> torch.Tensor:
     from caviar.training.data import normalize
 
-    return normalize(images_uint8).to(dtype)
+    mean, std = stats if stats is not None else (None, None)
+    return normalize(images_uint8, mean=mean, std=std).to(dtype)
 
 
 def l2_penalty(model: nn.Module, weight_decay: float) -> torch.Tensor:
@@ -250,6 +252,7 @@ def check_model(
     seed: int = 0,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    stats: Stats = None,
 ) -> list[CheckResult]:
     """All four checks on models from `build()` (a fresh one per check) and uint8 images (N, 3, 32, 32).
 
@@ -259,7 +262,7 @@ def check_model(
     with _threads(threads):
         return _check_model(build, images, labels, num_classes=num_classes, weight_decay=weight_decay,
                             dropout=dropout, tolerance=tolerance, overfit_images=overfit_images,
-                            grad_images=grad_images, seed=seed, log=log)
+                            grad_images=grad_images, seed=seed, log=log, stats=stats)
 
 
 @contextlib.contextmanager
@@ -275,8 +278,8 @@ def _threads(count: int | None) -> Iterator[None]:
 
 def _check_model(build: Callable[[], nn.Module], images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                  weight_decay: float, dropout: float, tolerance: float, overfit_images: int, grad_images: int,
-                 seed: int, log: Callable[[str], None] | None) -> list[CheckResult]:
-    x, y = normalized(images), labels.long()
+                 seed: int, log: Callable[[str], None] | None, stats: Stats = None) -> list[CheckResult]:
+    x, y = normalized(images, stats=stats), labels.long()
     results = []
 
     def record(result: CheckResult) -> None:
@@ -306,25 +309,37 @@ def check_experiment(
     log: Callable[[str], None] | None = print,
 ) -> list[CheckResult]:
     """The checks on the centre of an experiment's space, with its data and model family."""
-    from caviar.training.data import prepare_data
+    from caviar.training.data import data_for, describe_dataset
 
     config: Config = load_config(experiment, overrides).resolved()
-    data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=None,
-                        split_seed=config.data.split_seed, download=config.data.download)
+    data = data_for(config, subset=False)
     hparams = centre_hparams(config.space)
-    family, width, classes = config.model.family, config.model.width, config.model.num_classes
+    family, width, classes = config.model.family, config.model.width, len(data.classes)
     count = max(batch, images)
     x = torch.from_numpy(data.train_x[:count].copy())
     y = torch.from_numpy(data.train_y[:count].copy())
     if log:
+        log(describe_data(describe_dataset(data), config.data.root))
         shown = ", ".join(f"{k}={_short(v)}" for k, v in hparams.items())
         log(f"caviar check: {family} at the centre of the space ({shown}) on {len(y)} training images "
             f"from {config.data.root}")
     return check_model(
-        lambda: build_model(family, hparams, width=width, num_classes=classes), x, y,
+        lambda: build_model(family, hparams, width=width, num_classes=classes), x, y, stats=(data.mean, data.std),
         num_classes=classes, weight_decay=largest(config.space.weight_decay), dropout=float(hparams["dropout"]),
         tolerance=tolerance, overfit_images=images, threads=max(1, int(config.resources.cpus_per_trial)), log=log,
     )
+
+
+def describe_data(found: dict[str, Any], root: str | None) -> str:
+    """What `caviar check` found in the data folder, in a few lines (caviar.training.data.describe_dataset)."""
+    balance = found["per_class"]
+    lines = [f"data: {root}: {found['images']['train']} training and {found['images']['val']} validation images "
+             f"of {found['image_shape'][1]}x{found['image_shape'][2]} pixels, {found['classes']} classes "
+             f"({', '.join(found['class_names'][:6])}{', ...' if found['classes'] > 6 else ''})",
+             f"  per class: {balance['min']} ({balance['smallest']}) to {balance['max']} ({balance['largest']}) images"
+             + (f"; EMPTY: {', '.join(balance['empty'])}" if balance["empty"] else ""),
+             f"  channel mean {found['mean']}, std {found['std']} (0..1 scale; used to normalise every image)"]
+    return "\n".join(lines)
 
 
 def _short(value: Any) -> str:

@@ -1,132 +1,62 @@
-"""CIFAR-10 on disk -> uint8 arrays; one fixed seeded train/val split; batched augmentation.
+"""Datasets on disk -> uint8 arrays; one fixed seeded train/val split; batched augmentation.
 
-Data is read from CIFAR-10's own python format (``cifar-10-batches-py/``), so a copy already on
-disk or NFS works offline. Images stay uint8 NCHW (N, 3, 32, 32) until they reach the trial's
-device: 150 MB for the whole training set instead of 600 MB as float32. Augmentation and
+Three formats (data.format): CIFAR-10's python format (`cifar-10-batches-py/`), CIFAR-100's
+(`cifar-100-python/`, with its 100 fine or 20 coarse labels: data.labels), both read with a
+restricted unpickler, and a folder of images per class (caviar.training.imagefolder). A copy
+already on disk or NFS works offline. Images stay uint8 NCHW (N, 3, S, S) until they reach the
+trial's device: 150 MB for CIFAR-10's training set instead of 600 MB as float32. Augmentation and
 normalisation are batched tensor ops on that device, so no DataLoader workers or PIL are needed.
+Each dataset's channel statistics come from all its training images and are cached beside it
+(caviar.training.datacache), so every trial, the ensemble and the export normalise alike.
 """
 
 from __future__ import annotations
 
 import functools
-import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from caviar.config import default_data_root
+from caviar.config import Config, default_data_root
 from caviar.errors import DataError
+from caviar.training import datacache, imagefolder
+from caviar.training.cifar import (  # noqa: F401 (read_batch_file and the names: data's public API)
+    CIFAR10_CLASSES,
+    CIFAR100_COUNTS,
+    read_batch_file,
+    read_cifar100_classes,
+    read_class_names,
+)
 
+FORMATS = ("cifar10", "cifar100", "imagefolder")
+LABEL_KINDS = ("fine", "coarse")  # CIFAR-100's two label sets
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 # Per-channel (R, G, B) statistics of the training set on the 0..1 scale.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-_IMAGE_BYTES = 3 * 32 * 32  # one row of b"data": 1024 R, then 1024 G, then 1024 B, each row-major
 
 
-# ---------------------------------------------------------------- reading batch files
-# Unpickling runs whatever callable a file names, so only numpy's array reconstruction is
-# allowed. numpy 1.x pickled arrays via numpy.core.*, numpy 2 via numpy._core.*; both names map to
-# the installed numpy's functions, taken from ndarray.__reduce_ex__ so no deprecated module is
-# imported. _frombuffer is how arrays are pickled at protocol 5 (Python 3.14's default).
-_RECONSTRUCT = np.zeros(0, np.uint8).__reduce_ex__(2)[0]
-_FROMBUFFER = np.zeros(1, np.uint8).__reduce_ex__(5)[0]
-_SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
+@dataclass(frozen=True)
+class _Cifar:
+    title: str
+    folder: str
+    url: str
+    md5: str
+    test_file: str
 
 
-def _latin1_bytes(text, encoding, *, source):
-    # Python 3 pickles bytes at protocol 2 as _codecs.encode(str, "latin1"); allow exactly that.
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise DataError(f"refusing _codecs.encode(..., {encoding!r}) in {source}: only latin1 text->bytes is allowed")
-    return text.encode("latin1")
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: Path):
-        # encoding="bytes": the published files are Python 2 pickles whose str keys become bytes.
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("_codecs", "encode"):
-            return functools.partial(_latin1_bytes, source=self.source)
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise DataError(
-                f"refusing to unpickle {module}.{name} from {self.source}: a CIFAR-10 batch holds only "
-                "numpy arrays; the file is corrupt or malicious"
-            ) from None
-
-
-def _unpickle(path: Path) -> dict:
-    """Restricted load of one CIFAR pickle; returns a dict with str keys (b"data" -> "data")."""
-    try:
-        with open(path, "rb") as f:
-            obj = _NumpyOnlyUnpickler(f, path).load()
-    except DataError:
-        raise
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    except Exception as e:  # garbage can raise almost anything inside the unpickler
-        raise DataError(
-            f"{path} is not a readable CIFAR-10 pickle ({type(e).__name__}: {e}); the file is "
-            "truncated or corrupt, extract it again"
-        ) from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path} holds a {type(obj).__name__}, not the dict of a CIFAR-10 batch")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
-
-
-def read_batch_file(path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 batch -> images uint8 (N, 3, 32, 32) and labels int64 (N,)."""
-    path = Path(path)
-    batch = _unpickle(path)
-    missing = [k for k in ("data", "labels") if k not in batch]
-    if missing:
-        raise DataError(f"{path} has no {' or '.join(missing)} entry; keys found: {sorted(map(str, batch))}")
-    data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{path}: data must be a uint8 array, found {kind}")
-    if data.ndim != 2 or data.shape[1] != _IMAGE_BYTES:
-        raise DataError(f"{path}: data must have shape (N, {_IMAGE_BYTES}), found {data.shape}")
-    try:
-        labels = np.asarray(batch["labels"])
-    except Exception as e:
-        raise DataError(f"{path}: labels are not a list of integers ({e})") from None
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DataError(f"{path}: labels must be a flat list of integers, found {labels.dtype} {labels.shape}")
-    if len(labels) != len(data):
-        raise DataError(f"{path}: {len(labels)} labels for {len(data)} images")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels must be in 0..9, found {labels.min()}..{labels.max()}")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
-
-
-def read_class_names(folder) -> list[str]:
-    """Class names from batches.meta (b"label_names"); the standard ten if the file is missing."""
-    path = Path(folder) / "batches.meta"
-    if not path.exists():
-        return list(CIFAR10_CLASSES)
-    names = _unpickle(path).get("label_names")
-    if not isinstance(names, list) or not names:
-        raise DataError(f"{path}: label_names must be a non-empty list of names")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+_CIFAR = {"cifar10": _Cifar("CIFAR-10", CIFAR10_FOLDER, CIFAR10_URL, CIFAR10_MD5, "test_batch"),
+          "cifar100": _Cifar("CIFAR-100", CIFAR100_FOLDER, CIFAR100_URL, CIFAR100_MD5, "test")}
 
 
 # ---------------------------------------------------------------- the dataset
@@ -143,11 +73,15 @@ class Cifar10:
 class SplitData:
     """What every trial gets: the same train/val split; the test set is deliberately absent."""
 
-    train_x: np.ndarray  # uint8 (N_train, 3, 32, 32)
+    train_x: np.ndarray  # uint8 (N_train, 3, S, S)
     train_y: np.ndarray  # int64 (N_train,)
-    val_x: np.ndarray  # uint8 (val_size, 3, 32, 32)
+    val_x: np.ndarray  # uint8 (val_size, 3, S, S)
     val_y: np.ndarray  # int64 (val_size,)
-    classes: list[str]
+    classes: list[str] = field(default_factory=lambda: list(CIFAR10_CLASSES))
+    # Per-channel (R, G, B) mean and std on the 0..1 scale of all the training images (before the
+    # validation split and any subset: the same for every trial and the export); what normalize takes.
+    mean: tuple[float, float, float] = CIFAR10_MEAN
+    std: tuple[float, float, float] = CIFAR10_STD
 
 
 def _train_files(folder: Path) -> list[Path]:
@@ -156,12 +90,18 @@ def _train_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.rsplit("_", 1)[1]))
 
 
-def _locate(root, download: bool) -> Path:
-    """The cifar-10-batches-py folder under root (or root itself), downloading it if allowed."""
+def _is_cifar_folder(folder: Path, fmt: _Cifar) -> bool:
+    if fmt.folder == CIFAR10_FOLDER:
+        return bool(_train_files(folder)) or (folder / "test_batch").exists()
+    return (folder / "train").is_file() or (folder / "test").is_file()
+
+
+def _locate(root, download: bool, fmt: _Cifar = _CIFAR["cifar10"]) -> Path:
+    """The cifar-10-batches-py (cifar-100-python) folder under root, or root itself, downloading it if allowed."""
     root = Path(root).expanduser()
-    if _train_files(root) or (root / "test_batch").exists():
-        return root  # root is the cifar-10-batches-py folder itself
-    folder = root / CIFAR10_FOLDER
+    if _is_cifar_folder(root, fmt):
+        return root  # root is the batches folder itself
+    folder = root / fmt.folder
     if folder.is_dir():
         return folder
     if not root.exists() and (not download or root != default_data_root()):
@@ -169,35 +109,93 @@ def _locate(root, download: bool) -> Path:
         # new folder (and a download) behind.
         raise DataError(
             f"data.root {root} does not exist; set data.root (or CAVIAR_DATA) to the folder that "
-            f"contains '{CIFAR10_FOLDER}'" + (", or create it first to download CIFAR-10 into it" if download else
-                                              ", or allow data.download")
+            f"contains '{fmt.folder}'" + (f", or create it first to download {fmt.title} into it" if download else
+                                          ", or allow data.download")
         )
     reason = "data.download is off"
     if download:
         try:
             from torchvision.datasets.utils import download_and_extract_archive
 
-            download_and_extract_archive(CIFAR10_URL, download_root=str(root), md5=CIFAR10_MD5)
+            download_and_extract_archive(fmt.url, download_root=str(root), md5=fmt.md5)
         except Exception as e:  # offline, proxy, disk full, md5 mismatch: all end the same way
             reason = f"{type(e).__name__}: {e}"
         if folder.is_dir():
             return folder
     raise DataError(
-        f"CIFAR-10 not found at {root}/{CIFAR10_FOLDER} and it could not be downloaded ({reason}). "
-        f"Put the extracted '{CIFAR10_FOLDER}' folder there (from {CIFAR10_URL}) or point data.root / "
+        f"{fmt.title} not found at {root}/{fmt.folder} and it could not be downloaded ({reason}). "
+        f"Put the extracted '{fmt.folder}' folder there (from {fmt.url}) or point data.root / "
         "CAVIAR_DATA at the folder that contains it."
     )
 
 
-def load_train_set(root, download: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All data_batch_* (concatenated) and the class names; the test set is not touched (a sweep
-    never reads it, nor needs it to exist)."""
-    folder = _locate(root, download)
-    train_files = _train_files(folder)
-    if not train_files:
-        raise DataError(f"{folder} has no data_batch_* files; extract the CIFAR-10 archive there again")
-    parts = [read_batch_file(p) for p in train_files]
-    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), read_class_names(folder)
+def _check_choices(format: str, labels: str, image_size: int) -> None:
+    if format not in FORMATS:
+        raise DataError(f"data.format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if labels not in LABEL_KINDS:
+        raise DataError(f"data.labels must be fine or coarse (CIFAR-100's 100 or 20 classes), got {labels!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise DataError(f"data.image_size must be a positive whole number of pixels, got {image_size!r}")
+
+
+def _cifar_classes(folder: Path, format: str, labels: str) -> list[str]:
+    if format == "cifar100":
+        return read_cifar100_classes(folder, labels)
+    names = read_class_names(folder)
+    if len(names) != 10:
+        raise DataError(f"{folder}/batches.meta names {len(names)} classes, but CIFAR-10's format holds 10 (labels "
+                        "0..9): correct batches.meta, or write the data as an image folder (data.format: imagefolder)")
+    return names
+
+
+def _read(path: Path, format: str, labels: str, num_classes: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    # Only what differs from CIFAR-10's defaults is passed: CIFAR-10 at 32 px stays the plain
+    # read_batch_file(path) call (tests watch that call to see which files are opened, and when).
+    options: dict[str, Any] = {}
+    if format == "cifar100":
+        options |= {"labels_key": f"{labels}_labels", "num_classes": num_classes}
+    if image_size != 32:
+        options["image_size"] = image_size
+    return read_batch_file(path, **options)
+
+
+def _check_num_classes(num_classes: int | None, classes: list[str], where: Path, format: str, labels: str) -> None:
+    if num_classes is not None and num_classes != len(classes):
+        what = f"{format}, {labels} labels" if format == "cifar100" else format
+        raise DataError(f"model.num_classes is {num_classes}, but the data at {where} ({what}) has {len(classes)} "
+                        f"classes; set model.num_classes: {len(classes)}, or leave it out to take the data's count")
+
+
+def _load_train(root, download: bool, format: str, labels: str, image_size: int,
+                num_classes: int | None) -> tuple[np.ndarray, np.ndarray, list[str], Path, str]:
+    """(images, labels, classes, data folder, cache key of the images); the class count is
+    checked against num_classes before any image is read."""
+    _check_choices(format, labels, image_size)
+    if format == "imagefolder":
+        classes = imagefolder.class_names(root)
+        _check_num_classes(num_classes, classes, Path(root).expanduser(), format, labels)
+        split = imagefolder.load_split(root, "train", image_size)
+        return split.images, split.labels, classes, Path(root).expanduser(), split.key
+    fmt = _CIFAR[format]
+    folder = _locate(root, download, fmt)
+    classes = _cifar_classes(folder, format, labels)
+    _check_num_classes(num_classes, classes, folder, format, labels)
+    files = _train_files(folder) if format == "cifar10" else [p for p in [folder / "train"] if p.is_file()]
+    if not files:
+        expected = "data_batch_* files" if format == "cifar10" else "train file"
+        raise DataError(f"{folder} has no {expected}; extract the {fmt.title} archive there again")
+    parts = [_read(p, format, labels, len(classes), image_size) for p in files]
+    key = f"{format}-{image_size}px-{datacache.fingerprint(files, folder, image_size)}"
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), classes, folder, key
+
+
+def load_train_set(root, download: bool = True, *, format: str = "cifar10", labels: str = "fine",
+                   image_size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All training images (data_batch_* concatenated, CIFAR-100's train, an image folder's train/),
+    their labels and the class names; the test set is not touched (a sweep never reads it, nor
+    needs it to exist)."""
+    images, y, classes, _, _ = _load_train(root, download, format, labels, image_size, None)
+    return images, y, classes
 
 
 def load_cifar10(root, download: bool = True) -> Cifar10:
@@ -207,13 +205,20 @@ def load_cifar10(root, download: bool = True) -> Cifar10:
     return Cifar10(train_images, train_labels, test_images, test_labels, classes)
 
 
-def load_test_set(root, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """test_batch only: uint8 (N, 3, 32, 32), int64 (N,). For the final evaluation, never the sweep."""
-    folder = _locate(root, download)
-    path = folder / "test_batch"
+def load_test_set(root, download: bool = True, *, format: str = "cifar10", labels: str = "fine",
+                  image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The test set only: uint8 (N, 3, S, S), int64 (N,). For the final evaluation, never the sweep."""
+    _check_choices(format, labels, image_size)
+    if format == "imagefolder":
+        split = imagefolder.load_split(root, "test", image_size)
+        return split.images, split.labels
+    fmt = _CIFAR[format]
+    folder = _locate(root, download, fmt)
+    path = folder / fmt.test_file
     if not path.exists():
-        raise DataError(f"{path} is missing; extract the CIFAR-10 archive into {folder.parent} again")
-    return read_batch_file(path)
+        raise DataError(f"{path} is missing; extract the {fmt.title} archive into {folder.parent} again")
+    num_classes = 10 if format == "cifar10" else len(_cifar_classes(folder, format, labels))
+    return _read(path, format, labels, num_classes, image_size)
 
 
 # ---------------------------------------------------------------- split and subset
@@ -262,50 +267,129 @@ def balanced_subset(labels, size, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
-def prepare_data(root, val_size: int, train_subset=None, split_seed: int = 0, download: bool = True) -> SplitData:
-    """Load, split off validation, then subset only the training part. No test set here."""
-    images, labels, classes = load_train_set(root, download=download)
-    train_idx, val_idx = split_train_val(images, labels, val_size, split_seed)
+def prepare_data(root, val_size: int, train_subset=None, split_seed: int = 0, download: bool = True, *,
+                 format: str = "cifar10", labels: str = "fine", image_size: int = 32,
+                 num_classes: int | None = None) -> SplitData:
+    """Load, take the channel statistics of all training images, split off validation, then subset
+    only the training part. No test set here. num_classes (model.num_classes): None = the data's."""
+    images, y, classes, folder, key = _load_train(root, download, format, labels, image_size, num_classes)
+    mean, std = datacache.cached_stats(folder, key, images)
+    train_idx, val_idx = split_train_val(images, y, val_size, split_seed)
     if train_subset is not None:
-        train_idx = train_idx[balanced_subset(labels[train_idx], train_subset, seed=split_seed)]
-    return SplitData(train_x=images[train_idx], train_y=labels[train_idx], val_x=images[val_idx],
-                     val_y=labels[val_idx], classes=classes)
+        train_idx = train_idx[balanced_subset(y[train_idx], train_subset, seed=split_seed)]
+    return SplitData(train_x=images[train_idx], train_y=y[train_idx], val_x=images[val_idx], val_y=y[val_idx],
+                     classes=classes, mean=mean, std=std)
+
+
+def estimated_test_images(root, format: str = "cifar10") -> int:
+    """About how many images the test set holds, without reading it (so that a time estimate can
+    be made before the weights are chosen): a CIFAR test file's size over 3,072 bytes an image (an
+    upper bound within 2%), an image folder's files; 0 if it is not found."""
+    root = Path(root).expanduser()
+    if format == "imagefolder":
+        return sum(1 for path in (root / "test").glob("*/*") if path.is_file())
+    fmt = _CIFAR[format]
+    for file in (root / fmt.test_file, root / fmt.folder / fmt.test_file):
+        if file.is_file():
+            return file.stat().st_size // (3 * 32 * 32)  # a CIFAR row: 1024 R, 1024 G, 1024 B bytes
+    return 0
+
+
+def data_for(config: Config, *, subset: bool = True) -> SplitData:
+    """The dataset `config.data` names, split as every trial sees it; `subset=False` leaves out
+    data.train_subset. model.num_classes, if stated, must match the data's classes."""
+    d = config.data
+    return prepare_data(d.root, val_size=d.val_size, train_subset=d.train_subset if subset else None,
+                        split_seed=d.split_seed, download=d.download, format=d.format, labels=d.labels,
+                        image_size=d.image_size, num_classes=config.model.num_classes)
+
+
+def held_out_test_set(config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The test set of the dataset `config.data` names: for the final evaluation only."""
+    d = config.data
+    return load_test_set(d.root, download=d.download, format=d.format, labels=d.labels, image_size=d.image_size)
+
+
+def describe_dataset(data: SplitData, test_labels: np.ndarray | None = None) -> dict[str, Any]:
+    """What `caviar check` tells about a dataset: images per split, classes, balance, statistics.
+    Balance is over all the training images (train + val); `empty` lists classes without any."""
+    counts = np.bincount(np.concatenate([data.train_y, data.val_y]), minlength=len(data.classes))
+    images = {"train": len(data.train_y), "val": len(data.val_y)}
+    if test_labels is not None:
+        images["test"] = len(test_labels)
+    return {
+        "classes": len(data.classes),
+        "class_names": list(data.classes),
+        "image_shape": list(data.train_x.shape[1:]),
+        "images": images,
+        "per_class": {"min": int(counts.min()), "max": int(counts.max()),
+                      "smallest": data.classes[int(counts.argmin())], "largest": data.classes[int(counts.argmax())],
+                      "empty": [name for name, n in zip(data.classes, counts) if n == 0]},
+        "mean": [round(v, 4) for v in data.mean],
+        "std": [round(v, 4) for v in data.std],
+    }
 
 
 # ---------------------------------------------------------------- batched augmentation
-def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:
-    """Random crop from a `pad`-pixel zero-padded image plus horizontal flip (p=0.5), per image.
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4, flip: bool = True,
+                  cutout: int = 0) -> torch.Tensor:
+    """Random crop from a `pad`-pixel zero-padded image (pad 0: none), horizontal flip with p=0.5
+    (flip False: none) and, with cutout N > 0, a random N x N square zeroed (centred anywhere in the
+    image, clipped at its edges, as in DeVries & Taylor 2017), per image.
 
     images: (B, C, H, W), any dtype/device; returns the same shape, dtype and device. The crops are
     one gather from a view of every window of the padded batch (no per-pixel index arithmetic:
-    2.5x faster on CPU than indexing each pixel), the flips one select.
+    2.5x faster on CPU than indexing each pixel), the flips one select, the squares one mask.
     """
     if images.ndim != 4:
         raise ValueError(f"augment_batch expects (B, C, H, W), got shape {tuple(images.shape)}")
     b, c, h, w = images.shape
     dev = images.device
     rand_dev = generator.device if generator is not None else dev
-    # Offsets in 0..2*pad (pixels into the padded image); pad=4 means shifts of -4..+4.
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=rand_dev).to(dev)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=rand_dev).to(dev)
-    flip = (torch.rand(b, generator=generator, device=rand_dev) < 0.5).to(dev)
-    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images  # (B, C, H+2p, W+2p), zeros
-    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W): a view, no copy
-    crops = windows[torch.arange(b, device=dev), :, dy, dx]  # (B, C, H, W)
-    return torch.where(flip[:, None, None, None], crops.flip(3), crops)
+
+    def draw(high: int) -> torch.Tensor:
+        return torch.randint(0, high, (b,), generator=generator, device=rand_dev).to(dev)
+
+    out = images
+    if pad:
+        # Offsets in 0..2*pad (pixels into the padded image); pad=4 means shifts of -4..+4.
+        dy, dx = draw(2 * pad + 1), draw(2 * pad + 1)
+    if flip:
+        mirror = (torch.rand(b, generator=generator, device=rand_dev) < 0.5).to(dev)
+    if pad:
+        padded = F.pad(images, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zeros
+        windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W): a view, no copy
+        out = windows[torch.arange(b, device=dev), :, dy, dx]  # (B, C, H, W)
+    if flip:
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    if cutout:
+        top, left = draw(h) - cutout // 2, draw(w) - cutout // 2  # corners of squares centred anywhere
+        rows = torch.arange(h, device=dev)[None] - top[:, None]  # (B, H): row index within the square
+        cols = torch.arange(w, device=dev)[None] - left[:, None]
+        inside = ((rows >= 0) & (rows < cutout))[:, :, None] & ((cols >= 0) & (cols < cutout))[:, None, :]
+        out = out.masked_fill(inside[:, None], 0)  # (B, 1, H, W) mask over every channel
+    return out
 
 
 @functools.lru_cache(maxsize=None)
-def _channel_stats(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std), each (3, 1, 1), made once per device and dtype: building them from Python
-    numbers copies them host-to-device, and on CUDA each such copy waits for the GPU (normalize
-    runs on every training step and evaluation batch)."""
-    mean = torch.tensor(CIFAR10_MEAN, dtype=dtype, device=device).view(3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=dtype, device=device).view(3, 1, 1)
-    return mean, std
+def _channel_stats(device: torch.device, dtype: torch.dtype, mean: tuple[float, ...] = CIFAR10_MEAN,
+                   std: tuple[float, ...] = CIFAR10_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std), each (3, 1, 1), made once per device, dtype and statistics: building them from
+    Python numbers copies them host-to-device, and on CUDA each such copy waits for the GPU
+    (normalize runs on every training step and evaluation batch)."""
+    mean_t = torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1)
+    return mean_t, std_t
 
 
-def normalize(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (..., 3, H, W) in 0..255 -> dtype, per-channel standardised with CIFAR-10 statistics."""
-    mean, std = _channel_stats(images_uint8.device, dtype)
-    return (images_uint8.to(dtype) / 255 - mean) / std
+def normalize(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32, mean=None, std=None) -> torch.Tensor:
+    """uint8 (..., 3, H, W) in 0..255 -> dtype, per-channel standardised: (x/255 - mean) / std.
+
+    mean, std: 3 floats on the 0..1 scale (a dataset's, SplitData.mean/std); None = CIFAR-10's.
+    """
+    if mean is None and std is None:
+        m, s = _channel_stats(images_uint8.device, dtype)
+    else:
+        m, s = _channel_stats(images_uint8.device, dtype, tuple(map(float, CIFAR10_MEAN if mean is None else mean)),
+                              tuple(map(float, CIFAR10_STD if std is None else std)))
+    return (images_uint8.to(dtype) / 255 - m) / s

@@ -1,4 +1,5 @@
-"""Write a small, learnable dataset in CIFAR-10's own python format (tests, smoke runs, benchmarks).
+"""Write a small, learnable dataset in CIFAR-10's or CIFAR-100's own python format, or as a folder
+of PNG images per class (tests, smoke runs, benchmarks).
 
 Each class is a fixed random low-frequency colour pattern (48x48, seeded). An image is a random
 32x32 window of its class pattern (a shift of up to +-8 px), contrast- and brightness-jittered,
@@ -9,6 +10,8 @@ a 3-layer convnet reaches 66-91% validation accuracy after 2 epochs; the best si
 (Gaussian classifier on its 3 channels) 25-27%, the mean colour 21-29%; chance is 10%.
 
     python -m caviar.training.fixture OUT_DIR --train-size 2000 --test-size 500
+    python -m caviar.training.fixture OUT_DIR --format cifar100 --classes 100
+    python -m caviar.training.fixture OUT_DIR --format imagefolder --classes 26
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from caviar.training.data import CIFAR10_CLASSES, CIFAR10_FOLDER
+from caviar.training.data import CIFAR10_CLASSES, CIFAR10_FOLDER, CIFAR100_FOLDER
 
 _PATTERN = 48  # px; 32 + 2 * 8: every window of a +-8 px shift stays inside the pattern
 _GRID = 6  # control points per side of the pattern: features about 10 px wide
+# Shift (px, +-) of the CIFAR-100 and image folder fixtures: with 26-100 classes of a few dozen
+# images each, a +-8 px shift leaves a small convnet near chance after 3 epochs (4% on 100
+# classes); +-2 px gives 46% fine / 69% coarse on 100 / 20 classes from 2500 images.
+_MANY_CLASSES_SHIFT = 2
 
 
 class _Py2Pickler(pickle._Pickler):
@@ -89,9 +96,17 @@ def write_meta(path, label_names: list[str], num_cases_per_batch: int) -> None:
     _dump_py2(meta, Path(path))
 
 
-def _smooth_patterns(rng: np.random.Generator, classes: int) -> np.ndarray:
-    """(classes, 3, 48, 48) float patterns in about 0..1, all with the same per-channel mean/std."""
+def _smooth_patterns(rng: np.random.Generator, classes: int, groups: int = 0, share: float = 0.5) -> np.ndarray:
+    """(classes, 3, 48, 48) float patterns in about 0..1, all with the same per-channel mean/std.
+
+    groups > 0: class c belongs to group c * groups // classes, and `share` of its pattern's
+    control points is its group's (CIFAR-100's coarse labels: learnable as such, not just as a
+    union of unrelated fine patterns).
+    """
     grid = rng.uniform(0, 1, size=(classes, 3, _GRID, _GRID))
+    if groups:
+        base = rng.uniform(0, 1, size=(groups, 3, _GRID, _GRID))
+        grid = share * base[np.arange(classes) * groups // classes] + (1 - share) * grid
     # Bilinear upsampling as a matrix: up[i, k] is the weight of control point k at pixel i.
     up = np.stack([np.interp(np.linspace(0, _GRID - 1, _PATTERN), np.arange(_GRID), e) for e in np.eye(_GRID)], 1)
     pat = np.einsum("ik,nckl,jl->ncij", up, grid, up)
@@ -100,11 +115,12 @@ def _smooth_patterns(rng: np.random.Generator, classes: int) -> np.ndarray:
     return 0.5 + 0.2 * pat
 
 
-def _images(rng: np.random.Generator, patterns: np.ndarray, labels: np.ndarray, noise: float) -> np.ndarray:
-    """uint8 (N, 3072) channel-major rows, the layout of CIFAR-10's b"data"."""
+def _images(rng: np.random.Generator, patterns: np.ndarray, labels: np.ndarray, noise: float,
+            shift: int = 8) -> np.ndarray:
+    """uint8 (N, 3072) channel-major rows, the layout of CIFAR-10's b"data"; each a window of its
+    class pattern shifted by up to +-shift px from the centre (at most 8)."""
     n = len(labels)
-    shift = _PATTERN - 32
-    oy, ox = rng.integers(0, shift + 1, size=(2, n))
+    oy, ox = rng.integers(0, 2 * shift + 1, size=(2, n)) + (_PATTERN - 32) // 2 - shift
     rows = oy[:, None] + np.arange(32)  # (N, 32)
     cols = ox[:, None] + np.arange(32)
     x = patterns[labels[:, None, None, None], np.arange(3)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
@@ -147,17 +163,105 @@ def write_cifar_fixture(
     return root
 
 
+
+
+def _balanced(rng: np.random.Generator, n: int, classes: int) -> np.ndarray:
+    """n labels, n // classes per class (the remainder to the first classes), shuffled."""
+    return rng.permutation(np.arange(n) % classes)
+
+
+def write_cifar100_fixture(
+    root, train_size: int = 2000, test_size: int = 500, seed: int = 0, noise: float = 0.25, classes: int = 100,
+    coarse_classes: int = 20,
+) -> Path:
+    """Write root/cifar-100-python/{train, test, meta} as the published CIFAR-100 has them; returns root.
+
+    Fine class c belongs to coarse class c * coarse_classes // classes (c // 5 for 100 and 20), and
+    half its pattern is its coarse class's, so the coarse labels are learnable as such. Images shift
+    by up to +-2 px (not 8: see _MANY_CLASSES_SHIFT). Names: fine_000.., coarse_00...
+    """
+    if not 1 <= coarse_classes <= classes or train_size < 1 or test_size < 1:
+        raise ValueError("need classes >= coarse_classes >= 1, train_size >= 1 and test_size >= 1")
+    root = Path(root)
+    folder = root / CIFAR100_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    patterns = _smooth_patterns(rng, classes, groups=coarse_classes)
+    for name, size in (("train", train_size), ("test", test_size)):
+        fine = _balanced(rng, size, classes)
+        # Key order as in the published files: filenames, batch_label, fine_labels, coarse_labels, data.
+        _dump_py2({b"filenames": [f"fixture_{name}_{i:05d}.png".encode() for i in range(size)],
+                   b"batch_label": f"{name}ing batch 1 of 1".encode(),
+                   b"fine_labels": [int(v) for v in fine],
+                   b"coarse_labels": [int(v) * coarse_classes // classes for v in fine],
+                   b"data": _images(rng, patterns, fine, noise, _MANY_CLASSES_SHIFT)}, folder / name)
+    _dump_py2({b"fine_label_names": [f"fine_{i:03d}".encode() for i in range(classes)],
+               b"coarse_label_names": [f"coarse_{i:02d}".encode() for i in range(coarse_classes)]}, folder / "meta")
+    return root
+
+
+def imagefolder_class_names(classes: int) -> list[str]:
+    """A..Z for up to 26 classes (a letters set), class_000.. beyond: sorted, as the folders are read."""
+    if classes <= 26:
+        return [chr(ord("A") + i) for i in range(classes)]
+    return [f"class_{i:03d}" for i in range(classes)]
+
+
+def write_imagefolder_fixture(
+    root, train_size: int = 1040, test_size: int = 260, seed: int = 0, noise: float = 0.25, classes: int = 26,
+) -> Path:
+    """Write root/train/<class>/*.png and root/test/<class>/*.png (32x32 RGB, Pillow); returns root.
+
+    Sizes are balanced over the classes (the remainder to the first ones); every class gets at
+    least one image per split, so no class folder is empty. Images shift by up to +-2 px.
+    """
+    from PIL import Image
+
+    if classes < 2 or train_size < classes or test_size < classes:
+        raise ValueError("need classes >= 2 and at least one train and one test image per class")
+    root = Path(root)
+    names = imagefolder_class_names(classes)
+    rng = np.random.default_rng(seed)
+    patterns = _smooth_patterns(rng, classes)
+    for split, size in (("train", train_size), ("test", test_size)):
+        labels = _balanced(rng, size, classes)
+        rows = _images(rng, patterns, labels, noise, _MANY_CLASSES_SHIFT)
+        pixels = rows.reshape(size, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, H, W, 3), as Pillow takes it
+        for name in names:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i, (label, image) in enumerate(zip(labels, pixels)):
+            Image.fromarray(image, "RGB").save(root / split / names[label] / f"{i:05d}.png")
+    return root
+
+
+DEFAULT_CLASSES = {"cifar10": 10, "cifar100": 100, "imagefolder": 26}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m caviar.training.fixture", description=__doc__.split("\n")[0])
-    p.add_argument("out_dir", type=Path, help="folder to create cifar-10-batches-py/ in")
+    p.add_argument("out_dir", type=Path, help="folder to write the dataset in (then data.root=OUT_DIR)")
+    p.add_argument("--format", choices=sorted(DEFAULT_CLASSES), default="cifar10",
+                   help="cifar10: cifar-10-batches-py/; cifar100: cifar-100-python/; imagefolder: train/ and test/")
+    p.add_argument("--classes", type=int, default=None,
+                   help="number of classes (fine ones for cifar100); default 10, 100 or 26 by format")
     p.add_argument("--train-size", type=int, default=2000)
     p.add_argument("--test-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, default=0.25, help="pixel noise std on the 0..1 scale")
-    p.add_argument("--batches", type=int, default=1, help="number of data_batch_* files")
+    p.add_argument("--batches", type=int, default=1, help="number of data_batch_* files (cifar10)")
     a = p.parse_args(argv)
-    root = write_cifar_fixture(a.out_dir, a.train_size, a.test_size, a.seed, a.noise, a.batches)
-    print(root / CIFAR10_FOLDER)
+    classes = DEFAULT_CLASSES[a.format] if a.classes is None else a.classes
+    if a.format == "cifar10" and classes != 10:
+        p.error("CIFAR-10's format holds 10 classes; use --format cifar100 or imagefolder for another count")
+    if a.format == "cifar100":
+        root = write_cifar100_fixture(a.out_dir, a.train_size, a.test_size, a.seed, a.noise, classes=classes,
+                                      coarse_classes=min(20, classes))
+        print(root / CIFAR100_FOLDER)
+    elif a.format == "imagefolder":
+        print(write_imagefolder_fixture(a.out_dir, a.train_size, a.test_size, a.seed, a.noise, classes=classes))
+    else:
+        root = write_cifar_fixture(a.out_dir, a.train_size, a.test_size, a.seed, a.noise, a.batches)
+        print(root / CIFAR10_FOLDER)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -127,14 +127,20 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     return contextlib.nullcontext()
 
 
-def prepare_inputs(images_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """(B, 3, 32, 32) uint8 -> normalised float on `device`, NHWC when asked.
+# A dataset's per-channel (mean, std) on the 0..1 scale (SplitData.mean, .std); None = CIFAR-10's.
+Stats = Optional[tuple[Sequence[float], Sequence[float]]]
+
+
+def prepare_inputs(images_uint8: torch.Tensor, device: torch.device, channels_last: bool,
+                   stats: Stats = None) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> normalised float on `device` (by `stats`), NHWC when asked.
 
     On CPU too: given NHWC input, oneDNN's convolutions trained the convnet 1.5x and ResNet-9
     1.2-1.4x faster (benchmarks/README.md, bench_throughput.py --with-nchw). The model's weights
     may stay NCHW; the convolution follows its input's layout.
     """
-    x = normalize(images_uint8.to(device, non_blocking=True))
+    mean, std = stats if stats is not None else (None, None)
+    x = normalize(images_uint8.to(device, non_blocking=True), mean=mean, std=std)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -187,6 +193,10 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     augment: bool = True,
+    crop: int = 4,
+    flip: bool = True,
+    cutout: int = 0,
+    stats: Stats = None,
     grad_clip: float = 0.0,
     amp: bool = True,
     channels_last: bool = True,
@@ -195,7 +205,11 @@ def train_one_epoch(
     check_every: int | None = None,
     epoch_size: int | float | None = None,
 ) -> EpochStats:
-    """One pass over (images, labels): uint8 (N, 3, 32, 32) and int64 (N,), on CPU or device.
+    """One pass over (images, labels): uint8 (N, 3, H, W) and int64 (N,), on CPU or device.
+
+    With `augment`, each batch is cropped after `crop` pixels of padding, mirrored at random
+    (`flip`) and has a `cutout`-pixel square zeroed (caviar.training.data.augment_batch); `stats`
+    normalise it (None: CIFAR-10's).
 
     `averaged`, if given, is a `torch.optim.swa_utils.AveragedModel` updated after every step.
     A batch loss that is NaN, inf or above `max_loss` ends the epoch at once with finite=False:
@@ -218,9 +232,9 @@ def train_one_epoch(
     steps = steps_per_epoch(limit, batch_size)
     for step, idx in enumerate(_batches(len(labels), batch_size, generator, limit)):
         batch = images[idx.to(images.device)]
-        if augment:
-            batch = augment_batch(batch, generator=generator)
-        x = prepare_inputs(batch, device, channels_last)
+        if augment and (crop or flip or cutout):
+            batch = augment_batch(batch, generator=generator, pad=crop, flip=flip, cutout=cutout)
+        x = prepare_inputs(batch, device, channels_last, stats)
         y = labels[idx.to(labels.device)].to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
@@ -255,24 +269,24 @@ def train_one_epoch(
 
 
 def eval_batches(
-    images: torch.Tensor, device: torch.device, batch_size: int | str, channels_last: bool
+    images: torch.Tensor, device: torch.device, batch_size: int | str, channels_last: bool, stats: Stats = None
 ) -> Iterator[torch.Tensor]:
-    """(N, 3, 32, 32) uint8 -> model inputs in order, `batch_size` (or "auto") images at a time."""
+    """(N, 3, H, W) uint8 -> model inputs in order, `batch_size` (or "auto") images at a time."""
     step = eval_batch_size(batch_size, device)
     for start in range(0, len(images), step):
-        yield prepare_inputs(images[start : start + step], device, channels_last)
+        yield prepare_inputs(images[start : start + step], device, channels_last, stats)
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, *, batch_size: int | str = "auto", amp: bool = True,
-    channels_last: bool = True,
+    channels_last: bool = True, stats: Stats = None,
 ) -> torch.Tensor:
-    """(N, 3, 32, 32) uint8 -> (N, classes) float32 logits on CPU, in eval mode."""
+    """(N, 3, H, W) uint8 -> (N, classes) float32 logits on CPU, in eval mode."""
     device = next(model.parameters()).device
     model.eval()
     out = []
-    for x in eval_batches(images, device, batch_size, channels_last):
+    for x in eval_batches(images, device, batch_size, channels_last, stats):
         with autocast(device, amp):
             out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)

@@ -3,23 +3,24 @@ restored exactly (weights, optimizer, scheduler, epoch, RNG). Plain PyTorch, no 
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from caviar.config import Config
-
-# Beside a checkpoint file: the state only resuming needs (RESUME_FILE, see Trial.save).
 from caviar.layout import CHECKPOINT_PATTERN, RESUME_FILE, checkpoint_name
 from caviar.training.data import SplitData
 from caviar.training.models import build_model
+from caviar.training.settings import (  # noqa: F401 - trials' callers import these from here too
+    TRIAL_EPOCHS_KEY,
+    TrialSettings,
+    effective_average,
+)
 from caviar.training.train import (
     autocast,
     ema_decay,
@@ -31,87 +32,18 @@ from caviar.training.train import (
     train_one_epoch,
 )
 
+# Beside a checkpoint file: the state only resuming needs (RESUME_FILE, see Trial.save).
 RESUME_KEYS = ("optimizer", "scheduler", "rng")
-# A trial config's own epoch count, set when a stage sizes each of its configs to its own speed.
-TRIAL_EPOCHS_KEY = "max_epochs"
 
 # A trial with a deadline (TrialSettings.ends_by: a budgeted stage that trains the search's best
-# configs to the end) fits its epoch count to the speed it measures, as the hand-picked baseline
-# of issue 10 does. The stage sized it from the speed the config showed in the search, which was
-# 22-27% off in the 30-minute runs (another neighbour on the machine) and left 9% of the 60-minute
-# budget idle behind a 15% margin (benchmarks/README.md, section 7).
+# configs to the end) fits its epoch count to the speed it measures: the speed the config showed
+# in the search, which the stage sized it from, can be a quarter off (another neighbour on the
+# machine; benchmarks/README.md, section 7).
 REFIT_AFTER = 2  # epochs timed before the first refit (the first one is slower: allocations, caches)
 REFIT_UNTIL = 0.5  # no refit past half the schedule: a new length moves the LR more the later it comes
 # The share of the time left that the remaining epochs are sized to fill: the rest covers the last
 # checkpoint and changes of speed (the neighbour a trial shares the machine with).
 REFIT_USE = 0.95
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """What every trial of a sweep shares (not searched), taken from the resolved config."""
-
-    family: str
-    width: float
-    num_classes: int
-    max_epochs: int
-    augment: bool
-    eval_batch_size: int | str  # or "auto": by device (caviar.training.train.eval_batch_size)
-    amp: bool
-    channels_last: bool
-    max_loss: float  # a batch loss above this marks the trial diverged
-    threads: int  # torch compute threads = the CPUs the trial was given (more only oversubscribes)
-    average: str = "none"  # running average of weights: swa, ema or none
-    average_after: int = 0  # epochs after this one are averaged
-    ema_decay: float = 0.999
-    epoch_size: int | float | None = None  # images per epoch (count or fraction); None = all
-    bn_images: int = 10000  # training images used to recompute batch-norm statistics of the average
-    average_method: str = "none"  # as configured (`average` is what these epochs make of it)
-    average_start: float = 0.75  # the share of the epochs after which averaging starts
-    ends_by: float | None = None  # a deadline (time.time()) to fit the epoch count to (Trial.refit)
-
-    @classmethod
-    def from_config(cls, config: Config) -> "TrialSettings":
-        settings = cls(
-            family=config.model.family,
-            width=config.model.width,
-            num_classes=config.model.num_classes,
-            max_epochs=config.search.max_epochs,
-            augment=config.data.augment,
-            eval_batch_size=config.train.eval_batch_size,
-            amp=config.train.amp,
-            channels_last=config.train.channels_last,
-            max_loss=config.train.diverge_factor * math.log(config.model.num_classes),
-            threads=max(1, int(config.resources.cpus_per_trial)),
-            ema_decay=config.average.ema_decay,
-            epoch_size=config.train.epoch_size,
-            bn_images=config.average.bn_images,
-            average_method=config.average.method,
-            average_start=config.average.start,
-        )
-        return settings.with_epochs(config.search.max_epochs)
-
-    def with_epochs(self, max_epochs: int) -> "TrialSettings":
-        """These settings for a trial of `max_epochs` epochs: its LR schedule, its end, and when its
-        weight averaging starts all follow."""
-        average_after = int(self.average_start * max_epochs)
-        return replace(self, max_epochs=max_epochs, average_after=average_after,
-                       average=effective_average(self.average_method, max_epochs - average_after))
-
-    def for_trial(self, hparams: dict[str, Any]) -> "TrialSettings":
-        """A trial's own epoch count (`max_epochs` in its config, as a stage that trains chosen
-        configs gives each one: caviar.sweeps.stages) wins over the sweep's."""
-        epochs = hparams.get(TRIAL_EPOCHS_KEY)
-        return self if epochs is None else self.with_epochs(int(epochs))
-
-
-def effective_average(method: str, averaged_epochs: int) -> str:
-    """SWA samples the weights once per epoch: over a single epoch its "average" is the trained
-    model itself, a duplicate ensemble member that costs a batch-norm pass per epoch. It needs at
-    least 2 averaged epochs (EMA averages every step, so one epoch is enough)."""
-    if method == "swa" and averaged_epochs < 2:
-        return "none"
-    return method
 
 
 def find_checkpoint_file(folder: str | Path) -> Path:
@@ -142,6 +74,14 @@ def trial_seed(hparams: dict[str, Any]) -> int:
     if "seed" in hparams:
         return int(hparams["seed"])
     return zlib.crc32(repr(sorted(hparams.items())).encode())
+
+
+def bn_sample(n: int, count: int, seed: int) -> torch.Tensor | None:
+    """Sorted indices of a seeded random sample of `count` of `n` training images, for
+    re-estimating batch-norm statistics; None where the sample would be all of them."""
+    if count >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
 def data_tensors(data: SplitData, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -196,9 +136,8 @@ class Trial:
             return None
         seconds = REFIT_USE * (ends - now)
         epochs = self.epoch + max(1, int(seconds / epoch_s))
-        # The averaged epochs (the last 1 - average_start of them) each cost averaging_extra_s more:
-        # in a 30-minute run, epochs of a quarter pass ran 30-45% slower once SWA began, and both
-        # winners sized without it were cut at the deadline a few epochs short.
+        # The averaged epochs (the last 1 - average_start of them) each cost averaging_extra_s more
+        # (up to ~45% slower on a CPU): sized without it, a trial is cut short at the deadline.
         while epochs > self.epoch + 1 and self._seconds_to_finish(epochs, epoch_s) > seconds:
             epochs -= 1
         if epochs == planned:
@@ -235,9 +174,13 @@ class Trial:
 
     def _recompute_bn(self, train_x: torch.Tensor) -> None:
         """Batch-norm running statistics of the averaged weights are not the average of the
-        statistics: recompute them with a pass over (part of) the training set, unaugmented."""
+        statistics: recompute them with a pass over (part of) the training set, unaugmented: a
+        seeded random sample, the same every epoch (data written in class order would give the
+        first bn_images only a few classes)."""
         s = self.settings
-        batches = eval_batches(train_x[: s.bn_images], self.device, s.eval_batch_size, s.channels_last)
+        idx = bn_sample(len(train_x), s.bn_images, trial_seed(self.hparams))
+        images = train_x if idx is None else train_x[idx.to(train_x.device)]
+        batches = eval_batches(images, self.device, s.eval_batch_size, s.channels_last, s.stats)
         with autocast(self.device, s.amp):
             update_bn(batches, self._average())
 
@@ -257,7 +200,7 @@ class Trial:
         stats = train_one_epoch(
             self.model, self.optimizer, train_x, train_y,
             batch_size=int(self.hparams["batch_size"]), generator=self.generator, augment=s.augment,
-            grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
+            crop=s.crop, flip=s.flip, cutout=s.cutout, stats=s.stats, grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
             max_loss=s.max_loss, averaged=self._average() if averaging and s.average == "ema" else None,
             epoch_size=s.epoch_size,
         )
@@ -268,7 +211,8 @@ class Trial:
             return metrics | {"train_loss": float("nan"), "val_loss": float("nan"), "val_acc": 0.0}
         began = time.perf_counter()
         val_loss, val_acc = evaluate(
-            self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last
+            self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last,
+            stats=s.stats,
         )
         if s.average_method != "none":  # forward passes over bn_images training images, then validation again
             bn_passes = min(s.bn_images, len(train_x)) / len(val_x)
@@ -284,7 +228,7 @@ class Trial:
             self._recompute_bn(train_x)
             avg_loss, avg_acc = evaluate(
                 self._average().module, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp,
-                channels_last=s.channels_last,
+                channels_last=s.channels_last, stats=s.stats,
             )
             metrics |= {"avg_val_loss": avg_loss, "avg_val_acc": avg_acc}
         return metrics

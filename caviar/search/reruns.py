@@ -1,5 +1,6 @@
-"""Re-runs of one configuration with new seeds, for the ensemble: independent initialisations of
-the best trial, trained in parallel as a Ray Tune experiment inside the experiment folder."""
+"""Re-runs of one configuration with new seeds, for the ensemble (caviar.ensembles asks for them):
+independent initialisations of the best trial, trained in parallel as a Ray Tune experiment inside
+the experiment folder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from caviar.config import Config
 from caviar.search import connect, tuning
 from caviar.search.callbacks import ProgressPrinter
 from caviar.search.reader import TrialRecord, has_state, read_trials
-from caviar.training.data import prepare_data
+from caviar.training.data import data_for
 
 
 def rerun_with_seeds(
@@ -31,8 +32,7 @@ def rerun_with_seeds(
     finished = _finished_seed_runs(experiment, prefix)
     missing = [seed for seed in seeds if seed not in finished]
     if missing:
-        data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
-                            split_seed=config.data.split_seed, download=config.data.download)
+        data = data_for(config)
         started = connect.start_ray(address)
         try:
             trainable = tuning.trainable(config, data, connect.check_cluster(config, experiment, joined=not started))

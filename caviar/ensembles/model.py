@@ -1,0 +1,99 @@
+"""`Ensemble`: member networks and their weights, predicting the weighted mean of their
+probabilities; saved as one folder (members/ and ensemble.json) and loaded back from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from caviar.config import ConfigError
+from caviar.ensembles.members import member_state, model_from_member_state
+from caviar.ensembles.selection import combine
+from caviar.layout import ENSEMBLE_FILE, MEMBERS_DIR
+from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
+from caviar.training.train import pick_device, predict_logits
+
+Images = np.ndarray | torch.Tensor  # (N, 3, H, W) NCHW: uint8 0..255, or float 0..1
+
+
+class Ensemble:
+    """Models and their weights; `predict` is the weighted average of their probabilities.
+
+    With `flip`, each member's probabilities are the mean over the image and its mirror image
+    (test-time augmentation): members trained with random horizontal flips (data.augment.flip) saw both
+    views in training, so the two are a second, free, ensemble inside each member.
+    """
+
+    def __init__(self, models: list[nn.Module], weights: np.ndarray, names: list[str], descriptions: list[dict],
+                 flip: bool = False):
+        self.device = pick_device()
+        self.models = [m.to(self.device).eval() for m in models]
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.names, self.descriptions = list(names), list(descriptions)
+        self.flip = bool(flip)
+        # The dataset's per-channel statistics every member was trained with (one dataset per
+        # ensemble); ensembles saved before per-dataset statistics were trained with CIFAR-10's.
+        first = self.descriptions[0] if self.descriptions else {}
+        self.mean = tuple(first.get("mean", CIFAR10_MEAN))
+        self.std = tuple(first.get("std", CIFAR10_STD))
+
+    def member_probs(self, images: Images, batch_size: int | str = "auto", flip: bool | None = None) -> np.ndarray:
+        """(members, N, classes) softmax probabilities, float64; `flip` (default: the ensemble's own)
+        says whether each member is averaged over the mirror images too."""
+        x = _as_uint8_images(images)
+        views = [x, x.flip(3)] if (self.flip if flip is None else flip) else [x]  # NCHW: dim 3 is the width
+        return np.stack([
+            np.mean([torch.softmax(predict_logits(m, v, batch_size=batch_size, stats=(self.mean, self.std)),
+                                   dim=1).double().numpy()
+                     for v in views], axis=0)
+            for m in self.models
+        ])
+
+    def predict(self, images: Images, batch_size: int | str = "auto") -> np.ndarray:
+        """(N, classes) probabilities for uint8 NCHW images (0..255) or float NCHW images (0..1)."""
+        return combine(self.member_probs(images, batch_size), self.weights)
+
+    def save(self, folder: str | Path, info: dict[str, Any] | None = None) -> None:
+        """Write the members with a nonzero weight (weights + what rebuilds them) and ensemble.json."""
+        folder = Path(folder)
+        (folder / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
+        entries = []
+        for i, (model, name, weight, description) in enumerate(zip(self.models, self.names, self.weights,
+                                                                   self.descriptions)):
+            if weight <= 0:
+                continue
+            file = f"{MEMBERS_DIR}/{i:02d}-{name}.pt"
+            torch.save(member_state(model, description), folder / file)
+            entries.append({"name": name, "weight": float(weight), "file": file})
+        document = dict(info or {})
+        document["saved_members"] = entries
+        document["flip"] = self.flip
+        (folder / ENSEMBLE_FILE).write_text(json.dumps(document, indent=2, default=str))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Ensemble":
+        folder = Path(folder).expanduser()
+        if not (folder / ENSEMBLE_FILE).is_file():
+            raise ConfigError(f"{folder} holds no {ENSEMBLE_FILE}; pass the folder `caviar ensemble --out` wrote")
+        document = json.loads((folder / ENSEMBLE_FILE).read_text())
+        entries = document["saved_members"]
+        saved = [torch.load(folder / e["file"], map_location="cpu", weights_only=True) for e in entries]
+        return cls([model_from_member_state(s) for s in saved], np.array([e["weight"] for e in entries]),
+                   [e["name"] for e in entries], [{k: v for k, v in s.items() if k != "state_dict"} for s in saved],
+                   flip=document.get("flip") is True)  # ensembles saved before flips were an option: none
+
+
+def _as_uint8_images(images: Images) -> torch.Tensor:
+    x = torch.as_tensor(images)
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W) NCHW, got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x
+    if x.is_floating_point():  # 0..1 floats (as torchvision's ToTensor makes) -> the uint8 the models saw
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {x.dtype}")
