@@ -83,7 +83,8 @@ def part_epoch(root: Path, families: list[tuple[str, float]], images: int, batch
     from caviar.training.train import train_one_epoch
     from caviar.training.trial import Trial, TrialSettings, data_tensors
 
-    tensors = data_tensors(prepare_data(root, val_size=100, download=False), dev)
+    data = prepare_data(root, val_size=100, download=False)
+    tensors = data_tensors(data, dev)
     x, y = tensors[0][:images], tensors[1][:images]
     hparams = dict(common.FIXED_HPARAMS, **common.SMALL_CONVNET, batch_size=batch_size)
     rows = []
@@ -92,7 +93,7 @@ def part_epoch(root: Path, families: list[tuple[str, float]], images: int, batch
             for channels_last in (False, True):
                 config = load_config(None, model__family=family, model__width=width, train__amp=amp,
                                      train__channels_last=channels_last, resources__gpus_per_trial=0)
-                settings = TrialSettings.from_config(config)
+                settings = TrialSettings.from_config(config, data)
                 trial = Trial(hparams, settings, device=dev)
 
                 def run(xs, ys):

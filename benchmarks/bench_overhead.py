@@ -133,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     print(f"  repeat {rep + 1}/{args.repeats} {variant:8s} {n:3d} trials {t.seconds:6.1f} s", flush=True)
                     if n == largest and variant == "reuse":
                         names = list(SpaceConfig.model_fields) + ["seed"]
-                        hparams = [{k: row[k] for k in names} for _, row in result.trials.iterrows()]
-                        settings = TrialSettings.from_config(config)
+                        hparams = [{k: row[k] for k in names if k in row.index} for _, row in result.trials.iterrows()]
+                        settings = TrialSettings.from_config(config, data)
                 pure = pure_training(hparams, data, settings, args.cpus_per_trial)
                 pure_runs.append([w for w, _ in pure])
                 pure_cpu_runs.append([c for _, c in pure])

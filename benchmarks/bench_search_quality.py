@@ -243,11 +243,11 @@ def baseline_seed(root: str, val_size: int, seed: int, deadline: float, threads:
                          "data.download=false", "average.method=none", f"resources.cpus_per_trial={threads}"])
     data = prepare_data(root, val_size=val_size, split_seed=config.data.split_seed, download=False)
     test_x, test_y = load_test_set(root, download=False)
-    trial = Trial(BASELINE | {"seed": seed}, TrialSettings.from_config(config))
+    trial = Trial(BASELINE | {"seed": seed}, TrialSettings.from_config(config, data))
     train_x, train_y, val_x, val_y = data_tensors(data, trial.device)
     test_x = torch.from_numpy(test_x)
     s = trial.settings
-    kw = dict(batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last)
+    kw = dict(batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last, stats=s.stats)
     probe = min(512, len(test_x))
     t = time.perf_counter()
     predict_logits(trial.model, test_x[:probe], **kw)
@@ -293,7 +293,7 @@ def estimate_epoch_s(root: Path, val_size: int, threads: int) -> float:
         config = load_config(str(REPO / FLOWS["default"]), [f"data.root={root}", f"data.val_size={val_size}",
                              "data.download=false", "average.method=none"])
         data = prepare_data(root, val_size=val_size, download=False)
-        trial = Trial(BASELINE | {"seed": 0}, TrialSettings.from_config(config))
+        trial = Trial(BASELINE | {"seed": 0}, TrialSettings.from_config(config, data))
         train_x, train_y, val_x, val_y = data_tensors(data, trial.device)
         s, n = trial.settings, min(len(train_y), 1024)
         run = lambda: train_one_epoch(trial.model, trial.optimizer, train_x[:n], train_y[:n],  # noqa: E731
@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--tag", help="results go to benchmarks/results/search_quality-TAG.json")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands, budgets) without training")
     args = p.parse_args(argv)
-    from caviar.sweeps.budget import parse_duration
+    from caviar.config.durations import parse_duration
 
     budget_s = parse_duration(args.budget or ("45s" if args.tiny else "30m"))
     if args.tag and args.out == common.RESULTS / f"{NAME}.json":

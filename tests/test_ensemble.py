@@ -79,7 +79,8 @@ def test_members_trained_with_flips_are_averaged_over_mirror_images(result):
     images, _ = load_test_set(res.info["provenance"]["config"]["data"]["root"], download=False)
     x = torch.from_numpy(images[:64])
     model = res.ensemble.models[0]
-    plain, mirrored = (torch.softmax(predict_logits(model, v), 1).double().numpy() for v in (x, x.flip(3)))
+    stats = (res.ensemble.mean, res.ensemble.std)  # the dataset's own, as the members trained
+    plain, mirrored = (torch.softmax(predict_logits(model, v, stats=stats), 1).double().numpy() for v in (x, x.flip(3)))
     assert np.abs(plain - mirrored).max() > 1e-3  # the mirror image is a different view
     np.testing.assert_allclose(res.ensemble.member_probs(x)[0], (plain + mirrored) / 2, atol=1e-6)
 
@@ -94,7 +95,8 @@ def test_mirror_averaging_off_when_asked_or_members_trained_without_flips(experi
     assert not res.ensemble.flip and res.info["settings"]["flip"] is False
     images, _ = load_test_set(res.info["provenance"]["config"]["data"]["root"], download=False)
     x = torch.from_numpy(images[:64])
-    plain = torch.softmax(predict_logits(res.ensemble.models[0], x), 1).double().numpy()
+    plain = torch.softmax(predict_logits(res.ensemble.models[0], x, stats=(res.ensemble.mean, res.ensemble.std)),
+                          1).double().numpy()
     np.testing.assert_allclose(res.ensemble.member_probs(x)[0], plain, atol=1e-6)
 
 
@@ -329,3 +331,21 @@ def test_a_finished_sweep_is_read_from_its_best_trials_only(tmp_path, monkeypatc
     pd.DataFrame(rows).to_csv(tmp_path / "leaderboard.csv", index=False)
     (tmp_path / "summary.json").unlink()
     assert len(ensembler._read_best_trials(str(tmp_path), top_k=5)) == 100 and asked[-1] is None
+
+
+def test_seed_reruns_train_the_length_the_winner_ran_to():
+    """A winner that refit its epochs to a deadline (it reported max_epochs 7 of the 10 it was
+    given) is re-run for 7 epochs, and the budget's time check counts 7."""
+    from caviar.config import load_config
+    from caviar.ensembles.ensembler import rerun_hparams, seeds_that_fit
+    from caviar.search.reader import TrialRecord
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "max_epochs": [10, 7, 7], "time_this_iter_s": [10.0] * 3})
+    best = TrialRecord(trial_id="a", ray_status="TERMINATED", hparams={"lr": 0.1, "seed": 5, "max_epochs": 10},
+                       history=history, path="", retries=0, checkpoints=[], latest=None)
+    config = load_config(None, ["search.max_epochs=20", "resources.cpus_per_trial=1"])
+    assert rerun_hparams(best, config) == {"lr": 0.1, "max_epochs": 7}
+    # On a cluster (address) the re-runs run at once: one takes its epochs x 10 s, which the
+    # budget (less its reserve for evaluation) must hold; the sweep's 20 epochs would need 200 s.
+    assert seeds_that_fit(best, 7, wanted=2, seconds=60, address="auto", config=config) == 0  # 70 s > 60 s
+    assert seeds_that_fit(best, 3, wanted=2, seconds=60, address="auto", config=config) == 2  # 30 s fits

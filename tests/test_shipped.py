@@ -52,8 +52,8 @@ def test_unknown_name_is_one_line_listing_the_names_exit_2(tmp_path, monkeypatch
 
     # both names: caviar.sweeps.experiment binds its own at import, and an import here (first in a run
     # that starts with this file) would otherwise keep the failing stand-in for later tests
-    for module in (caviar.training.data, caviar.sweeps.experiment):
-        monkeypatch.setattr(module, "prepare_data", lambda *a, **k: pytest.fail("read data"))
+    for module, name in ((caviar.training.data, "prepare_data"), (caviar.sweeps.experiment, "data_for")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("read data"))
     assert cli.main(["sweep", "smok", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "smok does not exist and is not a shipped experiment" in err

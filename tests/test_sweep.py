@@ -146,7 +146,7 @@ def test_a_leaderboard_row_reruns_the_trial_exactly(asha):
     recorded = record.history.sort_values("epoch").to_dict("records")
     data = prepare_data(config.data.root, val_size=config.data.val_size, train_subset=config.data.train_subset,
                         split_seed=config.data.split_seed, download=False)
-    settings = TrialSettings.from_config(config)
+    settings = TrialSettings.from_config(config, data)
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -207,7 +207,7 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
     from caviar.sweeps import experiment
 
     loaded = []
-    real_prepare = experiment.prepare_data
+    real_prepare = experiment.data_for
 
     def spy(*args, **kwargs):
         data = real_prepare(*args, **kwargs)
@@ -221,7 +221,7 @@ def test_driver_drops_its_copy_of_the_data(ray_session, learnable_root, tmp_path
         alive_during_fit.append(loaded[0]() is not None)
         raise _StopBeforeTraining
 
-    monkeypatch.setattr(experiment, "prepare_data", spy)
+    monkeypatch.setattr(experiment, "data_for", spy)
     monkeypatch.setattr(tuning.tune.Tuner, "fit", fit)
     with pytest.raises(_StopBeforeTraining):
         caviar.sweep(load_config(small_config(learnable_root, tmp_path, "dropped")))
@@ -314,6 +314,17 @@ def test_free_slots_waits_for_the_expected_slots_then_settles_for_fewer(monkeypa
     assert connect.free_slots(config, {"cpu": 1.0, "gpu": 0.0}, expected=2, wait_s=60.0) == 2
     monkeypatch.setattr(connect.ray, "available_resources", lambda: {"CPU": 1.0})
     assert connect.free_slots(config, {"cpu": 1.0, "gpu": 0.0}, expected=2, wait_s=0.0) == 1
+
+
+def test_free_slots_says_none_when_none_is_free(monkeypatch):
+    """With every CPU held, free_slots reports 0 (it used to report 1, so the warning under-said
+    how full the cluster was); the cluster's own size stays at least one slot."""
+    from caviar.search import connect
+
+    config = load_config(None, ["resources.cpus_per_trial=1", "resources.gpus_per_trial=0"])
+    monkeypatch.setattr(connect.ray, "available_resources", lambda: {"CPU": 0.0})
+    assert connect.free_slots(config, {"cpu": 1.0, "gpu": 0.0}, expected=2, wait_s=0.0) == 0
+    assert connect.cluster_slots(config, {"cpu": 1.0, "gpu": 0.0}, pool={"CPU": 0.5}) == 1
 
 
 def test_resources_no_node_has_are_refused_before_anything_runs(ray_session, learnable_root, tmp_path):

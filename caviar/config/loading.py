@@ -107,8 +107,8 @@ def with_classes(config: Config, count: int, source: str) -> Config:
     without complaint, and labels past it fail inside the first trial)."""
     stated = config.model.num_classes
     if stated is not None and stated != count:
-        raise ConfigError(f"model.num_classes is {stated} but {source} has {count} classes; remove model.num_classes "
-                          f"(the data says how many) or set --set model.num_classes={count}")
+        raise ConfigError(f"model.num_classes is {stated} but {source} has {count} classes, labels up to {count - 1}; "
+                          f"set --set model.num_classes={count}, or leave it out (the data says how many)")
     return config if stated == count else derive_config(config, {"model.num_classes": count}, "config")
 
 

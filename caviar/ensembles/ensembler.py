@@ -40,14 +40,15 @@ from caviar.ensembles.result import EnsembleResult, check_output_folder, describ
 from caviar.ensembles.selection import SELECTORS, ChosenWeights, accuracy, choose_weights, combine, ece, nll
 from caviar.layout import CONFIG_FILE, ENSEMBLE_DIR, TRIAL_PREFIX
 from caviar.results.folder import ExperimentFolder
-from caviar.results.leaderboard import SINKING
+from caviar.results.leaderboard import SINKING, own_epochs
 from caviar.search import tracking
 from caviar.search.reader import TrialRecord
 from caviar.search.reruns import rerun_with_seeds
 from caviar.training.data import data_for, estimated_test_images, held_out_test_set
+from caviar.training.settings import TRIAL_EPOCHS_KEY
 
 __all__ = ["Ensemble", "EnsembleResult", "check_output_folder", "describe", "ensemble", "experiment_sweeps",
-           "mirror_fits", "seeds_that_fit"]
+           "mirror_fits", "rerun_hparams", "seeds_that_fit"]
 
 # Part of an ensemble budget kept for loading and evaluating the members (and Ray's start).
 ENSEMBLE_RESERVE = 0.15
@@ -155,10 +156,10 @@ def gather_members(path: str, config: Config, overrides: list[str] | None, *, to
     members += snapshot_members(ranked[0], snapshots)
     best = ranked[0]
     best_path, best_config = home.get(best.trial_id, (path, config))
+    hparams = rerun_hparams(best, best_config)
     if deadline is not None:
-        seeds = seeds_that_fit(best, best_config, seeds, deadline - time.time(), address)
+        seeds = seeds_that_fit(best, hparams[TRIAL_EPOCHS_KEY], seeds, deadline - time.time(), address, best_config)
     if seeds:
-        hparams = {k: v for k, v in best.hparams.items() if k != "seed"}
         reruns = rerun_with_seeds(best_path, best_config, hparams, _seeds_for(int(best.hparams.get("seed", 0)), seeds),
                                   prefix=f"seeds-{best.trial_id}", address=address)
         members += seed_members(reruns)
@@ -201,14 +202,24 @@ def _seeds_for(base: int, count: int) -> list[int]:
     return [derived_seed(base, i + 1) for i in range(count)]
 
 
-def seeds_that_fit(best: TrialRecord, config: Config, wanted: int, seconds: float, address: str | None) -> int:
-    """How many of `wanted` seed re-runs of the best trial's config fit in `seconds`, from how long
-    that trial took per epoch, running as many at once as this machine has trial slots (on a
-    cluster, `address`, all at once)."""
+def rerun_hparams(best: TrialRecord, config: Config) -> dict[str, Any]:
+    """The hyperparameters the best trial's seed re-runs train with: its own, without its seed,
+    for the epochs it ran to (a trial with a deadline refits its count to its speed: its re-runs
+    train that length, not the one the stage first gave it)."""
+    history = best.history if best.history is not None else pd.DataFrame()
+    epochs = own_epochs(best.hparams, history, config.search.max_epochs)
+    return {k: v for k, v in best.hparams.items() if k != "seed"} | {TRIAL_EPOCHS_KEY: epochs}
+
+
+def seeds_that_fit(best: TrialRecord, epochs: int, wanted: int, seconds: float, address: str | None,
+                   config: Config) -> int:
+    """How many of `wanted` seed re-runs of the best trial's config, `epochs` epochs each, fit in
+    `seconds`, from how long that trial took per epoch, running as many at once as this machine has
+    trial slots (on a cluster, `address`, all at once)."""
     history = best.history
     if not wanted or history is None or "time_this_iter_s" not in history or not len(history):
         return wanted
-    one_run = float(history["time_this_iter_s"].mean()) * config.search.max_epochs
+    one_run = float(history["time_this_iter_s"].mean()) * epochs
     slots = wanted if address else max(1, int((os.cpu_count() or 1) / config.resources.cpus_per_trial))
     usable = seconds * (1 - ENSEMBLE_RESERVE) - ENSEMBLE_RESERVE_S
     waves = int(usable // one_run) if one_run > 0 else wanted
@@ -224,8 +235,9 @@ def load_ensemble(members: list[Member], config: Config, path: str, flip: bool |
     `flip` None: mirror-averaged when the members trained with flips."""
     loaded = load_models(members, config.model.family, config.model.num_classes)
     # Mirror-averaging helps only members that saw mirror images: on letters or digits (flip off,
-    # or searched and off for some) it would average in another class.
-    flips = all(description["flip"] for _, _, description in loaded)
+    # or searched and off for some) it would average in another class. `--set data.augment...`
+    # given here turns it off too.
+    flips = config.data.augment.flip and all(description["flip"] for _, _, description in loaded)
     if not loaded:
         raise ConfigError(f"no usable ensemble member in {path}: every checkpoint was missing or unreadable")
     chosen = [member for member, _, _ in loaded]

@@ -123,14 +123,18 @@ def _check_reachable(address: str) -> None:
 
 def cluster_slots(config: Config, resources: dict[str, float], pool: dict[str, float] | None = None) -> int:
     """How many trials of `resources` the Ray cluster runs at once now (search.max_concurrent caps
-    it), out of `pool` (default: all its resources, ray.cluster_resources())."""
-    total = ray.cluster_resources() if pool is None else pool
+    it), out of `pool` (default: all its resources, ray.cluster_resources()); at least 1: a
+    cluster runs a trial at a time even where a trial asks for more than one node has."""
+    return max(1, _slots(config, resources, ray.cluster_resources() if pool is None else pool))
+
+
+def _slots(config: Config, resources: dict[str, float], total: dict[str, float]) -> int:
     slots = int(total.get("CPU", 0) / resources["cpu"] + 1e-9)
     if resources["gpu"] > 0:
         slots = min(slots, int(total.get("GPU", 0) / resources["gpu"] + 1e-9))
     if config.search.max_concurrent:
         slots = min(slots, config.search.max_concurrent)
-    return max(1, slots)
+    return slots
 
 
 # Ray returns a finished stage's resources a moment after its Tuner ends.
@@ -142,10 +146,10 @@ def free_slots(config: Config, resources: dict[str, float], expected: int, wait_
     `wait_s` for `expected` to be free. Fewer stay free when other jobs share the cluster, or when
     Ray did not give back a stopped trial's CPU: seen once on Ray 2.60 after it killed paused
     trials' processes at the end of a search stage, where the next stage's second trial then
-    waited 15 minutes for a slot and the deadline cut it at 22 of its 138 epochs."""
+    waited 15 minutes for a slot and the deadline cut it. 0 when none is free."""
     ends = time.monotonic() + wait_s
     while True:
-        free = cluster_slots(config, resources, ray.available_resources())
+        free = _slots(config, resources, ray.available_resources())
         if free >= expected or time.monotonic() >= ends:
             return free
         time.sleep(0.5)

@@ -275,9 +275,10 @@ def _sized(run: _StagedRun, budget: _Budget, index: int,
            space: SpaceConfig) -> tuple[Config, list[dict[str, Any]], int]:
     """Stage `index` (a budgeted `from_top` stage) sized to its share of the time left, on the trial
     slots free now: its config, the configs it trains with their epochs, and the slots."""
-    slots = connect.free_slots(run.config, budget.resources, budget.plan.slots)
-    if slots < budget.plan.slots:
-        run.log(f"   warning: only {slots} of the {budget.plan.slots} trial slots the plan counted are free "
+    free = connect.free_slots(run.config, budget.resources, budget.plan.slots)
+    slots = max(1, free)  # with none free, its trials wait for one: sized as if one at a time
+    if free < budget.plan.slots:
+        run.log(f"   warning: only {free} of the {budget.plan.slots} trial slots the plan counted are free "
                 "now (another job holds the rest, or Ray has not given back an earlier trial's); "
                 f"the stage is sized for {slots}")
     config, points = _sized_to_the_deadline(

@@ -297,11 +297,11 @@ def estimated_test_images(root, format: str = "cifar10") -> int:
 
 def data_for(config: Config, *, subset: bool = True) -> SplitData:
     """The dataset `config.data` names, split as every trial sees it; `subset=False` leaves out
-    data.train_subset. model.num_classes, if stated, must match the data's classes."""
+    data.train_subset. (Whether model.num_classes matches its classes: caviar.config.with_classes.)"""
     d = config.data
     return prepare_data(d.root, val_size=d.val_size, train_subset=d.train_subset if subset else None,
                         split_seed=d.split_seed, download=d.download, format=d.format, labels=d.labels,
-                        image_size=d.image_size, num_classes=config.model.num_classes)
+                        image_size=d.image_size)
 
 
 def held_out_test_set(config: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,110 @@
+"""caviar on data other than CIFAR-10 (README, "Your own data"): a CIFAR-100-format folder and an
+image folder of 26 classes go through `caviar sweep smoke`, `caviar ensemble`, `caviar export
+--format onnx` and `caviar report`, and learn far above chance; augmentations are choices."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from caviar import cli
+from caviar.training.fixture import write_cifar100_fixture, write_imagefolder_fixture
+
+# smoke.yaml as written, on fixtures of a few thousand images: a 500-image validation split.
+SMALL = ["--set", "data.val_size=500", "--set", "data.train_subset=null", "--set", "data.download=false"]
+FORMATS = {
+    # name: (fixture writer and its arguments, data settings, classes)
+    "cifar100": (lambda root: write_cifar100_fixture(root, train_size=3000, test_size=300),
+                 ["--set", "data.format=cifar100", "--set", "data.labels=fine"], 100),
+    "imagefolder": (lambda root: write_imagefolder_fixture(root, train_size=2080, test_size=260, classes=26),
+                    ["--set", "data.format=imagefolder", "--set", "data.image_size=32"], 26),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FORMATS))
+def swept(request, ray_session, tmp_path_factory):
+    """`caviar sweep smoke` on a fixture of the format, then `caviar ensemble` of its folder."""
+    write, settings, classes = FORMATS[request.param]
+    root = write(tmp_path_factory.mktemp(request.param))
+    storage = tmp_path_factory.mktemp("results")
+    data = ["--set", f"data.root={root}", *settings, *SMALL]
+    assert cli.main(["sweep", "smoke", "--storage", str(storage), "--name", request.param, *data]) == 0
+    folder = storage / request.param
+    assert cli.main(["ensemble", str(folder), "--top-k", "2", "--seeds", "0"]) == 0
+    return request.param, folder, classes
+
+
+def test_the_sweep_learns_far_above_chance_and_records_the_data(swept):
+    """The best trial is at least 5 times chance; caviar.yaml holds the class count the data has,
+    summary.json the dataset's own channel statistics."""
+    name, folder, classes = swept
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert board["best_val_acc"].max() > 5 / classes, board[["trial_id", "best_val_acc"]]
+    assert f"num_classes: {classes}" in (folder / "caviar.yaml").read_text()
+    data = json.loads((folder / "summary.json").read_text())["data"]
+    assert data["classes"] == classes and len(data["mean"]) == 3 and data["mean"] != [0.4914, 0.4822, 0.4465]
+
+
+def test_the_ensemble_predicts_every_class_count(swept):
+    """ensemble.json: test accuracy far above chance, members of the data's class count."""
+    _, folder, classes = swept
+    info = json.loads((folder / "ensemble" / "ensemble.json").read_text())
+    assert info["accuracy"] > 5 / classes
+    assert info["best_member"]["accuracy"] > 5 / classes
+
+
+def test_the_onnx_export_runs_with_the_datasets_statistics(swept, tmp_path):
+    """`caviar export --format onnx`: onnxruntime gives (N, classes) probabilities that match the
+    ensemble's own predictions."""
+    ort = pytest.importorskip("onnxruntime")
+    from caviar.ensembles.model import Ensemble
+
+    _, folder, classes = swept
+    out = tmp_path / "model.onnx"
+    assert cli.main(["export", str(folder / "ensemble"), "--format", "onnx", "--out", str(out)]) == 0
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    probs = session.run(None, {session.get_inputs()[0].name: images})[0]
+    assert probs.shape == (5, classes)
+    expected = Ensemble.load(folder / "ensemble").predict(images)
+    assert np.abs(probs - expected).max() < 0.02  # the device may predict in bf16 (caviar.training.train)
+
+
+def test_the_report_is_written(swept):
+    """`caviar report` writes report.html with its charts for any class count."""
+    _, folder, _ = swept
+    assert cli.main(["report", str(folder)]) == 0
+    assert "<html" in (folder / "report.html").read_text().lower()
+    assert any((folder / "report").glob("*.png"))
+
+
+def test_flip_as_a_searched_choice(ray_session, learnable_root, tmp_path):
+    """space.flip: [true, false]: each trial draws it and records it; the ensemble mirror-averages
+    only when every member trained with flips."""
+    storage = tmp_path / "results"
+    argv = ["sweep", "smoke", "--storage", str(storage), "--name", "flips", "--set", f"data.root={learnable_root}",
+            *SMALL, "--set", "space.flip=[true, false]", "--set", "search.num_samples=4"]
+    assert cli.main(argv) == 0
+    board = pd.read_csv(storage / "flips" / "leaderboard.csv")
+    assert set(board["flip"]) <= {True, False} and board["best_val_acc"].max() > 0.3
+    assert cli.main(["ensemble", str(storage / "flips"), "--top-k", "4", "--seeds", "0"]) == 0
+    info = json.loads((storage / "flips" / "ensemble" / "ensemble.json").read_text())
+    flips = board.set_index(board["trial_id"].astype(str))["flip"]
+    members_flipped = [bool(flips[str(member["trial_id"])]) for member in info["members"]]
+    assert info["flip"] == all(members_flipped)
+
+
+def test_check_says_what_it_found_in_a_new_dataset(tmp_path):
+    """`caviar check` on an image folder first tells images per split, classes, balance and statistics."""
+    from caviar.training.checks import check_experiment
+
+    root = write_imagefolder_fixture(tmp_path / "letters", train_size=780, test_size=52, classes=26)
+    lines: list[str] = []
+    check_experiment("smoke", [f"data.root={root}", "data.format=imagefolder", "data.val_size=104",
+                               "data.train_subset=null"], images=10, log=lines.append)
+    found = lines[0]
+    assert "676 training and 104 validation images of 32x32 pixels, 26 classes (A, B, C" in found, found
+    assert "per class: 30 (" in found and "channel mean [" in found, found
