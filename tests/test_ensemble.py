@@ -138,34 +138,32 @@ def test_saved_ensemble_predicts_identically(result):
         reloaded.predict(np.zeros((2, 32, 32, 3), np.uint8))
 
 
-def test_test_set_is_read_only_after_selection(experiment, monkeypatch, tmp_path):
-    """Every selection (overall and per kind) happens before the test_batch file is even opened:
-    watched where files are read (caviar.training.data.read_batch_file), not at one loader."""
+@pytest.fixture
+def events(monkeypatch) -> list[str]:
+    """What the ensemble does, in order: each selection, and each batch file read (watched where
+    files are read, caviar.training.data.read_batch_file, not at one loader)."""
     import caviar.training.data as data_module
 
-    events: list[str] = []
+    seen: list[str] = []
     greedy = SELECTORS["greedy"]
-    monkeypatch.setitem(SELECTORS, "greedy", lambda p, y: events.append("select") or greedy(p, y))
+    monkeypatch.setitem(SELECTORS, "greedy", lambda p, y: seen.append("select") or greedy(p, y))
     real_read = data_module.read_batch_file
-    monkeypatch.setattr(data_module, "read_batch_file",
-                        lambda path: events.append(Path(path).name) or real_read(path))
+    monkeypatch.setattr(data_module, "read_batch_file", lambda path: seen.append(Path(path).name) or real_read(path))
+    return seen
+
+
+def test_test_set_is_read_only_after_selection(experiment, events, tmp_path):
+    """Every selection (overall and per kind) happens before the test_batch file is even opened."""
     caviar.ensemble(experiment, top_k=2, seeds=0, out=tmp_path)
     assert events.count("test_batch") == 1 and events[-1] == "test_batch", events
     assert events.count("select") >= 2 and "data_batch_1" in events
 
 
-def test_under_a_budget_the_test_set_is_read_only_after_selection(experiment, monkeypatch, tmp_path):
+def test_under_a_budget_the_test_set_is_read_only_after_selection(experiment, events, monkeypatch, tmp_path):
     """With --budget, the check whether the mirror view fits (which counts the test images) opens no
     test_batch: the test set is read once, after every selection."""
-    import caviar.training.data as data_module
     from caviar.ensembles import ensembler
 
-    events: list[str] = []
-    greedy = SELECTORS["greedy"]
-    monkeypatch.setitem(SELECTORS, "greedy", lambda p, y: events.append("select") or greedy(p, y))
-    real_read = data_module.read_batch_file
-    monkeypatch.setattr(data_module, "read_batch_file",
-                        lambda path: events.append(Path(path).name) or real_read(path))
     real_fits = ensembler.mirror_fits
     monkeypatch.setattr(ensembler, "mirror_fits", lambda *a, **k: events.append("mirror check") or real_fits(*a, **k))
     res = caviar.ensemble(experiment, top_k=2, seeds=0, budget="10m", out=tmp_path)
