@@ -165,3 +165,16 @@ def test_the_real_fashion_mnist(tmp_path):
     assert not data.test_images[:, :, :2].any() and not data.test_images[:, :, :, 30:].any()
     marker = json.loads((root / CIFAR10_FOLDER / MARKER).read_text())
     assert marker["train_images"] == 60000 and set(marker["sources"]) == set(SOURCES)
+
+
+@pytest.mark.parametrize("converter", ["caviar.fashion_mnist", "caviar.training.fashion_mnist", "__main__"])
+def test_a_conversion_made_before_the_layer_folders_is_kept(tmp_path, converter):
+    """A folder converted by the module at its old path (or run as `python -m`, whose marker said
+    __main__) is recognised as this converter's: kept when up to date, not refused as foreign."""
+    write_idx_set(tmp_path / "idx", seed=0)
+    out = convert(tmp_path / "out", tmp_path / "idx", log=quiet)
+    marker_file = out / CIFAR10_FOLDER / MARKER
+    marker_file.write_text(json.dumps(json.loads(marker_file.read_text()) | {"converter": converter}))
+    lines: list[str] = []
+    assert convert(tmp_path / "out", tmp_path / "idx", log=lines.append) == out
+    assert "already converted" in " ".join(lines)

@@ -44,6 +44,10 @@ SOURCES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 MARKER = "fashion-mnist.json"  # written into the output folder: "this conversion is ours"
+# The converter's name in the marker: a fixed id, not the module's path (which was caviar.fashion_mnist
+# before the layer folders, and is "__main__" under `python -m`, as markers written then say).
+CONVERTER = "caviar.fashion_mnist"
+CONVERTERS = (CONVERTER, "caviar.training.fashion_mnist", "__main__")
 FORMAT_VERSION = 1
 # data_batch_1..5 as in CIFAR-10 (torchvision's CIFAR10 opens exactly these names): 12,000 images
 # each for Fashion-MNIST's 60,000, so none is left out.
@@ -141,7 +145,7 @@ def _marker(folder: Path) -> dict | None:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    return marker if isinstance(marker, dict) and marker.get("converter") == __name__ else None
+    return marker if isinstance(marker, dict) and marker.get("converter") in CONVERTERS else None
 
 
 def _write(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> None:
@@ -181,7 +185,7 @@ def convert(out, idx_dir=DEFAULT_IDX_DIR, log=print) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{CIFAR10_FOLDER}.tmp-", dir=out))  # same file system: rename is atomic
     try:
         _write(tmp, train, test)
-        marker = {"converter": __name__, "version": FORMAT_VERSION, "sources": sources,
+        marker = {"converter": CONVERTER, "version": FORMAT_VERSION, "sources": sources,
                   "train_images": int(len(train[1])), "test_images": int(len(test[1])),
                   "classes": FASHION_MNIST_CLASSES, "layout": "28x28 grey zero-padded 2 px to 32x32, on R, G and B"}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
