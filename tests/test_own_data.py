@@ -108,3 +108,14 @@ def test_check_says_what_it_found_in_a_new_dataset(tmp_path):
     found = lines[0]
     assert "676 training and 104 validation images of 32x32 pixels, 26 classes (A, B, C" in found, found
     assert "per class: 30 (" in found and "channel mean [" in found, found
+
+
+def test_check_refuses_a_num_classes_the_data_disagrees_with(tmp_path):
+    """`caviar check` with model.num_classes 5 on 26 class folders: the same message a sweep gives."""
+    from caviar.config import ConfigError
+    from caviar.training.checks import check_experiment
+
+    root = write_imagefolder_fixture(tmp_path / "letters", train_size=260, test_size=26, classes=26)
+    with pytest.raises(ConfigError, match="model.num_classes is 5 but .* has 26 classes"):
+        check_experiment("smoke", [f"data.root={root}", "data.format=imagefolder", "data.val_size=52",
+                                   "data.train_subset=null", "model.num_classes=5"], log=None)

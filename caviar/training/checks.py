@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caviar.config import Choice, Config, Range, Scalar, SpaceConfig, load_config
+from caviar.config import Choice, Config, Range, Scalar, SpaceConfig, load_config, with_classes
 from caviar.config.scales import entries, from_sampling_scale, to_sampling_scale
 from caviar.training.models import build_model
 from caviar.training.train import Stats
@@ -313,8 +313,9 @@ def check_experiment(
 
     config: Config = load_config(experiment, overrides).resolved()
     data = data_for(config, subset=False)
+    config = with_classes(config, len(data.classes), f"data.root {config.data.root}")  # a stated count must match
     hparams = centre_hparams(config.space)
-    family, width, classes = config.model.family, config.model.width, len(data.classes)
+    family, width, classes = config.model.family, config.model.width, config.model.num_classes
     count = max(batch, images)
     x = torch.from_numpy(data.train_x[:count].copy())
     y = torch.from_numpy(data.train_y[:count].copy())
