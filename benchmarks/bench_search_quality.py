@@ -25,6 +25,7 @@ Wall time of a run: (flows + 1) x the budget, plus data preparation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -379,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         settings = {"budget_s": budget_s, "sweep_budget_s": sweep_s, "ensemble_budget_s": ens_s,
                     "baseline_budget_s": baseline_s, "ensemble_share": args.ensemble_share,
                     "flows": {f: FLOWS[f] for f in flows}, "data": data_name,
+                    # which version of each experiment file ran (caviar experiments marks other versions' figures stale)
+                    "experiment_sha256": {f: hashlib.sha256((REPO / FLOWS[f]).read_bytes()).hexdigest() for f in flows},
                     "data_root": str(root), "train_images": n_train - val_size, "val_size": val_size,
                     "test_images": n_test, "baselines": chosen, "convnet": BASELINE,
                     "textbook_experiment": textbook_experiment, "slots": slots, "threads_per_seed": threads,

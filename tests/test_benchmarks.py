@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 
 import pytest
 from conftest import REPO
@@ -129,11 +130,18 @@ def test_search_quality_tiny(ray_session, tmp_path, capsys):
         assert len(chosen) == flow["members"] >= 1 and all(0 <= m["test_acc"] <= 1 for m in flow["candidates"])
         assert flow["error_every_member_makes"] <= flow["member_error_mean"] <= 1 - min(m["test_acc"] for m in chosen)
         assert flow["member_error_mean"] == pytest.approx(1 - sum(m["test_acc"] for m in chosen) / len(chosen), abs=1e-3)
-    base = results["baseline"]
-    assert 0 <= base["best_single_acc"] <= 1 and 0 <= base["ensemble_acc"] <= 1
-    assert [s["seed"] for s in base["seeds"]] == [0, 1] and all(s["epochs"] >= 1 for s in base["seeds"])
-    assert base["ensemble_acc"] > 0.2  # chance is 0.1
+    assert set(results["baselines"]) == {"convnet", "textbook"}  # airbench needs minutes per epoch: its own test
+    for name, base in results["baselines"].items():
+        assert "error" not in base, (name, base["error"])
+        assert 0 <= base["best_single_acc"] <= 1 and 0 <= base["ensemble_acc"] <= 1
+        assert [s["seed"] for s in base["seeds"]] == [0, 1] and all(s["epochs"] >= 1 for s in base["seeds"])
+        assert base["ensemble_acc"] > 0.2, name  # chance is 0.1
+    # the textbook baseline is the experiment's own first search point, with its averaging
+    textbook = results["baselines"]["textbook"]
+    assert textbook["hparams"]["optimizer"] == "nesterov" and textbook["hparams"]["lr"] == 0.1
+    assert all(s["kept"] in ("trained", "averaged") for s in textbook["seeds"])
     assert data["settings"]["budget_s"] == 60 and data["settings"]["baseline_budget_s"] == 15
+    assert any("best single recipe (textbook)" in goal for goal in data["goals"])
     assert "--address" in results["flows"]["budget"]["sweep_command"]
 
 
@@ -175,3 +183,43 @@ def test_scale_tiny(tmp_path, capsys):
     assert r["post_total_s"] > 0 and len(data["goals"]) == 4
     assert data["settings"]["experiment"]["search"]["num_samples"] == 8
     assert list((tmp_path / "work").glob("runs-*/scale-8/report.html"))
+
+
+def test_textbook_baseline_is_the_first_search_point_completed_by_the_space():
+    """The point's own values, the space's fixed ones for the rest; a searched value it leaves open
+    is refused by name (the baseline would not be one recipe)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    baselines = importlib.import_module("baselines")
+    from caviar.config import load_config
+
+    config = load_config(str(BENCHMARKS.parent / "experiments" / "cpu-budget.yaml"))
+    hparams = baselines.textbook_hparams(config)
+    assert hparams | config.search.points[0] == hparams  # the point itself, unchanged
+    assert hparams["lr_schedule"] == "cosine" and hparams["init"] == "he" and hparams["batch_norm"] is True
+    open_point = load_config(str(BENCHMARKS.parent / "experiments" / "cpu-budget.yaml"),
+                             ["search.points=[{optimizer: nesterov, lr: 0.1}]"])
+    with pytest.raises(SystemExit, match="weight_decay"):
+        baselines.textbook_hparams(open_point)
+
+
+def test_airbench_adapter_trains_to_its_deadline_and_learns(tmp_path, monkeypatch):
+    """airbench94's network and recipe from the installed package, on caviar's split of a learnable
+    fixture, stops by its deadline and beats chance. Its batch of 1024 is cut to 64 here only, so a
+    400-image fixture has whole batches (the recipe's steps are otherwise what the benchmark runs)."""
+    pytest.importorskip("airbench")
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    airbench_cpu = importlib.import_module("airbench_cpu")
+    from airbench import lib_airbench94
+
+    from caviar.training.fixture import write_cifar_fixture
+
+    monkeypatch.setitem(lib_airbench94.hyp["opt"], "batch_size", 64)
+    root = write_cifar_fixture(tmp_path / "data", train_size=400, test_size=200, seed=0)
+    begin = time.time()
+    seed = airbench_cpu.train_seed(str(root), 40, 0, begin + 15, 1)
+    assert time.time() - begin < 15 + 5
+    assert seed["steps"] >= 5 and seed["epochs"] >= 1
+    assert seed["test_acc_views"] > 0.2 and seed["test_acc"] > 0.2  # chance is 0.1
+    assert seed["view_probs"].shape == (200, 10)

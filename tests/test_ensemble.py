@@ -256,11 +256,31 @@ def test_no_averaged_weights_is_said(recwarn):
     never = SimpleNamespace(trial_id="t1", latest=object(), history=pd.DataFrame([{"epoch": 2, "val_acc": 0.8}]))
     assert average_members([never], top_k=3) == []
     assert any("average.start" in str(w.message) for w in recwarn.list)
-    averaged = SimpleNamespace(trial_id="t2", latest=object(),
+    averaged = SimpleNamespace(trial_id="t2", latest=object(), checkpoints=[(object(), {"val_acc": 0.8})],
                                history=pd.DataFrame([{"epoch": 2, "val_acc": 0.8, "avg_val_acc": 0.81}]))
     recwarn.clear()
     assert [m.name for m in average_members([averaged, never], top_k=3)] == ["avg-t2"]
     assert not recwarn.list
+
+
+def test_an_average_below_its_own_trials_best_checkpoint_is_left_out(recwarn):
+    """A weight average that scores below the best checkpoint of the trial it averages (on
+    validation) is not a candidate, and the warning names it with both figures; one that ties or
+    beats it stays."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from caviar.ensembles.members import average_members
+
+    def trial(name, best, averaged):
+        return SimpleNamespace(trial_id=name, latest=object(), checkpoints=[(object(), {"val_acc": best})],
+                               history=pd.DataFrame([{"epoch": 9, "val_acc": best - 0.01, "avg_val_acc": averaged}]))
+
+    kept = average_members([trial("good", 0.93, 0.94), trial("bad", 0.96, 0.94), trial("tie", 0.9, 0.9)], top_k=3)
+    assert [m.name for m in kept] == ["avg-good", "avg-tie"]
+    messages = [str(w.message) for w in recwarn.list]
+    assert len(messages) == 1 and "avg-bad (validation 0.9400 < 0.9600)" in messages[0]
 
 
 class _Payload:

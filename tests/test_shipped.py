@@ -76,7 +76,7 @@ def test_experiments_lists_each_with_trials_epochs_cost_and_result(capsys):
     rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in NAMES}
     assert sorted(rows) == NAMES
     assert "4 trials x 2 " in rows["smoke"] and "104 trials x 1 / 5 / 20" in rows["staged"]
-    assert "planned to its budget: 30m" in rows["cpu-budget"] and "94.8% at 60 min" in rows["cpu-budget"]
+    assert "planned to its budget: 30m" in rows["cpu-budget"] and "% at 30 min" in rows["cpu-budget"]
     for name in ("default", "asha", "random", "staged", "smoke"):
         assert "CPU ~" in rows[name] and "one GPU ~" in rows[name]
     default, random = catalog.entry("default"), catalog.entry("random")
@@ -97,3 +97,28 @@ def test_the_wheel_ships_the_experiments(tmp_path):
     files = set(zipfile.ZipFile(wheel).namelist())
     assert {f"caviar/experiments/{name}.yaml" for name in NAMES} <= files
     assert "caviar/config/shipped.py" in files
+
+
+def test_what_an_experiment_reached_is_read_from_the_results_it_cites(tmp_path, monkeypatch):
+    """The catalog's figure is the mean of the cited runs' ensembles with their range; a run of
+    another version of the experiment file is marked stale; no results folder (a wheel install)
+    points at the README instead of a figure."""
+    import json
+
+    def run(name, acc, sha):
+        (tmp_path / name).write_text(json.dumps({
+            "settings": {"data": "fashion-mnist", "experiment_sha256": {"budget": sha} if sha else {}},
+            "machine": {"nproc": 2}, "results": {"flows": {"budget": {"ensemble_acc": acc}}}}))
+
+    current = catalog.file_sha256(shipped.path("cpu-budget"))
+    monkeypatch.setitem(catalog.EVIDENCE, "cpu-budget", [("30 min", ("a.json", "b.json"), "budget"),
+                                                          ("2 h", ("c.json",), "budget")])
+    run("a.json", 0.9412, current)
+    run("b.json", 0.9438, current)
+    run("c.json", 0.95, "another version")
+    text = catalog.reached("cpu-budget", tmp_path)
+    assert "94.2% at 30 min (mean of 2 runs, 94.1-94.4)" in text and "fashion-mnist on 2 cores" in text
+    assert "95.0% at 2 h [stale: 1 of 1 run(s)" in text
+    assert "30 min (mean of 2 runs, 94.1-94.4);" in text  # the fresh runs are not marked
+    assert "README" in catalog.reached("cpu-budget", tmp_path / "absent")
+    assert catalog.reached("random", tmp_path) is None

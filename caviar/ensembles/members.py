@@ -66,14 +66,23 @@ def top_members(ranked: list[TrialRecord], top_k: int) -> list[Member]:
 
 
 def average_members(ranked: list[TrialRecord], top_k: int) -> list[Member]:
-    """The averaged weights in each top trial's latest checkpoint (where averaging had started)."""
-    members = []
+    """The averaged weights in each top trial's latest checkpoint (where averaging had started),
+    unless they score below the trial's own best checkpoint on validation: an average is a member
+    for what it adds over the weights it averages, and one that is worse than them is left out."""
+    members, worse = [], []
     for r in ranked[:top_k]:
         last = r.history.iloc[-1].to_dict() if r.history is not None and len(r.history) else {}
         if r.latest is not None and not math.isnan(_val_acc(last, "avg_val_acc")):
+            averaged, source = _val_acc(last, "avg_val_acc"), _val_acc(r.checkpoints[0][1])
+            if averaged < source:
+                worse.append(f"avg-{r.trial_id} (validation {averaged:.4f} < {source:.4f})")
+                continue
             members.append(Member(f"avg-{r.trial_id}", "average", r.trial_id, r.latest, "averaged",
-                                  int(last.get("epoch", 0)), _val_acc(last, "avg_val_acc")))
-    if ranked and not members:
+                                  int(last.get("epoch", 0)), averaged))
+    if worse:
+        warnings.warn(f"left out {len(worse)} weight average(s) that score below their own trial's best checkpoint "
+                      f"on validation: {', '.join(worse)}", stacklevel=2)
+    if ranked and not members and not worse:
         warnings.warn("no averaged weights in the top trials, so the ensemble has no `average` members: the "
                       "experiment ran with average.method none, or averaging never started (SWA needs 2 or more "
                       "epochs after average.start x search.max_epochs; lower average.start or use ema)",
