@@ -437,3 +437,31 @@ def test_averaged_batch_norm_is_reestimated_on_every_class_of_class_ordered_data
     classes = torch.tensor([label_of[bytes(image.numpy())] for image in seen[0]])
     assert set(classes.tolist()) == set(range(10)) and torch.bincount(classes).min() >= 10
     assert set(y[:300].tolist()) == {0, 1}  # what the first 300 would have been
+
+
+def test_label_smoothing_trains_on_softened_targets(tensors):
+    """With label_smoothing s, the training loss is cross-entropy against 1 - s + s/K on the label
+    and s/K elsewhere: it cannot fall below that target's entropy, as one-hot training's does, and
+    the trial still learns. Validation loss stays plain cross-entropy."""
+    s, classes = 0.5, 10
+    on_label, elsewhere = 1 - s + s / classes, s / classes
+    floor = -(on_label * math.log(on_label) + (classes - 1) * elsewhere * math.log(elsewhere))
+    smoothed, plain = Trial(HPARAMS | {"label_smoothing": s}, settings(3)), Trial(HPARAMS, settings(3))
+    for _ in range(3):
+        smooth_metrics, plain_metrics = smoothed.run_epoch(*tensors), plain.run_epoch(*tensors)
+    assert smooth_metrics["train_loss"] >= floor - 1e-4
+    assert plain_metrics["train_loss"] < floor  # one-hot training goes below it: the two differ
+    assert smooth_metrics["val_acc"] > 0.4
+
+
+def test_label_smoothing_in_the_space_is_checked_and_drawn():
+    """A fixed value or a range; outside [0, 1) is refused by name; left out, trials have no such key."""
+    from caviar.config import ConfigError
+    from caviar.search.space import sample
+
+    config = load_config(None, ["space.label_smoothing={low: 0.0, high: 0.3, scale: linear}"])
+    drawn = [c["label_smoothing"] for c in sample(config.space, 20)]
+    assert all(0 <= v <= 0.3 for v in drawn) and len(set(drawn)) > 1
+    assert "label_smoothing" not in sample(load_config(None).space, 1)[0]
+    with pytest.raises(ConfigError, match=r"space.label_smoothing.*\[0, 1\)"):
+        load_config(None, ["space.label_smoothing=1.0"])

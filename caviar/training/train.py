@@ -204,6 +204,7 @@ def train_one_epoch(
     max_loss: float = math.inf,
     check_every: int | None = None,
     epoch_size: int | float | None = None,
+    label_smoothing: float = 0.0,
 ) -> EpochStats:
     """One pass over (images, labels): uint8 (N, 3, H, W) and int64 (N,), on CPU or device.
 
@@ -218,6 +219,7 @@ def train_one_epoch(
     makes the CPU wait for the GPU: on CUDA it runs every `check_every` steps (default
     DIVERGENCE_CHECK_STEPS), so a diverged trial may take a few more (harmless) steps.
     `epoch_size` (train.epoch_size) makes the epoch a count or fraction of the images.
+    `label_smoothing` trains on targets of 1 - s for the label and s spread over all classes.
     """
     device = next(model.parameters()).device
     if check_every is None:
@@ -238,7 +240,7 @@ def train_one_epoch(
         y = labels[idx.to(labels.device)].to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         exploded |= ~torch.isfinite(loss) | (loss > max_loss)
         if (step % check_every == 0 or step == steps - 1) and exploded.item():
             return EpochStats(float("nan"), 0.0, float("nan"), finite=False)

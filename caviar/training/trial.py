@@ -202,7 +202,7 @@ class Trial:
             batch_size=int(self.hparams["batch_size"]), generator=self.generator, augment=s.augment,
             crop=s.crop, flip=s.flip, cutout=s.cutout, stats=s.stats, grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
             max_loss=s.max_loss, averaged=self._average() if averaging and s.average == "ema" else None,
-            epoch_size=s.epoch_size,
+            epoch_size=s.epoch_size, label_smoothing=float(self.hparams.get("label_smoothing") or 0.0),
         )
         # max_epochs: the trial's epoch count so far (Trial.refit may change it), for the leaderboard
         metrics: dict[str, Any] = {"epoch": self.epoch, "max_epochs": s.max_epochs, "lr": lr,
