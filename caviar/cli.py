@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                      help="average each member over the image and its mirror image (default: when the members "
                      "trained with random flips, data.augment)")
+    ens.add_argument("--translate", action="store_true",
+                     help="also average each view moved one pixel diagonally both ways (for members trained with "
+                     "random crops; three times the evaluation)")
     ens.add_argument("--address", help="Ray cluster for the seed re-runs ('auto' or HOST:PORT)")
     ens.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override the experiment's saved config, e.g. --set data.root=/data")
@@ -148,7 +151,8 @@ def _ensemble(args: argparse.Namespace) -> int:
 
     result = ensemble(args.experiment, top_k=args.top_k, seeds=args.seeds, average=args.average,
                       snapshots=args.snapshots, select=args.select, out=args.out, address=args.address,
-                      overrides=args.overrides, budget=args.budget, flip=args.flip)
+                      overrides=args.overrides, budget=args.budget, flip=args.flip,
+                      translate=args.translate)
     print(describe(result))
     print(f"Written: {args.out or args.experiment.rstrip('/') + '/ensemble'} (ensemble.json, members.csv, ensemble.png)")
     return 0

@@ -111,6 +111,46 @@ def test_mirror_averaging_is_exported(saved, saved_flip, images, float32_predict
     np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], expected, atol=1e-5)
 
 
+def test_translated_views_are_exported(saved, images, float32_predict, tmp_path):
+    """An ensemble averaged over moved views too (--translate) saves that, loads it back, and its
+    TorchScript and ONNX files give its predict, which differs from the mirror-only one."""
+    ensemble = Ensemble.load(saved)
+    ensemble.flip, ensemble.translate = True, True
+    folder = tmp_path / "ensemble"
+    ensemble.save(folder)
+    loaded = Ensemble.load(folder)
+    assert loaded.translate and loaded.flip
+    expected = loaded.predict(images)
+    loaded.translate = False
+    assert np.abs(expected - loaded.predict(images)).max() > 1e-3
+    module = torch.jit.load(str(export(folder, "torchscript", out=tmp_path / "e.pt")))
+    np.testing.assert_allclose(module(images).numpy(), expected, atol=1e-5)
+    pytest.importorskip("onnxscript", reason="pip install 'caviar[export]'")
+    ort = pytest.importorskip("onnxruntime", reason="pip install 'caviar[export]'")
+    session = ort.InferenceSession(str(export(folder, "onnx", out=tmp_path / "e.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    for n in (9, 2):
+        np.testing.assert_allclose(session.run(None, {"images": images.numpy()[:n]})[0], expected[:n], atol=1e-5)
+
+
+def test_views_are_the_image_moved_one_pixel_with_reflected_borders():
+    """The moved views are what reflect padding by one pixel and a diagonal crop give; the weights
+    sum to 1, half on the unmoved views."""
+    import torch.nn.functional as F
+
+    from caviar.ensembles.views import moved, views
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    down_right, up_left = moved(x)
+    assert torch.equal(down_right, padded[:, :, 0:5, 0:5]) and torch.equal(up_left, padded[:, :, 2:7, 2:7])
+    assert torch.equal(moved(x.to(torch.uint8))[0], down_right.to(torch.uint8))  # uint8 images too
+    shown = views(x, flip=True, translate=True)
+    assert len(shown) == 6 and sum(w for _, w in shown) == pytest.approx(1.0)
+    assert sum(w for v, w in shown[:2]) == pytest.approx(0.5)
+    assert [w for _, w in views(x, flip=False, translate=False)] == [1.0]
+
+
 @pytest.mark.parametrize("input_type", ["uint8", "float"])
 def test_onnx_matches_predict_in_onnxruntime(saved, images, float32_predict, tmp_path, input_type):
     """The ONNX file, run by onnxruntime, gives Ensemble.predict's probabilities, any batch size."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from caviar.config import ConfigError
 from caviar.ensembles.model import Ensemble
+from caviar.ensembles.views import views
 from caviar.layout import ENSEMBLE_FILE
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 
@@ -35,10 +36,12 @@ class EnsembleModule(nn.Module):
     """(N, 3, S, S) uint8 0..255 or float 0..1 -> (N, classes) weighted mean of the members' softmax."""
 
     def __init__(self, models: list[nn.Module], weights: list[float], flip: bool = False,
-                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> None:
+                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD,
+                 translate: bool = False) -> None:
         super().__init__()
         self.members = nn.ModuleList(models)
-        self.flip = flip  # each member over the image and its mirror image, as the saved ensemble was evaluated
+        # the views each member is averaged over, as the saved ensemble was evaluated (caviar.ensembles.views)
+        self.flip, self.translate = flip, translate
         w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
         self.register_buffer("weights", w / w.sum())  # (members,), summing to 1 as selection.combine does
         # Every member trained on the same pixels, normalised by its dataset's statistics
@@ -52,11 +55,13 @@ class EnsembleModule(nn.Module):
         else:  # 0..1 floats -> the uint8 levels the members saw, as Ensemble.predict does
             pixels = torch.round(torch.clamp(images.to(torch.float32), 0.0, 1.0) * 255.0)
         x = (pixels / 255.0 - self.mean) / self.std
+        shown = views(x, self.flip, self.translate)
         probs = []
         for i, member in enumerate(self.members):
-            p = torch.softmax(member(x), dim=1)
-            if self.flip:
-                p = 0.5 * (p + torch.softmax(member(torch.flip(x, dims=[3])), dim=1))
+            p = torch.zeros(0)
+            for j, (view, weight) in enumerate(shown):
+                q = torch.softmax(member(view), dim=1) * weight
+                p = q if j == 0 else p + q
             probs.append(p * self.weights[i])
         return torch.stack(probs).sum(dim=0)  # (members, N, classes) -> (N, classes)
 
@@ -91,13 +96,14 @@ def export(folder: str | Path, fmt: str = "torchscript", out: str | Path | None 
     check_out(target)
     ensemble = Ensemble.load(folder)
     module = EnsembleModule([m.cpu().eval() for m in ensemble.models], list(ensemble.weights),
-                            flip=ensemble.flip, mean=ensemble.mean, std=ensemble.std).eval()
+                            flip=ensemble.flip, mean=ensemble.mean, std=ensemble.std,
+                            translate=ensemble.translate).eval()
     module.requires_grad_(False)  # inference only: outputs that need no torch.no_grad() to become numpy
     classes = int(ensemble.descriptions[0]["num_classes"])
     size = int(ensemble.descriptions[0].get("image_size", 32))
     info = {"members": ensemble.names, "weights": [float(w) for w in module.weights], "classes": classes,
             "input": f"NCHW (N, 3, {size}, {size}): uint8 0..255 or float 0..1", "output": "(N, classes) probabilities",
-            "mirror_averaged": ensemble.flip, "mean": list(ensemble.mean), "std": list(ensemble.std),
+            "mirror_averaged": ensemble.flip, "translate_averaged": ensemble.translate, "mean": list(ensemble.mean), "std": list(ensemble.std),
             "source": str(folder.resolve())}
     partial = target.with_name(target.name + ".partial")  # never a half-written file under the final name
     try:

@@ -14,6 +14,7 @@ from torch import nn
 from caviar.config import ConfigError
 from caviar.ensembles.members import member_state, model_from_member_state
 from caviar.ensembles.selection import combine
+from caviar.ensembles.views import views
 from caviar.layout import ENSEMBLE_FILE, MEMBERS_DIR
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 from caviar.training.train import pick_device, predict_logits
@@ -26,31 +27,34 @@ class Ensemble:
 
     With `flip`, each member's probabilities are the mean over the image and its mirror image
     (test-time augmentation): members trained with random horizontal flips (data.augment.flip) saw both
-    views in training, so the two are a second, free, ensemble inside each member.
+    views in training, so the two are a second, free, ensemble inside each member. With `translate`,
+    each view moved by a pixel diagonally both ways counts too (caviar.ensembles.views).
     """
 
     def __init__(self, models: list[nn.Module], weights: np.ndarray, names: list[str], descriptions: list[dict],
-                 flip: bool = False):
+                 flip: bool = False, translate: bool = False):
         self.device = pick_device()
         self.models = [m.to(self.device).eval() for m in models]
         self.weights = np.asarray(weights, dtype=np.float64)
         self.names, self.descriptions = list(names), list(descriptions)
         self.flip = bool(flip)
+        self.translate = bool(translate)
         # The dataset's per-channel statistics every member was trained with (one dataset per
         # ensemble); ensembles saved before per-dataset statistics were trained with CIFAR-10's.
         first = self.descriptions[0] if self.descriptions else {}
         self.mean = tuple(first.get("mean", CIFAR10_MEAN))
         self.std = tuple(first.get("std", CIFAR10_STD))
 
-    def member_probs(self, images: Images, batch_size: int | str = "auto", flip: bool | None = None) -> np.ndarray:
-        """(members, N, classes) softmax probabilities, float64; `flip` (default: the ensemble's own)
-        says whether each member is averaged over the mirror images too."""
+    def member_probs(self, images: Images, batch_size: int | str = "auto", flip: bool | None = None,
+                     translate: bool | None = None) -> np.ndarray:
+        """(members, N, classes) softmax probabilities, float64; `flip` and `translate` (default: the
+        ensemble's own) say which views each member is averaged over (caviar.ensembles.views)."""
         x = _as_uint8_images(images)
-        views = [x, x.flip(3)] if (self.flip if flip is None else flip) else [x]  # NCHW: dim 3 is the width
+        shown = views(x, self.flip if flip is None else flip, self.translate if translate is None else translate)
         return np.stack([
-            np.mean([torch.softmax(predict_logits(m, v, batch_size=batch_size, stats=(self.mean, self.std)),
-                                   dim=1).double().numpy()
-                     for v in views], axis=0)
+            np.sum([weight * torch.softmax(predict_logits(m, v, batch_size=batch_size, stats=(self.mean, self.std)),
+                                           dim=1).double().numpy()
+                    for v, weight in shown], axis=0)
             for m in self.models
         ])
 
@@ -73,6 +77,7 @@ class Ensemble:
         document = dict(info or {})
         document["saved_members"] = entries
         document["flip"] = self.flip
+        document["translate"] = self.translate
         (folder / ENSEMBLE_FILE).write_text(json.dumps(document, indent=2, default=str))
 
     @classmethod
@@ -85,7 +90,8 @@ class Ensemble:
         saved = [torch.load(folder / e["file"], map_location="cpu", weights_only=True) for e in entries]
         return cls([model_from_member_state(s) for s in saved], np.array([e["weight"] for e in entries]),
                    [e["name"] for e in entries], [{k: v for k, v in s.items() if k != "state_dict"} for s in saved],
-                   flip=document.get("flip") is True)  # ensembles saved before flips were an option: none
+                   flip=document.get("flip") is True,  # ensembles saved before flips were an option: none
+                   translate=document.get("translate") is True)
 
 
 def _as_uint8_images(images: Images) -> torch.Tensor:

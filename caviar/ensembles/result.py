@@ -108,6 +108,8 @@ def describe(result: EnsembleResult) -> str:
     best = result.info["best_member"]
     if result.ensemble.flip:
         lines.append("each member averaged over the image and its mirror image (--no-flip to leave that out)")
+    if result.ensemble.translate:
+        lines.append("each view averaged with itself moved one pixel diagonally both ways (--translate)")
     lines.append(f"ensemble (test): acc {result.accuracy:.4f}  nll {result.nll:.4f}  ece {result.ece:.4f};  "
                  f"best single member {best['name']}: acc {best['accuracy']:.4f}  (gain {result.gain:+.4f})")
     return "\n".join(lines)
