@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import REPO, epochs_reported, interrupt_sweep
 from test_sweep import SMALL_NET, small_config
 
 import caviar
+import caviar.results.border
 import caviar.sweeps.console
 import caviar.sweeps.experiment
 from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
@@ -289,13 +291,20 @@ def test_a_budgeted_stage_with_more_winners_than_slots_trains_every_one(ray_sess
     tree = small_config(learnable_root, tmp_path, "waves")
     tree["space"]["lr"] = {"low": 1e-3, "high": 1e-2, "scale": "log"}
     tree["budget"] = "70s"  # 50 s left the search stage ~7 s: a fresh trial process took them to start (slow 2-core machine)
+    # pick: diverse (caviar.sweeps.diverse) on the way: the configs come in the order it chose
     tree["stages"] = [{"name": "search", "epochs": 1, "num_samples": 4, "scheduler": "random"},
-                      {"name": "train", "epochs": 8, "num_samples": 3, "from_top": 3}]
-    result = caviar.sweep(load_config(tree), log=lambda line: None)
+                      {"name": "train", "epochs": 8, "num_samples": 3, "from_top": 3, "pick": "diverse"}]
+    lines = []
+    result = caviar.sweep(load_config(tree), log=lines.append)
     board = pd.read_csv(Path(result.root) / "stage2-train" / "leaderboard.csv")
     assert len(board) == 3 and (board["status"] == "completed").all(), board[["status", "epochs", "max_epochs"]]
     sized = [json.loads((Path(path) / "params.json").read_text())["max_epochs"] for path in board["path"]]
     assert list(board["epochs"]) == sized and board["best_val_acc"].max() > 0.3
+    (said,) = [line for line in lines if "pick diverse" in line]
+    picked = [int(n) - 1 for n in re.findall(r"#(\d+)", said.split("(")[0])]
+    assert len(picked) == 3 and picked[0] == 0, said  # the best first, then what adds most to it
+    search = caviar.results.border.scored(pd.read_csv(Path(result.root) / "stage1-search" / "leaderboard.csv"))
+    assert sorted(board["lr"]) == pytest.approx(sorted(search["lr"].iloc[picked]))
 
 
 def test_trials_fit_their_length_to_a_deadline(ray_session, learnable_root, tmp_path, monkeypatch):
@@ -316,3 +325,38 @@ def test_trials_fit_their_length_to_a_deadline(ray_session, learnable_root, tmp_
     assert row["max_epochs"] == row["epochs"]  # the leaderboard shows the schedule it ran to, not the 60 it began with
     assert history["max_epochs"].iloc[-1] == row["epochs"] and history["max_epochs"].iloc[0] == 60
     assert history["timestamp"].max() <= deadline
+
+
+def test_diverse_order_takes_the_config_that_errs_differently():
+    """Greedy selection on validation: after the best, a slightly weaker candidate that is right
+    where the best is wrong comes before a near copy of the best."""
+    import numpy as np
+
+    from caviar.sweeps.diverse import complementary_order
+
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    def probs(right):  # 0.8 on the label where right, 0.2 elsewhere
+        p = np.full((8, 2), 0.2)
+        p[np.arange(8), np.where(right, labels, 1 - labels)] = 0.8
+        return p
+    best = probs([1, 1, 1, 1, 1, 1, 0, 0])
+    copy = probs([1, 1, 1, 1, 1, 1, 0, 0]) * 0.99 + 0.005
+    other = probs([1, 1, 1, 0, 0, 1, 1, 1])  # wrong on two images, but right where the best is not
+    assert complementary_order(np.stack([best, copy, other]), labels) == [0, 2, 1]
+
+
+def test_diverse_pick_falls_back_to_rank_when_checkpoints_cannot_be_read(tmp_path):
+    """A prior stage whose checkpoints are gone: the order stays by rank (None) and the log says why."""
+    from types import SimpleNamespace
+
+    from caviar.config import StageConfig
+    from caviar.sweeps.diverse import pick_order
+
+    table = pd.DataFrame({"trial_id": ["a", "b", "c"], "best_val_acc": [0.9, 0.8, 0.7], "status": ["completed"] * 3})
+    prior = SimpleNamespace(trials=table, path=str(tmp_path / "gone"), config=load_config(None))
+    lines = []
+    stage = StageConfig(name="train", epochs=2, num_samples=2, from_top=2, pick="diverse")
+    assert pick_order(prior, stage, lines.append) is None
+    assert len(lines) == 1 and "taking the configs by rank" in lines[0]
+    assert pick_order(prior, StageConfig(name="train", epochs=2, num_samples=2, from_top=2), lines.append) is None
+    assert len(lines) == 1  # pick: rank reads nothing

@@ -220,6 +220,10 @@ class StageConfig(Strict):
     # where the winners get the epochs (and weight averages) the search could not give them all.
     # num_samples is then N and the scheduler random (every trial to the end).
     from_top: Optional[int] = Field(None, ge=1)
+    # How a from_top stage picks its N: `rank` (the best N), or `diverse`: the best, then among the
+    # `top` share the config that adds most to those picked, judged on validation with their search
+    # checkpoints (caviar.sweeps.diverse), so the ensemble's members err on different images.
+    pick: Literal["rank", "diverse"] = "rank"
 
     def scheduler_run(self, default: str) -> str:
         """The scheduler this stage's sweep runs: random for a from_top stage (every winner trains
@@ -237,6 +241,13 @@ class StageConfig(Strict):
     @classmethod
     def _subset(cls, value: Any) -> Any:
         return DataConfig._subset_positive(value)
+
+    @model_validator(mode="after")
+    def _pick_needs_from_top(self) -> "StageConfig":
+        if self.pick != "rank" and not self.from_top:
+            raise ValueError(f"pick: {self.pick} chooses which of the stage before's configs a from_top stage "
+                             "trains; set from_top: N too, or leave pick out")
+        return self
 
 
 class Config(Strict):

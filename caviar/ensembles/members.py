@@ -18,7 +18,7 @@ from torch import nn
 
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 from caviar.training.models import build_model
-from caviar.training.trial import averaged_weights, find_checkpoint_file, load_checkpoint_file
+from caviar.training.trial import find_checkpoint_file, load_checkpoint_file, model_from_state
 
 if TYPE_CHECKING:  # caviar.search imports Ray: only the type is needed here
     from caviar.search.reader import TrialRecord
@@ -111,18 +111,6 @@ def load_member(member: Member) -> dict[str, Any]:
     """The checkpoint's saved state (weights_only); raises on a missing or corrupt file."""
     with member.checkpoint.as_directory() as folder:
         return load_checkpoint_file(find_checkpoint_file(folder))
-
-
-def model_from_state(state: dict[str, Any], weights: str = "model") -> nn.Module:
-    """Rebuild the network a checkpoint describes and load its raw or averaged weights."""
-    settings = state["settings"]
-    model = build_model(settings["family"], state["hparams"], width=settings["width"],
-                        num_classes=settings["num_classes"])
-    tensors = averaged_weights(state) if weights == "averaged" else state["model"]
-    if tensors is None:
-        raise ValueError("the checkpoint holds no averaged weights")
-    model.load_state_dict(tensors)
-    return model.eval()
 
 
 def load_models(members: list[Member], family: str, num_classes: int | None) -> list[tuple[Member, nn.Module, dict]]:

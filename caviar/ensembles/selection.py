@@ -1,4 +1,4 @@
-"""Scoring predictions and choosing ensemble weights. Plain numpy, no models.
+"""Choosing ensemble weights (the scores themselves: caviar.results.scores). Plain numpy, no models.
 
 Shapes: ``probs`` is (N, classes) for one model or (members, N, classes) for several, rows summing
 to 1; ``labels`` is (N,) ints.
@@ -10,33 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ECE_BINS = 15
-_EPS = 1e-12  # floor for probabilities inside log, so a confident mistake costs ~27.6 nats, not inf
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(probs.argmax(-1) == labels))
-
-
-def nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true labels (nats)."""
-    picked = probs[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.maximum(picked, _EPS))))
-
-
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error: sum over equal-width confidence bins of
-    (bin size / N) * |accuracy in bin - mean confidence in bin|; bin b holds confidences in
-    (b/bins, (b+1)/bins], the first bin also 0."""
-    confidence = probs.max(-1)
-    correct = probs.argmax(-1) == labels
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(total)
+from caviar.results.scores import ECE_BINS, EPS, accuracy, ece, nll  # noqa: F401 - the ensemble's scores, here too
 
 
 def combine(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -61,7 +35,7 @@ def greedy_select(probs: np.ndarray, labels: np.ndarray, rounds: int | None = No
     counts = np.zeros(members)
     best_score, best_counts = np.inf, counts
     for step in range(1, rounds + 1):
-        scores = -np.mean(np.log(np.maximum((running + true_label) / step, _EPS)), axis=1)
+        scores = -np.mean(np.log(np.maximum((running + true_label) / step, EPS)), axis=1)
         pick = int(np.argmin(scores))
         counts = counts.copy()
         counts[pick] += 1

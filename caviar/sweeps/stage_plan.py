@@ -58,14 +58,18 @@ def stage_config(config: Config, index: int, space: SpaceConfig, root: str,
     return derive_config(config, changes, f"stage {index} ({stage.name})")
 
 
-def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index: int) -> list[dict[str, Any]]:
+def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index: int,
+               order: list[int] | None = None) -> list[dict[str, Any]]:
     """The best `count` scored trials' hyperparameters as configs to train again, each with a new
-    seed (derived from its own and the stage, so a rerun draws the same): independent
-    initialisations of the winners are what an ensemble gains most from."""
+    seed (derived from its own and the stage, so a rerun draws the same); `order` (positions in the
+    scored table, caviar.sweeps.diverse.pick_order) takes them in another order than by rank."""
     from caviar.results.border import scored
 
+    rows = scored(table)
+    if order is not None:
+        rows = rows.iloc[order]
     points = []
-    for _, row in scored(table).head(count).iterrows():
+    for _, row in rows.head(count).iterrows():
         point = {name: _plain(row[name]) for name in entries(space) if name in row and pd.notna(row[name])}
         point["seed"] = derived_seed(row.get("seed", 0), stage_index, mix=7919)
         points.append(point)
@@ -92,17 +96,19 @@ class StageSpace:
     record: dict[str, Any]  # for stages.json: the stage it came from, the rules or points, the space
 
 
-def stage_space(config: Config, index: int, prior: SweepOutcome | None) -> StageSpace:
+def stage_space(config: Config, index: int, prior: SweepOutcome | None,
+                order: list[int] | None = None) -> StageSpace:
     """Stage `index`'s space: the config's for the first stage (`prior` None); for a later one, the
     best configs of the stage before (`prior`) for a `from_top` stage, else its space narrowed
-    around its top trials (caviar.sweeps.narrowing). Raises CaviarError when `prior` scored none."""
+    around its top trials (caviar.sweeps.narrowing); `order` takes a from_top stage's configs in
+    another order than by rank (stages.N.pick). Raises CaviarError when `prior` scored none."""
     stage = config.stages[index - 1]
     points = None
     if prior is None:
         space, record = config.space, {}
     elif stage.from_top:
         space = prior.config.space
-        points = top_points(prior.trials, space, stage.from_top, index)
+        points = top_points(prior.trials, space, stage.from_top, index, order)
         if not points:
             raise CaviarError(f"stage {index - 1} ({config.stages[index - 2].name}) has no scored trial to train "
                               f"further; fix its space and rerun it with --stage {index - 1}")

@@ -31,6 +31,7 @@ from caviar.results.folder import ExperimentFolder
 from caviar.results.leaderboard import deadline_reached, interrupted
 from caviar.search import connect
 from caviar.sweeps.budget import AFFORDABLE_SHARE, Plan, affordable, apply as apply_plan, stage_deadline
+from caviar.sweeps.diverse import pick_order
 from caviar.sweeps.experiment import (
     SweepOutcome,
     SweepResult,
@@ -203,9 +204,15 @@ def _stage(run: _StagedRun, index: int, stage: StageConfig) -> bool:
     if run.seconds_left() < MIN_STAGE_S:
         run.log(f"The budget is spent: stage {index} ({stage.name}) and later ones do not run.")
         return False
+    order = None
+    if searched.points and action is not StageAction.RESUME:  # (a resumed stage keeps the configs it has)
+        order = pick_order(run.done[-1], stage, run.log)
+        if order is not None:
+            searched = stage_space(run.config, index, run.done[-1], order)
+            entry |= searched.record
     config, points, slots = run.config, searched.points, None
     if run.budget is not None and points and action is not StageAction.RESUME:
-        config, points, slots = _sized(run, run.budget, index, searched.space)
+        config, points, slots = _sized(run, run.budget, index, searched.space, order)
         entry |= {"epochs": config.stages[index - 1].epochs, "points": points}
     _announce(run.log, index, config.stages, entry, resuming=action is StageAction.RESUME)
     run.stages_json["stages"].append(entry | {"status": "running"})
@@ -271,8 +278,8 @@ def _plan_stages(config: Config, begun: float, *, joined: bool, log: Callable[[s
     return apply_plan(config, planned), _Budget(plan=planned, deadline=begun + budget_s, resources=resources)
 
 
-def _sized(run: _StagedRun, budget: _Budget, index: int,
-           space: SpaceConfig) -> tuple[Config, list[dict[str, Any]], int]:
+def _sized(run: _StagedRun, budget: _Budget, index: int, space: SpaceConfig,
+           order: list[int] | None = None) -> tuple[Config, list[dict[str, Any]], int]:
     """Stage `index` (a budgeted `from_top` stage) sized to its share of the time left, on the trial
     slots free now: its config, the configs it trains with their epochs, and the slots."""
     free = connect.free_slots(run.config, budget.resources, budget.plan.slots)
@@ -284,29 +291,33 @@ def _sized(run: _StagedRun, budget: _Budget, index: int,
     config, points = _sized_to_the_deadline(
         run.config, index, run.done[-1].trials, space,
         stage_deadline(budget.plan.stages, index, time.time(), budget.deadline), budget.plan.epoch_s,
-        budget.plan.average_factor, slots, run.log)
+        budget.plan.average_factor, slots, run.log, order)
     return config, points, slots
 
 
 def _sized_to_the_deadline(config: Config, index: int, prior: pd.DataFrame, space: SpaceConfig, ends: float,
                            planned_epoch_s: float, average_factor: float, slots: int,
-                           log: Callable[[str], None]) -> tuple[Config, list[dict[str, Any]]]:
+                           log: Callable[[str], None],
+                           order: list[int] | None = None) -> tuple[Config, list[dict[str, Any]]]:
     """Stage `index` (which trains the prior stage's best configs) sized to end by `ends` on
     `slots` trial slots: the configs it trains, picked and given their own epochs at the speed
     they showed in the prior stage times `average_factor` (the weight average's extra passes,
     caviar.sweeps.budget.Plan), by caviar.sweeps.budget.affordable (the plan timed `planned_epoch_s`), and
-    `config` with the stage's epochs set to the longest."""
+    `config` with the stage's epochs set to the longest. `order`: the candidates' order (by rank
+    when None; caviar.sweeps.diverse.pick_order)."""
     from caviar.results.border import scored
 
     stage = config.stages[index - 1]
     candidates = scored(prior)
+    if order is not None:
+        candidates = candidates.iloc[order].reset_index(drop=True)
     if "epoch_s" not in candidates or candidates["epoch_s"].isna().any() or not len(candidates):
         # a stage run before caviar timed epochs: keep the plan
-        return config, top_points(prior, space, stage.from_top, index)
+        return config, top_points(prior, space, stage.from_top, index, order)
     left = ends - time.time()
     epoch_s = [float(s) * average_factor for s in candidates["epoch_s"]]
     chosen = affordable(epoch_s, stage.from_top, planned_epoch_s, left, slots)
-    points = top_points(prior, space, len(candidates), index)
+    points = top_points(prior, space, len(candidates), index, order)
     picked = [points[i] | {TRIAL_EPOCHS_KEY: epochs} for i, epochs in chosen]
     passed_over = [i for i in range(chosen[-1][0]) if i not in dict(chosen)]
     log(f"   in the {left:.0f} s left for this stage (the plan said {stage.epochs} epochs at {planned_epoch_s:.1f} s "

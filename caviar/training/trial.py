@@ -70,6 +70,18 @@ def averaged_weights(state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
     return {k[len(prefix):]: v for k, v in state["averaged"].items() if k.startswith(prefix)}
 
 
+def model_from_state(state: dict[str, Any], weights: str = "model") -> torch.nn.Module:
+    """Rebuild the network a checkpoint describes and load its raw or averaged weights."""
+    settings = state["settings"]
+    model = build_model(settings["family"], state["hparams"], width=settings["width"],
+                        num_classes=settings["num_classes"])
+    tensors = averaged_weights(state) if weights == "averaged" else state["model"]
+    if tensors is None:
+        raise ValueError("the checkpoint holds no averaged weights")
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
 def trial_seed(hparams: dict[str, Any]) -> int:
     if "seed" in hparams:
         return int(hparams["seed"])
