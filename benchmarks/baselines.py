@@ -131,16 +131,25 @@ def _epoch_images(settings: Any, n: int) -> int:
     return images_per_epoch(n, settings.epoch_size)
 
 
-def convnet_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str) -> dict:
-    return _caviar_seed(root, val_size, seed, deadline, threads, CONVNET_EXPERIMENT, CONVNET,
+def convnet_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str,
+                 extra: dict) -> dict:
+    return _caviar_seed(root, val_size, seed, deadline, threads, CONVNET_EXPERIMENT, CONVNET | extra,
                         ["average.method=none"])
 
 
-def textbook_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str) -> dict:
-    return _caviar_seed(root, val_size, seed, deadline, threads, experiment, None, [])
+def textbook_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str,
+                  extra: dict) -> dict:
+    """The experiment's first search point, with `extra` hyperparameters on top (an A/B of a trainer option)."""
+    from caviar.config import load_config
+
+    point = textbook_hparams(load_config(str(REPO / experiment), ["data.download=false"])) | extra
+    return _caviar_seed(root, val_size, seed, deadline, threads, experiment, point, [])
 
 
-def airbench_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str) -> dict:
+def airbench_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str,
+                  extra: dict) -> dict:
+    if extra:
+        raise SystemExit("airbench runs its own recipe: hyperparameters on top apply to convnet and textbook only")
     import airbench_cpu
 
     return airbench_cpu.train_seed(root, val_size, seed, deadline, threads)
@@ -157,9 +166,10 @@ VIEWS = {"convnet": "mirror-averaged where it trained with flips",
 
 
 def run_baseline(name: str, root: Path, val_size: int, budget_s: float, slots: int, threads: int,
-                 experiment: str) -> dict[str, Any]:
+                 experiment: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """`slots` seeds of baseline `name` in parallel until the budget is spent; their ensemble (mean
-    of softmax probabilities) and the best seed chosen on validation, on the test set."""
+    of softmax probabilities) and the best seed chosen on validation, on the test set. `extra`:
+    hyperparameters set on top of the recipe's (caviar's Trial baselines only)."""
     from caviar.training.data import load_test_set
 
     if name == "airbench":
@@ -173,7 +183,8 @@ def run_baseline(name: str, root: Path, val_size: int, budget_s: float, slots: i
     error = None
     # spawn: a fresh interpreter per seed (no forked Ray or torch thread state)
     with mp.get_context("spawn").Pool(slots) as pool:
-        jobs = [pool.apply_async(SEED_FUNCTIONS[name], (str(root), val_size, seed, deadline, threads, experiment))
+        jobs = [pool.apply_async(SEED_FUNCTIONS[name], (str(root), val_size, seed, deadline, threads, experiment,
+                                                                 dict(extra or {})))
                 for seed in range(slots)]
         for job in jobs:
             try:

@@ -38,6 +38,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 import common  # noqa: E402
@@ -57,7 +59,7 @@ TINY_FLOWS = "budget"
 # airbench is left out of --tiny: its network (64-256-256 channels, batches of 1024) needs minutes
 # per epoch on a CPU core; tests/test_benchmarks.py runs its adapter on its own.
 TINY_BASELINES = "convnet,textbook"
-TINY_BASELINE_S = 15.0
+TINY_BASELINE_S = 10.0
 TINY_FIXTURE = dict(train_size=400, test_size=200)  # epochs of ~1 s: the budget planner needs 3 in the budget
 
 
@@ -331,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--slots", type=int, default=None, help="baseline seeds trained in parallel (default: cores)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to every flow's `caviar sweep` (repeatable), e.g. stages.1.from_top=4")
+    p.add_argument("--baseline-set", dest="baseline_hparams", action="append", default=[], metavar="NAME=VALUE",
+                   help="a hyperparameter set on top of the convnet and textbook recipes (repeatable; YAML "
+                   "values), e.g. label_smoothing=0.1: an A/B of a trainer option at equal time")
     p.add_argument("--tag", help="results go to benchmarks/results/search_quality-TAG.json")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands, budgets) without training")
     args = p.parse_args(argv)
@@ -350,6 +355,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     unknown = [b for b in chosen if b not in baselines.NAMES]
     if unknown:
         raise SystemExit(f"--baselines: unknown {unknown}; expected some of {list(baselines.NAMES)}")
+    extra = {}
+    for text in args.baseline_hparams:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--baseline-set {text!r}: expected NAME=VALUE, e.g. label_smoothing=0.1")
+        extra[name.strip()] = yaml.safe_load(value)
+    if extra and "airbench" in chosen:
+        raise SystemExit("--baseline-set applies to the convnet and textbook baselines; leave airbench out of "
+                         "--baselines for that run")
     # the textbook baseline trains the first flow's experiment (cpu-budget.yaml without --flows)
     textbook_experiment = FLOWS[flows[0]] if flows else FLOWS["budget"]
     missing = [FLOWS[f] for f in flows if not (REPO / FLOWS[f]).exists()]
@@ -384,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                     "experiment_sha256": {f: hashlib.sha256((REPO / FLOWS[f]).read_bytes()).hexdigest() for f in flows},
                     "data_root": str(root), "train_images": n_train - val_size, "val_size": val_size,
                     "test_images": n_test, "baselines": chosen, "convnet": BASELINE,
-                    "textbook_experiment": textbook_experiment, "slots": slots, "threads_per_seed": threads,
+                    "textbook_experiment": textbook_experiment,
+                    "baseline_hparams": extra, "slots": slots, "threads_per_seed": threads,
                     "storage": str(storage), "tiny": args.tiny, "overrides": args.overrides}
         print(f"Data: {data_name} at {root}: {n_train - val_size} train / {val_size} validation / {n_test} test; "
               f"budget {seconds_text(budget_s)} per flow ({seconds_text(sweep_s)} sweep + {seconds_text(ens_s)} "
@@ -407,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                       f"then cosine over floor(time left / epoch time) epochs, stopped at {seconds_text(budget_s)}")
                 return None
             bases = {name: baselines.run_baseline(name, root, val_size, baseline_s, slots, threads,
-                                                  textbook_experiment) for name in chosen}
+                                                  textbook_experiment, extra) for name in chosen}
         finally:
             import shutil
 
