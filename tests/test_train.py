@@ -465,3 +465,46 @@ def test_label_smoothing_in_the_space_is_checked_and_drawn():
     assert "label_smoothing" not in sample(load_config(None).space, 1)[0]
     with pytest.raises(ConfigError, match=r"space.label_smoothing.*\[0, 1\)"):
         load_config(None, ["space.label_smoothing=1.0"])
+
+
+def test_whitening_layer_decorrelates_image_patches():
+    """After `fit`, the layer's outputs (without bias) over the patches it was fitted to have about
+    unit variance and no correlation in its first half, and the second half is their negative."""
+    from caviar.training.models import Whitening
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(200, 1, 16, 16, generator=generator)
+    images = torch.cat([base, 0.8 * base + 0.2 * torch.randn(200, 1, 16, 16, generator=generator),
+                        torch.randn(200, 1, 16, 16, generator=generator)], dim=1)  # correlated channels
+    layer = Whitening(3)
+    assert not bool(layer.fitted)
+    layer.fit(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, layer.conv.weight)  # the patches it saw, unpadded
+    half = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = half.T @ half / len(half)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05)
+    assert torch.equal(out[:, 12:], -out[:, :12]) and bool(layer.fitted)
+    assert not layer.conv.weight.requires_grad and layer.conv.bias.requires_grad
+
+
+def test_a_trial_with_a_whitening_layer_fits_it_learns_and_resumes_exactly(tensors, tmp_path):
+    """`whiten: true`: the filters are set from training images before the first step and never
+    change; the trial learns; a resumed trial keeps the filters (not refitted) and continues."""
+    hparams = HPARAMS | {"whiten": True}
+    trial = Trial(hparams, settings(3))
+    before = trial.model[0].conv.weight.clone()
+    first = trial.run_epoch(*tensors)
+    fitted = trial.model[0].conv.weight.clone()
+    assert not torch.equal(before, fitted) and bool(trial.model[0].fitted)
+    path = trial.save(tmp_path, first)
+    second = trial.run_epoch(*tensors)
+    assert torch.equal(trial.model[0].conv.weight, fitted)
+    resumed = Trial(hparams, settings(3))
+    resumed.load_state(load_checkpoint_file(path))
+    assert torch.equal(resumed.model[0].conv.weight, fitted)
+    again = resumed.run_epoch(*tensors)
+    assert again["val_acc"] == pytest.approx(second["val_acc"], abs=1e-6)
+    third = trial.run_epoch(*tensors)
+    assert trial.finished and third["val_acc"] > 0.4
+    torch.jit.script(trial.model)  # the exported ensemble compiles it

@@ -68,6 +68,7 @@ CATEGORIES: dict[str, tuple[Any, ...]] = {
     "batch_norm": (True, False),
     "activation": ("relu", "elu", "tanh"),
     "flip": (True, False),
+    "whiten": (True, False),
 }
 INTEGERS = ("batch_size", "conv_layers", "conv_width", "fc_layers", "fc_width")
 # Space entries that shape the convnet only: other families leave them out of their space.
@@ -76,7 +77,7 @@ CONVNET_SHAPE = ("conv_layers", "conv_width", "fc_layers", "fc_width")
 AUGMENTS = ("crop", "flip", "cutout")
 PIXELS = ("crop", "cutout")  # whole numbers of pixels, 0 = off
 # Training options a space may leave out (null): the trial then trains without them.
-OPTIONAL = ("label_smoothing",)
+OPTIONAL = ("label_smoothing", "whiten")
 
 
 # What a value can mean, beyond its type: a probability, a momentum below 1, a depth the 32-pixel
@@ -188,6 +189,9 @@ class SpaceConfig(Strict):
     # The training target: 1 - s on the label and s spread over all classes (Szegedy et al. 2016;
     # airbench trains CIFAR-10 with 0.2); null or 0 = one-hot. Validation loss stays plain cross-entropy.
     label_smoothing: Optional[Param] = None
+    # A first layer that whitens 2x2 patches, fitted to the training images (caviar.training.models.Whitening);
+    # null or false = none.
+    whiten: Optional[Param] = None
 
     @field_validator("*", mode="before")
     @classmethod

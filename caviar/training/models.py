@@ -4,6 +4,8 @@
   then hidden fully connected layers with dropout, then the classifier.
 - ``resnet``: a DAWNBench-style ResNet-9 (prep, three stages, two residual blocks) with a width
   multiplier: 94% on CIFAR-10 in a few minutes of GPU time at width 1.
+
+Either may start with a whitening layer (`whiten` in a trial's hyperparameters, `Whitening`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,41 @@ CLASSIFIER_INIT_STD = 1e-3  # weights of the last layer at initialisation (see i
 # within 20 steps on Fashion-MNIST, past caviar's divergence limit (10 x ln 10), and the trial was
 # stopped as diverged; scaled, it falls from the first step.
 RESNET_LOGIT_SCALE = 0.125
+
+
+class Whitening(nn.Module):
+    """A first layer that whitens 2x2 image patches (Keller Jordan's airbench, after tysam-code's
+    hlb-CIFAR10): a fixed 2x2 convolution whose filters are the principal components of the
+    training images' patches, each scaled to unit variance, and their negatives (so a ReLU after
+    it keeps both signs), 2 x 12 channels for RGB. The filters are computed from training images
+    by `fit` before the first step (caviar.training.trial.Trial does it) and never trained; the
+    bias is. The image is padded by one pixel right and below, so its size is kept."""
+
+    KERNEL = 2
+    EPS = 5e-4  # added to each component's variance: the faintest components are not blown up to noise
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.out_channels = 2 * channels * self.KERNEL ** 2
+        self.conv = nn.Conv2d(channels, self.out_channels, self.KERNEL, bias=True)
+        self.conv.weight.requires_grad_(False)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))  # saved: a resumed trial keeps its filters
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """Set the filters from (N, C, H, W) normalised training images."""
+        k = self.KERNEL
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H', W', k, k)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1] * k * k)
+        covariance = patches.T @ patches / len(patches)
+        variances, components = torch.linalg.eigh(covariance)
+        filters = (components.T / torch.sqrt(variances.clamp_min(0) + self.EPS)[:, None])
+        filters = filters.reshape(-1, images.shape[1], k, k)
+        self.conv.weight.copy_(torch.cat([filters, -filters]).to(self.conv.weight.dtype))
+        self.fitted.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.pad(x, (0, 1, 0, 1), mode="replicate"))
 
 
 def _activation(name: str) -> nn.Module:
@@ -54,10 +91,11 @@ class ConvNet(nn.Module):
         batch_norm: bool = True,
         activation: str = "relu",
         num_classes: int = 10,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
-        channels = 3
+        channels = in_channels
         for _ in range(conv_layers):  # each block halves H and W: 32 -> 16 -> 8 -> 4
             blocks += _conv_unit(channels, conv_width, batch_norm, activation) + [nn.MaxPool2d(2)]
             channels = conv_width
@@ -97,6 +135,7 @@ class ResNet9(nn.Module):
         batch_norm: bool = True,
         activation: str = "relu",
         num_classes: int = 10,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         c1, c2, c3, c4 = (max(8, round(c * width)) for c in (64, 128, 256, 512))
@@ -106,7 +145,7 @@ class ResNet9(nn.Module):
 
         self.logit_scale = RESNET_LOGIT_SCALE  # an attribute, as TorchScript export reads no globals
         self.net = nn.Sequential(
-            *_conv_unit(3, c1, batch_norm, activation),  # prep: 32x32
+            *_conv_unit(in_channels, c1, batch_norm, activation),  # prep: 32x32
             *stage(c1, c2), _Residual(c2, batch_norm, activation),  # 16x16
             *stage(c2, c3),  # 8x8
             *stage(c3, c4), _Residual(c4, batch_norm, activation),  # 4x4
@@ -143,12 +182,15 @@ def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> Non
 
 
 def build_model(family: str, hparams: dict[str, Any], width: float = 1.0, num_classes: int = 10) -> nn.Module:
-    """A freshly initialised model of `family` for one trial's hyperparameters."""
+    """A freshly initialised model of `family` for one trial's hyperparameters; with `whiten`, a
+    `Whitening` layer and the activation come first (its filters are set by `Whitening.fit`)."""
+    whiten = bool(hparams.get("whiten") or False)
     common = dict(
         dropout=float(hparams.get("dropout", 0.0)),
         batch_norm=bool(hparams.get("batch_norm", True)),
         activation=str(hparams.get("activation", "relu")),
         num_classes=num_classes,
+        in_channels=2 * 3 * Whitening.KERNEL ** 2 if whiten else 3,
     )
     if family == "convnet":
         model: nn.Module = ConvNet(
@@ -163,4 +205,10 @@ def build_model(family: str, hparams: dict[str, Any], width: float = 1.0, num_cl
     else:
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     init_weights(model, str(hparams.get("init", "he")), common["activation"])
+    if whiten:
+        model = nn.Sequential(Whitening(3), _activation(common["activation"]), model)
     return model
+
+
+def whitening_layers(model: nn.Module) -> list[Whitening]:
+    return [module for module in model.modules() if isinstance(module, Whitening)]

@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from caviar.layout import CHECKPOINT_PATTERN, RESUME_FILE, checkpoint_name
 from caviar.training.data import SplitData
-from caviar.training.models import build_model
+from caviar.training.models import build_model, whitening_layers
 from caviar.training.settings import (  # noqa: F401 - trials' callers import these from here too
     TRIAL_EPOCHS_KEY,
     TrialSettings,
@@ -29,6 +29,7 @@ from caviar.training.train import (
     make_optimizer,
     make_scheduler,
     pick_device,
+    prepare_inputs,
     train_one_epoch,
 )
 
@@ -44,6 +45,8 @@ REFIT_UNTIL = 0.5  # no refit past half the schedule: a new length moves the LR 
 # The share of the time left that the remaining epochs are sized to fill: the rest covers the last
 # checkpoint and changes of speed (the neighbour a trial shares the machine with).
 REFIT_USE = 0.95
+# Training images a whitening first layer's filters are computed from (airbench uses 5,000).
+WHITEN_IMAGES = 5000
 
 
 def find_checkpoint_file(folder: str | Path) -> Path:
@@ -196,6 +199,18 @@ class Trial:
         with autocast(self.device, s.amp):
             update_bn(batches, self._average())
 
+    def _fit_whitening(self, train_x: torch.Tensor) -> None:
+        """A whitening first layer (hyperparameter `whiten`) takes its filters from a seeded sample
+        of the training images, normalised as training normalises them, before the first step."""
+        layers = [layer for layer in whitening_layers(self.model) if not bool(layer.fitted)]
+        if not layers:
+            return
+        idx = bn_sample(len(train_x), WHITEN_IMAGES, trial_seed(self.hparams))
+        images = train_x if idx is None else train_x[idx.to(train_x.device)]
+        inputs = prepare_inputs(images, self.device, False, self.settings.stats)
+        for layer in layers:
+            layer.fit(inputs)
+
     @property
     def finished(self) -> bool:
         return self.epoch >= self.settings.max_epochs
@@ -206,6 +221,8 @@ class Trial:
         A diverged epoch returns ``diverged=True`` and val_acc 0, and the trial should stop.
         """
         s = self.settings
+        if self.epoch == 0:
+            self._fit_whitening(train_x)
         self.epoch += 1
         lr = self.optimizer.param_groups[0]["lr"]
         averaging = self._averaging(self.epoch)
