@@ -25,7 +25,6 @@ Wall time of a run: (flows + 1) x the budget, plus data preparation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -339,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--tag", help="results go to benchmarks/results/search_quality-TAG.json")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands, budgets) without training")
     args = p.parse_args(argv)
+    from caviar.config import catalog
     from caviar.config.durations import parse_duration
 
     budget_s = parse_duration(args.budget or ("45s" if args.tiny else "30m"))
@@ -394,8 +394,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         settings = {"budget_s": budget_s, "sweep_budget_s": sweep_s, "ensemble_budget_s": ens_s,
                     "baseline_budget_s": baseline_s, "ensemble_share": args.ensemble_share,
                     "flows": {f: FLOWS[f] for f in flows}, "data": data_name,
-                    # which version of each experiment file ran (caviar experiments marks other versions' figures stale)
-                    "experiment_sha256": {f: hashlib.sha256((REPO / FLOWS[f]).read_bytes()).hexdigest() for f in flows},
+                    # what each experiment file asked for (caviar experiments marks other versions' figures stale)
+                    "experiment_fingerprint": {f: catalog.fingerprint(REPO / FLOWS[f]) for f in flows},
                     "data_root": str(root), "train_images": n_train - val_size, "val_size": val_size,
                     "test_images": n_test, "baselines": chosen, "convnet": BASELINE,
                     "textbook_experiment": textbook_experiment,

@@ -105,20 +105,50 @@ def test_what_an_experiment_reached_is_read_from_the_results_it_cites(tmp_path, 
     points at the README instead of a figure."""
     import json
 
-    def run(name, acc, sha):
+    def run(name, acc, sha, textbook=None):
+        baselines = {"textbook": {"ensemble_acc": textbook}} if textbook else {}
         (tmp_path / name).write_text(json.dumps({
-            "settings": {"data": "fashion-mnist", "experiment_sha256": {"budget": sha} if sha else {}},
-            "machine": {"nproc": 2}, "results": {"flows": {"budget": {"ensemble_acc": acc}}}}))
+            "settings": {"data": "fashion-mnist", "experiment_fingerprint": {"budget": sha} if sha else {}},
+            "machine": {"nproc": 2}, "results": {"flows": {"budget": {"ensemble_acc": acc}}, "baselines": baselines}}))
 
-    current = catalog.file_sha256(shipped.path("cpu-budget"))
+    current = catalog.fingerprint(shipped.path("cpu-budget"))
     monkeypatch.setitem(catalog.EVIDENCE, "cpu-budget", [("30 min", ("a.json", "b.json"), "budget"),
                                                           ("2 h", ("c.json",), "budget")])
     run("a.json", 0.9412, current)
-    run("b.json", 0.9438, current)
+    run("b.json", 0.9438, current, textbook=0.9455)
     run("c.json", 0.95, "another version")
     text = catalog.reached("cpu-budget", tmp_path)
     assert "94.2% at 30 min (mean of 2 runs, 94.1-94.4)" in text and "fashion-mnist on 2 cores" in text
     assert "95.0% at 2 h [stale: 1 of 1 run(s)" in text
-    assert "30 min (mean of 2 runs, 94.1-94.4);" in text  # the fresh runs are not marked
+    assert "30 min (mean of 2 runs, 94.1-94.4), against 94.5% for its first search point trained the whole 30 min " \
+        "(1 run);" in text  # the fresh runs are not marked stale; the single recipe beside them is named
     assert "README" in catalog.reached("cpu-budget", tmp_path / "absent")
     assert catalog.reached("random", tmp_path) is None
+
+
+def test_the_readme_lists_what_caviar_experiments_prints():
+    """README's `caviar experiments` block is the command's output (its figures read from the
+    results JSON they cite), not a hand-typed copy that goes stale when a benchmark is re-run."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("$ caviar experiments\n", 1)[1].split("```", 1)[0]
+    shown = [line for line in block.splitlines() if line.split() and line.split()[0] in NAMES]
+    printed = [line for line in catalog.describe().splitlines() if line.split() and line.split()[0] in NAMES]
+    assert shown == printed
+
+
+def test_an_experiments_fingerprint_follows_what_it_asks_for(tmp_path):
+    """Comments and a documented `key: null` (or its absence) leave the fingerprint as it was; a value
+    that changes what runs changes it."""
+    import yaml
+
+    source = shipped.path("cpu-budget").read_text()
+    same = tmp_path / "same.yaml"
+    lines = source.splitlines(keepends=True)
+    same.write_text("# another comment\n" + "".join(line for line in lines if not line.startswith("  whiten: null")))
+    assert len(same.read_text().splitlines()) == len(lines)  # one line less, one comment more
+    assert catalog.fingerprint(same) == catalog.fingerprint(shipped.path("cpu-budget"))
+    tree = yaml.safe_load(source)
+    tree["search"]["points"][0]["lr"] = 0.05
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(tree))
+    assert catalog.fingerprint(other) != catalog.fingerprint(shipped.path("cpu-budget"))

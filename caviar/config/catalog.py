@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from caviar.config import Config, StageConfig, load_config, shipped
 from caviar.config.durations import format_hours
@@ -45,8 +46,17 @@ NOT_BENCHMARKED = {"smoke": "learns on the test suite's fixture (tests/test_cli.
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a source checkout
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def fingerprint(path: Path) -> str:
+    """What an experiment file asks for, as a hash: its resolved config with unset (null) entries
+    left out, so comments, key order and a newly documented `key: null` leave it as it was, and any
+    value that changes what runs changes it."""
+    def pruned(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: pruned(v) for k, v in value.items() if v is not None}
+        return [pruned(v) for v in value] if isinstance(value, list) else value
+
+    text = json.dumps(pruned(load_config(path).to_dict()), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def reached(name: str, results: Path = RESULTS) -> str | None:
@@ -60,7 +70,7 @@ def reached(name: str, results: Path = RESULTS) -> str | None:
         return None
     if not results.is_dir():
         return "see benchmarks/README.md (its results are not part of this install)"
-    current = file_sha256(shipped.path(name))
+    current = fingerprint(shipped.path(name))
     parts, where = [], set()
     for budget, files, flow in cited:
         runs = [json.loads((results / f).read_text()) for f in files if (results / f).is_file()]
@@ -71,9 +81,15 @@ def reached(name: str, results: Path = RESULTS) -> str | None:
         text = f"{100 * sum(accs) / len(accs):.1f}% at {budget}"
         if len(accs) > 1:
             text += f" (mean of {len(accs)} runs, {100 * min(accs):.1f}-{100 * max(accs):.1f})"
-        stale = sum(1 for r in runs if (r["settings"].get("experiment_sha256") or {}).get(flow) != current)
+        stale = sum(1 for r in runs if (r["settings"].get("experiment_fingerprint") or {}).get(flow) != current)
         if stale:
             text += f" [stale: {stale} of {len(runs)} run(s) used another version of the file]"
+        # the single recipe measured beside it: its own textbook point trained the whole budget
+        textbook = [b["ensemble_acc"] for r in runs
+                    if (b := ((r["results"].get("baselines") or {}).get("textbook") or {})).get("ensemble_acc")]
+        if textbook:
+            text += (f", against {100 * sum(textbook) / len(textbook):.1f}% for its first search point trained the "
+                     f"whole {budget} ({len(textbook)} run{'s' if len(textbook) > 1 else ''})")
         parts.append(text)
         where |= {(r["settings"].get("data", "?").split(" ")[0], r["machine"].get("nproc")) for r in runs}
     if not parts:
