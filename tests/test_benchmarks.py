@@ -130,7 +130,8 @@ def test_search_quality_tiny(ray_session, tmp_path, capsys):
         assert len(chosen) == flow["members"] >= 1 and all(0 <= m["test_acc"] <= 1 for m in flow["candidates"])
         assert flow["error_every_member_makes"] <= flow["member_error_mean"] <= 1 - min(m["test_acc"] for m in chosen)
         assert flow["member_error_mean"] == pytest.approx(1 - sum(m["test_acc"] for m in chosen) / len(chosen), abs=1e-3)
-    assert set(results["baselines"]) == {"convnet", "textbook"}  # airbench needs minutes per epoch: its own test
+    # airbench needs minutes per epoch: its own test; the convnet floor is the same code with another recipe
+    assert set(results["baselines"]) == {"textbook"}
     for name, base in results["baselines"].items():
         assert "error" not in base, (name, base["error"])
         assert 0 <= base["best_single_acc"] <= 1 and 0 <= base["ensemble_acc"] <= 1
@@ -140,7 +141,7 @@ def test_search_quality_tiny(ray_session, tmp_path, capsys):
     textbook = results["baselines"]["textbook"]
     assert textbook["hparams"]["optimizer"] == "nesterov" and textbook["hparams"]["lr"] == 0.1
     assert all(s["kept"] in ("trained", "averaged") for s in textbook["seeds"])
-    assert data["settings"]["budget_s"] == 60 and data["settings"]["baseline_budget_s"] == 10
+    assert data["settings"]["budget_s"] == 60 and data["settings"]["baseline_budget_s"] == 15
     assert any("best single recipe (textbook)" in goal for goal in data["goals"])
     assert "--address" in results["flows"]["budget"]["sweep_command"]
 
@@ -205,8 +206,9 @@ def test_textbook_baseline_is_the_first_search_point_completed_by_the_space():
 
 def test_airbench_adapter_trains_to_its_deadline_and_learns(tmp_path, monkeypatch):
     """airbench94's network and recipe from the installed package, on caviar's split of a learnable
-    fixture, stops by its deadline and beats chance. Its batch of 1024 is cut to 64 here only, so a
-    400-image fixture has whole batches (the recipe's steps are otherwise what the benchmark runs)."""
+    fixture, stops by its deadline and beats chance. Its batch of 1024 is cut to 64 and its widths to
+    16-32-32 here only, so a 400-image fixture has whole batches and a CPU takes many steps in
+    seconds (the recipe's steps are otherwise what the benchmark runs)."""
     pytest.importorskip("airbench")
     if str(BENCHMARKS) not in sys.path:
         sys.path.insert(0, str(BENCHMARKS))
@@ -216,6 +218,7 @@ def test_airbench_adapter_trains_to_its_deadline_and_learns(tmp_path, monkeypatc
     from caviar.training.fixture import write_cifar_fixture
 
     monkeypatch.setitem(lib_airbench94.hyp["opt"], "batch_size", 64)
+    monkeypatch.setitem(lib_airbench94.hyp["net"], "widths", {"block1": 16, "block2": 32, "block3": 32})
     root = write_cifar_fixture(tmp_path / "data", train_size=400, test_size=200, seed=0)
     begin = time.time()
     seed = airbench_cpu.train_seed(str(root), 40, 0, begin + 10, 1)

@@ -40,11 +40,19 @@ def result(experiment, tmp_path_factory):
     return caviar.ensemble(experiment, top_k=3, seeds=2, snapshots=1, out=out), out
 
 
-def test_four_member_kinds_present(result):
-    """Top-k, averages, seed re-runs and snapshots are each present when asked for."""
+def test_four_member_kinds_present(result, experiment):
+    """Top-k, averages, seed re-runs and snapshots are each present when asked for; an average is
+    a candidate exactly when it scored at least its own trial's best checkpoint on validation."""
+    from caviar.results.folder import ExperimentFolder
+
     res, _ = result
     counts = res.members["kind"].value_counts().to_dict()
-    assert counts == {"top": 3, "average": 3, "seed": 2, "snapshot": 1}
+    assert {k: n for k, n in counts.items() if k != "average"} == {"top": 3, "seed": 2, "snapshot": 1}
+    top3 = [name.split("-", 1)[1] for name in res.members.loc[res.members["kind"] == "top", "name"]]
+    trials = {t.trial_id: t for t in ExperimentFolder(experiment).trials()}
+    holds = {t for t in top3 if trials[t].history["avg_val_acc"].iloc[-1] >= trials[t].checkpoints[0][1]["val_acc"]}
+    averaged = {name.split("-", 1)[1] for name in res.members.loc[res.members["kind"] == "average", "name"]}
+    assert averaged == holds and counts.get("average", 0) >= 1
     assert set(res.by_kind) == {"top", "average", "seed", "snapshot", "all"}
     seed_rows = res.members[res.members["kind"] == "seed"]
     assert seed_rows["test_acc"].min() > 0.3  # retrained from scratch for the full budget, learned
