@@ -52,7 +52,7 @@ def textbook_hparams(config: Any) -> dict[str, Any]:
 
 
 def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str,
-                 hparams: dict[str, Any] | None, overrides: list[str]) -> dict[str, Any]:
+                 hparams: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """One seed of a recipe trained with caviar's Trial, in its own process, until `deadline`
     (time.time()): epoch 1 is timed and the schedule set to span what fits; a trial with weight
     averaging refits its length to the deadline as caviar's stages do (Trial.refit, which counts
@@ -69,7 +69,6 @@ def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
     torch.set_num_threads(threads)
     config = load_config(str(REPO / experiment), [f"data.root={root}", f"data.val_size={val_size}",
                          "data.download=false", f"resources.cpus_per_trial={threads}", *overrides])
-    hparams = dict(hparams if hparams is not None else textbook_hparams(config))
     data = prepare_data(root, val_size=val_size, split_seed=config.data.split_seed, download=False)
     test_x, test_y = load_test_set(root, download=False)
     settings = TrialSettings.from_config(config, data)

@@ -58,10 +58,10 @@ class EnsembleModule(nn.Module):
         shown = views(x, self.flip, self.translate)
         probs = []
         for i, member in enumerate(self.members):
-            p = torch.zeros(0)
-            for j, (view, weight) in enumerate(shown):
-                q = torch.softmax(member(view), dim=1) * weight
-                p = q if j == 0 else p + q
+            view, weight = shown[0]
+            p = torch.softmax(member(view), dim=1) * weight
+            for view, weight in shown[1:]:
+                p = p + torch.softmax(member(view), dim=1) * weight
             probs.append(p * self.weights[i])
         return torch.stack(probs).sum(dim=0)  # (members, N, classes) -> (N, classes)
 
