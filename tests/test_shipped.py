@@ -123,6 +123,10 @@ def test_what_an_experiment_reached_is_read_from_the_results_it_cites(tmp_path, 
     assert "30 min (mean of 2 runs, 94.1-94.4), against 94.5% for its first search point trained the whole 30 min " \
         "(1 run);" in text  # the fresh runs are not marked stale; the single recipe beside them is named
     assert "README" in catalog.reached("cpu-budget", tmp_path / "absent")
+    (tmp_path / "c.json").write_text("{not json")  # a damaged results file is left out, not a crash
+    assert "at 2 h" not in catalog.reached("cpu-budget", tmp_path)
+    (tmp_path / "c.json").write_text('{"results": {"flows": {}}}')  # one without the figure too
+    assert "at 2 h" not in catalog.reached("cpu-budget", tmp_path) and "94.2% at 30 min" in catalog.reached("cpu-budget", tmp_path)
     assert catalog.reached("random", tmp_path) is None
 
 

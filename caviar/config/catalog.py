@@ -59,6 +59,19 @@ def fingerprint(path: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _run(path: Path, flow: str) -> dict[str, Any] | None:
+    """A cited results file with a figure for `flow`; None when it is missing, damaged or has none
+    (the table is printed without it rather than not at all)."""
+    try:
+        run = json.loads(path.read_text())
+        acc = run["results"]["flows"][flow]["ensemble_acc"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    usable = isinstance(acc, (int, float)) and isinstance(run.get("settings"), dict) \
+        and isinstance(run.get("machine"), dict)
+    return run if usable else None
+
+
 def reached(name: str, results: Path = RESULTS) -> str | None:
     """What `name` reached in the benchmarks it cites: per budget, the mean test accuracy of its
     ensemble over the cited runs with their spread, the data and machine; a run of another version
@@ -73,9 +86,8 @@ def reached(name: str, results: Path = RESULTS) -> str | None:
     current = fingerprint(shipped.path(name))
     parts, where = [], set()
     for budget, files, flow in cited:
-        runs = [json.loads((results / f).read_text()) for f in files if (results / f).is_file()]
-        accs = [r["results"]["flows"][flow]["ensemble_acc"] for r in runs
-                if (r["results"]["flows"].get(flow) or {}).get("ensemble_acc") is not None]
+        runs = [run for f in files if (run := _run(results / f, flow)) is not None]
+        accs = [r["results"]["flows"][flow]["ensemble_acc"] for r in runs]
         if not accs:
             continue
         text = f"{100 * sum(accs) / len(accs):.1f}% at {budget}"
