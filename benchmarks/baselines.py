@@ -92,12 +92,12 @@ def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
     while not trial.finished and not history[-1]["diverged"]:
         if trial.settings.ends_by is not None:
             trial.refit(epoch_s, time.time())
-        if time.time() + epoch_s * (1.5 if trial._averaging(trial.epoch + 1) else 1.0) + reserve > deadline:
+        if time.time() + epoch_s * (1.5 if trial.averages(trial.epoch + 1) else 1.0) + reserve > deadline:
             stopped = True
             break
         t = time.perf_counter()
         history.append(trial.run_epoch(train_x, train_y, val_x, val_y) | {"s": time.perf_counter() - t})
-        if not trial._averaging(trial.epoch):
+        if not trial.averages(trial.epoch):
             epoch_s = history[-1]["s"]
     model, kept = trial.model, "trained"
     if trial.averaged is not None:

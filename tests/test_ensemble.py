@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -178,6 +179,23 @@ def test_under_a_budget_the_test_set_is_read_only_after_selection(experiment, ev
     assert events.count("mirror check") == 1 and res.ensemble.flip  # the budget's path ran, and kept the view
     assert events.count("test_batch") == 1 and events[-1] == "test_batch", events
     assert events.index("mirror check") < events.index("select")
+
+
+@pytest.mark.parametrize("translate, fits", [(False, True), (True, False)])
+def test_the_budget_counts_the_moved_views_too(monkeypatch, translate, fits):
+    """One view takes 1 s (a fake clock): over the mirror views that is 2 s, which fits in 4; with
+    --translate each view is also moved both ways, 6 s, which does not (and the view is dropped)."""
+    from types import SimpleNamespace
+
+    from caviar.ensembles import ensembler
+
+    ticks = iter([0.0, 1.0])
+    monkeypatch.setattr(ensembler, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    timed = []
+    ens = SimpleNamespace(translate=translate, member_probs=lambda images, **views: timed.append(views))
+    with pytest.warns(UserWarning, match="one view only") if not fits else contextlib.nullcontext():
+        assert ensembler.mirror_fits(ens, np.zeros((256, 3, 32, 32), np.uint8), 256, seconds=4.0) is fits
+    assert timed == [{"flip": False, "translate": False}]  # timed on the plain view alone
 
 
 def test_the_test_images_are_counted_without_reading_them(tmp_path):

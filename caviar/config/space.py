@@ -69,6 +69,9 @@ CATEGORIES: dict[str, tuple[Any, ...]] = {
     "activation": ("relu", "elu", "tanh"),
     "flip": (True, False),
     "whiten": (True, False),
+    "alternate_flips": (True, False),
+    "lookahead": (True, False),
+    "decoupled": (True, False),
 }
 INTEGERS = ("batch_size", "conv_layers", "conv_width", "fc_layers", "fc_width")
 # Space entries that shape the convnet only: other families leave them out of their space.
@@ -77,7 +80,9 @@ CONVNET_SHAPE = ("conv_layers", "conv_width", "fc_layers", "fc_width")
 AUGMENTS = ("crop", "flip", "cutout")
 PIXELS = ("crop", "cutout")  # whole numbers of pixels, 0 = off
 # Training options a space may leave out (null): the trial then trains without them.
-OPTIONAL = ("label_smoothing", "whiten")
+OPTIONAL = ("label_smoothing", "whiten", "alternate_flips", "lookahead", "bn_lr_scale", "decoupled")
+# Optimizers whose lr and weight decay `decoupled` can restate per 1024 images (caviar.training.recipe).
+DECOUPLABLE = ("sgd", "momentum", "nesterov")
 
 
 # What a value can mean, beyond its type: a probability, a momentum below 1, a depth the 32-pixel
@@ -192,6 +197,19 @@ class SpaceConfig(Strict):
     # A first layer that whitens 2x2 patches, fitted to the training images (caviar.training.models.Whitening);
     # null or false = none.
     whiten: Optional[Param] = None
+    # Each image mirrored every other time it is drawn, at random the first time (Jordan 2024), instead
+    # of by a coin flip each time; only where flips are on. null or false = coin flips.
+    alternate_flips: Optional[Param] = None
+    # Lookahead (Zhang et al. 2019) on airbench's schedule: every 5 steps the weights are pulled back
+    # toward slow weights, more so as training ends, and end as them (caviar.training.recipe.Lookahead).
+    lookahead: Optional[Param] = None
+    # The learning rate of batch-norm biases, as a multiple of lr (airbench: 64); their weight decay
+    # is divided by it. null or 1 = the same lr for every parameter.
+    bn_lr_scale: Optional[Param] = None
+    # true: lr is the step per 1024 images with momentum's gain taken out, weight_decay the shrink
+    # per 1024 images, so batch size, momentum, lr and decay are each searched alone (SGD optimizers
+    # only; caviar.training.recipe.step_values). The ranges of lr and weight_decay are then in these units.
+    decoupled: Optional[Param] = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -211,4 +229,16 @@ class SpaceConfig(Strict):
             if missing:
                 raise ValueError(f"lr: no learning-rate range for optimizer {missing[0]!r}; add lr.{missing[0]}: "
                                  f"{{low: ..., high: ..., scale: log}} or drop it from space.optimizer")
+        return self
+
+    @model_validator(mode="after")
+    def _decoupled_needs_sgd(self) -> "SpaceConfig":
+        decoupled = self.decoupled.choices if isinstance(self.decoupled, Choice) else [self.decoupled]
+        if True in decoupled:
+            optimizers = self.optimizer.choices if isinstance(self.optimizer, Choice) else [self.optimizer]
+            others = [name for name in optimizers if name not in DECOUPLABLE]
+            if others:
+                raise ValueError(f"decoupled: restates lr and weight decay per 1024 images for SGD optimizers "
+                                 f"{list(DECOUPLABLE)} only, but space.optimizer may draw {others[0]!r}; "
+                                 "drop it from space.optimizer or set decoupled: null")
         return self

@@ -252,12 +252,14 @@ def load_ensemble(members: list[Member], config: Config, path: str, flip: bool |
 
 # ---------------------------------------------------------------- validation, then test
 def mirror_fits(ens: Ensemble, sample: np.ndarray, images: int, seconds: float) -> bool:
-    """Whether evaluating `images` images over both views fits in `seconds`, timed on a few of
-    `sample` with one view (warns when it does not)."""
+    """Whether evaluating `images` images over the mirror views too (each also moved, with
+    `ens.translate`) fits in `seconds`, timed on a few of `sample` with one view (warns when it
+    does not)."""
     few = sample[:256]
     begin = time.perf_counter()
-    ens.member_probs(few, flip=False)
-    needed = 2 * (time.perf_counter() - begin) / max(1, len(few)) * images
+    ens.member_probs(few, flip=False, translate=False)
+    per_view = (time.perf_counter() - begin) / max(1, len(few)) * images
+    needed = per_view * 2 * (3 if ens.translate else 1)  # caviar.ensembles.views: each view and its two moves
     if needed > seconds:
         warnings.warn(f"ensemble budget: each member is evaluated on one view only; over the mirror images too it "
                       f"would take ~{needed:.0f} s of the {max(0.0, seconds):.0f} s left (pass --flip to have it "

@@ -18,7 +18,7 @@ from torch import nn
 
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 from caviar.training.models import build_model
-from caviar.training.trial import find_checkpoint_file, load_checkpoint_file, model_from_state
+from caviar.training.trial import load_saved_checkpoint, model_from_state
 
 if TYPE_CHECKING:  # caviar.search imports Ray: only the type is needed here
     from caviar.search.reader import TrialRecord
@@ -109,8 +109,7 @@ def seed_members(records: list[TrialRecord]) -> list[Member]:
 
 def load_member(member: Member) -> dict[str, Any]:
     """The checkpoint's saved state (weights_only); raises on a missing or corrupt file."""
-    with member.checkpoint.as_directory() as folder:
-        return load_checkpoint_file(find_checkpoint_file(folder))
+    return load_saved_checkpoint(member.checkpoint)
 
 
 def load_models(members: list[Member], family: str, num_classes: int | None) -> list[tuple[Member, nn.Module, dict]]:

@@ -24,7 +24,7 @@ from caviar.results.folder import ExperimentFolder
 from caviar.results.scores import nll
 from caviar.training.data import data_for
 from caviar.training.train import predict_logits
-from caviar.training.trial import find_checkpoint_file, load_checkpoint_file, model_from_state
+from caviar.training.trial import load_saved_checkpoint, model_from_state
 
 if TYPE_CHECKING:
     from caviar.sweeps.experiment import SweepOutcome
@@ -52,8 +52,7 @@ def validation_probs(path: str, trial_ids: list[str], config: Config) -> tuple[n
     images = torch.from_numpy(data.val_x)
     probs = []
     for trial_id in trial_ids:
-        with records[trial_id].checkpoints[0][0].as_directory() as folder:
-            state = load_checkpoint_file(find_checkpoint_file(folder))
+        state = load_saved_checkpoint(records[trial_id].checkpoints[0][0])
         logits = predict_logits(model_from_state(state), images, stats=(data.mean, data.std))
         probs.append(torch.softmax(logits, dim=1).double().numpy())
     return np.stack(probs), data.val_y

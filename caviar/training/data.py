@@ -332,10 +332,11 @@ def describe_dataset(data: SplitData, test_labels: np.ndarray | None = None) -> 
 
 # ---------------------------------------------------------------- batched augmentation
 def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4, flip: bool = True,
-                  cutout: int = 0) -> torch.Tensor:
+                  cutout: int = 0, mirror: torch.Tensor | None = None) -> torch.Tensor:
     """Random crop from a `pad`-pixel zero-padded image (pad 0: none), horizontal flip with p=0.5
-    (flip False: none) and, with cutout N > 0, a random N x N square zeroed (centred anywhere in the
-    image, clipped at its edges, as in DeVries & Taylor 2017), per image.
+    (flip False: none; `mirror`, a bool per image, says which instead of chance) and, with cutout
+    N > 0, a random N x N square zeroed (centred anywhere in the image, clipped at its edges, as in
+    DeVries & Taylor 2017), per image.
 
     images: (B, C, H, W), any dtype/device; returns the same shape, dtype and device. The crops are
     one gather from a view of every window of the padded batch (no per-pixel index arithmetic:
@@ -355,7 +356,8 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None
         # Offsets in 0..2*pad (pixels into the padded image); pad=4 means shifts of -4..+4.
         dy, dx = draw(2 * pad + 1), draw(2 * pad + 1)
     if flip:
-        mirror = (torch.rand(b, generator=generator, device=rand_dev) < 0.5).to(dev)
+        drawn = torch.rand(b, generator=generator, device=rand_dev) < 0.5 if mirror is None else mirror
+        mirror = drawn.to(dev)
     if pad:
         padded = F.pad(images, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zeros
         windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W): a view, no copy

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,8 @@ from caviar.training.devices import default_device
 
 
 def make_optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """`momentum` is SGD's momentum or Adam's beta1; optimizers without one ignore it."""
+    """`momentum` is SGD's momentum or Adam's beta1; optimizers without one ignore it. `params`
+    may be parameter groups with their own lr and weight decay (caviar.training.recipe.param_groups)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "momentum":
@@ -205,6 +206,8 @@ def train_one_epoch(
     check_every: int | None = None,
     epoch_size: int | float | None = None,
     label_smoothing: float = 0.0,
+    mirror_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[float], None] | None = None,
 ) -> EpochStats:
     """One pass over (images, labels): uint8 (N, 3, H, W) and int64 (N,), on CPU or device.
 
@@ -220,6 +223,9 @@ def train_one_epoch(
     DIVERGENCE_CHECK_STEPS), so a diverged trial may take a few more (harmless) steps.
     `epoch_size` (train.epoch_size) makes the epoch a count or fraction of the images.
     `label_smoothing` trains on targets of 1 - s for the label and s spread over all classes.
+    `mirror_of(idx)`, if given, says which of the batch's images to flip (alternating flips,
+    caviar.training.recipe.AlternatingFlips) instead of chance. `after_step(done)` runs after each
+    optimizer step, with the share of the epoch done (lookahead, caviar.training.recipe.Lookahead).
     """
     device = next(model.parameters()).device
     if check_every is None:
@@ -235,7 +241,8 @@ def train_one_epoch(
     for step, idx in enumerate(_batches(len(labels), batch_size, generator, limit)):
         batch = images[idx.to(images.device)]
         if augment and (crop or flip or cutout):
-            batch = augment_batch(batch, generator=generator, pad=crop, flip=flip, cutout=cutout)
+            mirror = mirror_of(idx) if flip and mirror_of is not None else None
+            batch = augment_batch(batch, generator=generator, pad=crop, flip=flip, cutout=cutout, mirror=mirror)
         x = prepare_inputs(batch, device, channels_last, stats)
         y = labels[idx.to(labels.device)].to(device, non_blocking=True)
         with autocast(device, amp):
@@ -256,6 +263,8 @@ def train_one_epoch(
             ratios = [
                 ((w.detach() - b).norm() / b.norm().clamp_min(1e-12)).item() for w, b in zip(_weights(model), before)
             ]
+        if after_step is not None:
+            after_step((step + 1) / steps)
         if averaged is not None:
             averaged.update_parameters(model)
         total_loss += loss.detach() * len(y)

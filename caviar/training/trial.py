@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from caviar.layout import CHECKPOINT_PATTERN, RESUME_FILE, checkpoint_name
 from caviar.training.data import SplitData
 from caviar.training.models import build_model, whitening_layers
+from caviar.training.recipe import AlternatingFlips, Lookahead, param_groups, step_values
 from caviar.training.settings import (  # noqa: F401 - trials' callers import these from here too
     TRIAL_EPOCHS_KEY,
     TrialSettings,
@@ -34,7 +35,7 @@ from caviar.training.train import (
 )
 
 # Beside a checkpoint file: the state only resuming needs (RESUME_FILE, see Trial.save).
-RESUME_KEYS = ("optimizer", "scheduler", "rng")
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "lookahead", "flips")
 
 # A trial with a deadline (TrialSettings.ends_by: a budgeted stage that trains the search's best
 # configs to the end) fits its epoch count to the speed it measures: the speed the config showed
@@ -63,6 +64,13 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     if resume.is_file():
         state |= torch.load(resume, map_location="cpu", weights_only=True)
     return state
+
+
+def load_saved_checkpoint(checkpoint: Any) -> dict[str, Any]:
+    """The state in a saved checkpoint (a Ray Tune Checkpoint, or anything whose `as_directory()`
+    gives its folder); raises on a missing or corrupt file."""
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint_file(find_checkpoint_file(folder))
 
 
 def averaged_weights(state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
@@ -128,9 +136,11 @@ class Trial:
         self.model = model.to(self.device)
         if settings.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(
-            hparams["optimizer"], self.model.parameters(), hparams["lr"], hparams["momentum"], hparams["weight_decay"]
-        )
+        lr, weight_decay = step_values(hparams)
+        groups = param_groups(self.model, lr, weight_decay, float(hparams.get("bn_lr_scale") or 1.0))
+        self.optimizer = make_optimizer(hparams["optimizer"], groups, lr, hparams["momentum"], weight_decay)
+        self.lookahead = Lookahead(self.model) if hparams.get("lookahead") else None
+        self.flips: AlternatingFlips | None = None  # drawn at the first epoch (it needs the image count)
         self.scheduler = make_scheduler(hparams["lr_schedule"], self.optimizer, settings.max_epochs)
         self.epoch = 0
         self.averaged: AveragedModel | None = None  # created when averaging starts
@@ -184,7 +194,8 @@ class Trial:
             self.averaged = AveragedModel(self.model, multi_avg_fn=multi_avg_fn, use_buffers=False)
         return self.averaged
 
-    def _averaging(self, epoch: int) -> bool:
+    def averages(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (1-based) adds to the running average of weights."""
         return self.settings.average != "none" and epoch > self.settings.average_after
 
     def _recompute_bn(self, train_x: torch.Tensor) -> None:
@@ -223,21 +234,29 @@ class Trial:
         s = self.settings
         if self.epoch == 0:
             self._fit_whitening(train_x)
+        if self.hparams.get("alternate_flips") and self.flips is None:
+            self.flips = AlternatingFlips.drawn(len(train_x), self.generator)
         self.epoch += 1
+        epoch_index, lookahead = self.epoch - 1, self.lookahead
+        after_step = None if lookahead is None else (
+            lambda done: lookahead.step(self.model, (epoch_index + done) / self.settings.max_epochs))
         lr = self.optimizer.param_groups[0]["lr"]
-        averaging = self._averaging(self.epoch)
+        averaging = self.averages(self.epoch)
         stats = train_one_epoch(
             self.model, self.optimizer, train_x, train_y,
             batch_size=int(self.hparams["batch_size"]), generator=self.generator, augment=s.augment,
             crop=s.crop, flip=s.flip, cutout=s.cutout, stats=s.stats, grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
             max_loss=s.max_loss, averaged=self._average() if averaging and s.average == "ema" else None,
             epoch_size=s.epoch_size, label_smoothing=float(self.hparams.get("label_smoothing") or 0.0),
+            mirror_of=self.flips, after_step=after_step,
         )
         # max_epochs: the trial's epoch count so far (Trial.refit may change it), for the leaderboard
         metrics: dict[str, Any] = {"epoch": self.epoch, "max_epochs": s.max_epochs, "lr": lr,
                                    "diverged": not stats.finite}
         if not stats.finite:
             return metrics | {"train_loss": float("nan"), "val_loss": float("nan"), "val_acc": 0.0}
+        if lookahead is not None and self.finished:  # the trained model is the slow weights
+            lookahead.finish(self.model)
         began = time.perf_counter()
         val_loss, val_acc = evaluate(
             self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last,
@@ -276,7 +295,9 @@ class Trial:
             "hparams": dict(self.hparams),
             "settings": asdict(self.settings),
             "metrics": dict(metrics or {}),
-        } | ({"averaged": self.averaged.state_dict()} if self.averaged is not None else {})
+        } | ({"averaged": self.averaged.state_dict()} if self.averaged is not None else {}) \
+          | ({"lookahead": self.lookahead.state_dict()} if self.lookahead is not None else {}) \
+          | ({"flips": self.flips.state_dict()} if self.flips is not None else {})
 
     def load_state(self, state: dict[str, Any]) -> None:
         if "optimizer" not in state:
@@ -301,6 +322,10 @@ class Trial:
         self.epoch = int(state["epoch"])
         if "averaged" in state:
             self._average().load_state_dict(state["averaged"])
+        if self.lookahead is not None and "lookahead" in state:
+            self.lookahead.load_state_dict(state["lookahead"])
+        if "flips" in state:
+            self.flips = AlternatingFlips(state["flips"]["flipped"].to(self.generator.device, torch.bool))
         if state.get("hparams", self.hparams) != self.hparams:
             self._adopt_hparams(state["hparams"])
 
@@ -309,17 +334,19 @@ class Trial:
         copies a better trial's checkpoint and perturbs lr, weight decay, momentum and dropout. The
         loaded optimizer and schedule hold the saved values, so they are rescaled here: the LR
         keeps its place on the schedule (new base x the schedule's current factor)."""
-        new_lr, old_lr = float(self.hparams["lr"]), float(saved.get("lr", self.hparams["lr"]))
+        new_lr, weight_decay = step_values(self.hparams)
+        old_lr, _ = step_values(self.hparams | saved)
         scale = new_lr / old_lr if old_lr > 0 else 1.0
-        self.scheduler.base_lrs = [new_lr for _ in self.scheduler.base_lrs]
-        for group in self.optimizer.param_groups:
+        for group in self.optimizer.param_groups:  # a group's lr_scale: caviar.training.recipe.param_groups
+            lr_scale = group.get("lr_scale", 1.0)
             group["lr"] *= scale
-            group["initial_lr"] = new_lr
-            group["weight_decay"] = float(self.hparams["weight_decay"])
+            group["initial_lr"] = new_lr * lr_scale
+            group["weight_decay"] = weight_decay / lr_scale if lr_scale > 0 else 0.0
             if "momentum" in group and group["momentum"]:
                 group["momentum"] = float(self.hparams["momentum"])
             if "betas" in group:
                 group["betas"] = (float(self.hparams["momentum"]), group["betas"][1])
+        self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         for module in self.model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -333,5 +360,5 @@ class Trial:
         state = self.state(metrics)
         path = Path(folder) / checkpoint_name(self.epoch, metrics.get("val_acc", 0.0))
         torch.save({key: value for key, value in state.items() if key not in RESUME_KEYS}, path)
-        torch.save({key: state[key] for key in RESUME_KEYS}, Path(folder) / RESUME_FILE)
+        torch.save({key: state[key] for key in RESUME_KEYS if key in state}, Path(folder) / RESUME_FILE)
         return path
