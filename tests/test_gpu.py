@@ -74,6 +74,19 @@ def test_resume_on_the_gpu_continues_from_the_checkpoint(tensors, tmp_path):
     assert resumed.run_epoch(*tensors)["epoch"] == 2
 
 
+def test_recipe_options_train_and_resume_on_the_gpu(tensors, tmp_path):
+    """Lookahead's slow weights and the per-image flips live on the GPU; a checkpoint (loaded onto
+    the CPU) puts them back there, and the resumed trial continues."""
+    hparams = HPARAMS | {"lookahead": True, "alternate_flips": True, "bn_lr_scale": 4.0}
+    first = Trial(hparams, settings(), device=CUDA)
+    path = first.save(tmp_path, first.run_epoch(*tensors))
+    assert first.flips.flipped.is_cuda and all(v.is_cuda for v in first.lookahead.slow.values())
+    resumed = Trial(hparams, settings(), device=CUDA)
+    resumed.load_state(load_checkpoint_file(path))
+    assert resumed.flips.flipped.is_cuda and all(v.is_cuda for v in resumed.lookahead.slow.values())
+    assert resumed.run_epoch(*tensors)["epoch"] == 2
+
+
 def test_a_trial_share_bounds_its_gpu_memory_and_oom_names_the_trial(monkeypatch):
     """Ray's GPU 0 is the trial's device; its 0.25 share caps the allocator, and going past it is a
     TrialOutOfMemory naming batch size and model (the neighbours' memory is untouched)."""

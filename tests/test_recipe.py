@@ -85,18 +85,18 @@ def test_lookahead_pulls_toward_slow_weights_on_its_schedule():
     with torch.no_grad():
         model.weight.fill_(1.0)
     for _ in range(LOOKAHEAD_EVERY):
-        ahead.step(model, 0.0)
+        ahead.step(0.0)
     assert torch.allclose(model.weight, torch.ones(1, 2)) and torch.allclose(ahead.slow["weight"], torch.ones(1, 2))
     with torch.no_grad():
         model.weight.fill_(2.0)
     for step in range(LOOKAHEAD_EVERY):
         assert torch.allclose(model.weight, torch.full((1, 2), 2.0)), step  # no pull between pulls
-        ahead.step(model, 1.0)
+        ahead.step(1.0)
     expected = LOOKAHEAD_DECAY * 1.0 + (1 - LOOKAHEAD_DECAY) * 2.0
     assert torch.allclose(model.weight, torch.full((1, 2), expected))
     with torch.no_grad():
         model.weight.fill_(5.0)
-    ahead.finish(model)
+    ahead.finish()
     assert torch.allclose(model.weight, torch.full((1, 2), expected))
 
 

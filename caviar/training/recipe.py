@@ -69,34 +69,34 @@ class Lookahead:
     continues from. `finish` hands the model the slow weights. Batch-norm statistics follow too."""
 
     def __init__(self, model: nn.Module):
-        self.slow = {name: value.detach().clone() for name, value in self._tensors(model).items()}
+        # The model's own tensors (load_state_dict copies into them, so they stay its tensors), in
+        # one list: a pull is two fused operations over all of them, not a Python loop per tensor.
+        named = {name: value for name, value in model.state_dict().items() if value.is_floating_point()}
+        self.names, self.fast = list(named), [value.detach() for value in named.values()]
+        self.slow = {name: value.detach().clone() for name, value in named.items()}
         self.steps = 0
 
-    @staticmethod
-    def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-        return {name: value for name, value in model.state_dict().items() if value.is_floating_point()}
-
     @torch.no_grad()
-    def step(self, model: nn.Module, progress: float) -> None:
+    def step(self, progress: float) -> None:
         self.steps += 1
         if self.steps % LOOKAHEAD_EVERY == 0:
-            self._pull(model, LOOKAHEAD_DECAY * min(1.0, max(0.0, progress)) ** 3)
+            self._pull(LOOKAHEAD_DECAY * min(1.0, max(0.0, progress)) ** 3)
 
     @torch.no_grad()
-    def finish(self, model: nn.Module) -> None:
-        self._pull(model, 1.0)
+    def finish(self) -> None:
+        self._pull(1.0)
 
-    def _pull(self, model: nn.Module, keep: float) -> None:
-        for name, fast in self._tensors(model).items():
-            slow = self.slow[name]
-            slow.lerp_(fast.detach(), 1.0 - keep)
-            fast.copy_(slow)
+    def _pull(self, keep: float) -> None:
+        slow = [self.slow[name] for name in self.names]
+        torch._foreach_lerp_(slow, self.fast, 1.0 - keep)
+        torch._foreach_copy_(self.fast, slow)
 
     def state_dict(self) -> dict[str, Any]:
         return {"slow": self.slow, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.slow = {name: value.clone() for name, value in state["slow"].items()}
+        # onto the model's device: checkpoints are loaded onto the CPU
+        self.slow = {name: value.to(self.slow[name].device).clone() for name, value in state["slow"].items()}
         self.steps = int(state["steps"])
 
 

@@ -239,7 +239,7 @@ class Trial:
         self.epoch += 1
         epoch_index, lookahead = self.epoch - 1, self.lookahead
         after_step = None if lookahead is None else (
-            lambda done: lookahead.step(self.model, (epoch_index + done) / self.settings.max_epochs))
+            lambda done: lookahead.step((epoch_index + done) / self.settings.max_epochs))
         lr = self.optimizer.param_groups[0]["lr"]
         averaging = self.averages(self.epoch)
         stats = train_one_epoch(
@@ -256,7 +256,7 @@ class Trial:
         if not stats.finite:
             return metrics | {"train_loss": float("nan"), "val_loss": float("nan"), "val_acc": 0.0}
         if lookahead is not None and self.finished:  # the trained model is the slow weights
-            lookahead.finish(self.model)
+            lookahead.finish()
         began = time.perf_counter()
         val_loss, val_acc = evaluate(
             self.model, val_x, val_y, batch_size=s.eval_batch_size, amp=s.amp, channels_last=s.channels_last,
