@@ -58,6 +58,11 @@ class Choice(Strict):
 # A hyperparameter is a fixed value, a Range or a Choice. A bare YAML list is a Choice too.
 Param = Union[Range, Choice, Scalar]
 
+
+def possible_values(param: Any) -> list[Any]:
+    """What a fixed or categorical entry can be drawn as: its choices, or its one value."""
+    return list(param.choices) if isinstance(param, Choice) else [param]
+
 # What each hyperparameter may take, so a typo ("adma") fails before the sweep, not in a trial.
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine")
@@ -224,8 +229,7 @@ class SpaceConfig(Strict):
     @model_validator(mode="after")
     def _lr_for_every_optimizer(self) -> "SpaceConfig":
         if isinstance(self.lr, dict):
-            optimizers = self.optimizer.choices if isinstance(self.optimizer, Choice) else [self.optimizer]
-            missing = [name for name in optimizers if name not in self.lr]
+            missing = [name for name in possible_values(self.optimizer) if name not in self.lr]
             if missing:
                 raise ValueError(f"lr: no learning-rate range for optimizer {missing[0]!r}; add lr.{missing[0]}: "
                                  f"{{low: ..., high: ..., scale: log}} or drop it from space.optimizer")
@@ -233,10 +237,8 @@ class SpaceConfig(Strict):
 
     @model_validator(mode="after")
     def _decoupled_needs_sgd(self) -> "SpaceConfig":
-        decoupled = self.decoupled.choices if isinstance(self.decoupled, Choice) else [self.decoupled]
-        if True in decoupled:
-            optimizers = self.optimizer.choices if isinstance(self.optimizer, Choice) else [self.optimizer]
-            others = [name for name in optimizers if name not in DECOUPLABLE]
+        if True in possible_values(self.decoupled):
+            others = [name for name in possible_values(self.optimizer) if name not in DECOUPLABLE]
             if others:
                 raise ValueError(f"decoupled: restates lr and weight decay per 1024 images for SGD optimizers "
                                  f"{list(DECOUPLABLE)} only, but space.optimizer may draw {others[0]!r}; "

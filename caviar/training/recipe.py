@@ -37,6 +37,12 @@ def step_values(hparams: dict[str, Any]) -> tuple[float, float]:
     return step_lr, (decay / lr if lr > 0 else 0.0)
 
 
+def group_values(lr: float, weight_decay: float, lr_scale: float) -> tuple[float, float]:
+    """(lr, weight decay) of a parameter group whose lr is `lr_scale` x the trial's: its decay is
+    divided by as much, so its shrinking per step (lr x decay) stays the trial's."""
+    return lr * lr_scale, (weight_decay / lr_scale if lr_scale > 0 else 0.0)
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, bn_lr_scale: float) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: one, or with `bn_lr_scale` != 1 a second group of the
     batch-norm biases at lr x bn_lr_scale and weight decay / bn_lr_scale (their shrinking per step,
@@ -49,9 +55,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, bn_lr_scale: 
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
     rest = [p for p in params if id(p) not in biases]
     norm_biases = [p for p in params if id(p) in biases]
-    scaled_decay = weight_decay / bn_lr_scale if bn_lr_scale > 0 else 0.0
+    scaled_lr, scaled_decay = group_values(lr, weight_decay, bn_lr_scale)
     return [{"params": rest, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
-            {"params": norm_biases, "lr": lr * bn_lr_scale, "weight_decay": scaled_decay, "lr_scale": bn_lr_scale}]
+            {"params": norm_biases, "lr": scaled_lr, "weight_decay": scaled_decay, "lr_scale": bn_lr_scale}]
 
 
 # Lookahead as airbench94 runs it: a pull every 5 steps, toward slow weights that keep at most

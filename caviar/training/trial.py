@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from caviar.layout import CHECKPOINT_PATTERN, RESUME_FILE, checkpoint_name
 from caviar.training.data import SplitData
 from caviar.training.models import build_model, whitening_layers
-from caviar.training.recipe import AlternatingFlips, Lookahead, param_groups, step_values
+from caviar.training.recipe import AlternatingFlips, Lookahead, group_values, param_groups, step_values
 from caviar.training.settings import (  # noqa: F401 - trials' callers import these from here too
     TRIAL_EPOCHS_KEY,
     TrialSettings,
@@ -338,10 +338,8 @@ class Trial:
         old_lr, _ = step_values(self.hparams | saved)
         scale = new_lr / old_lr if old_lr > 0 else 1.0
         for group in self.optimizer.param_groups:  # a group's lr_scale: caviar.training.recipe.param_groups
-            lr_scale = group.get("lr_scale", 1.0)
             group["lr"] *= scale
-            group["initial_lr"] = new_lr * lr_scale
-            group["weight_decay"] = weight_decay / lr_scale if lr_scale > 0 else 0.0
+            group["initial_lr"], group["weight_decay"] = group_values(new_lr, weight_decay, group.get("lr_scale", 1.0))
             if "momentum" in group and group["momentum"]:
                 group["momentum"] = float(self.hparams["momentum"])
             if "betas" in group:
