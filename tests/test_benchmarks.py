@@ -226,3 +226,55 @@ def test_airbench_adapter_trains_to_its_deadline_and_learns(tmp_path, monkeypatc
     assert seed["steps"] >= 5 and seed["epochs"] >= 1
     assert seed["test_acc_views"] > 0.2 and seed["test_acc"] > 0.2  # chance is 0.1
     assert seed["view_probs"].shape == (200, 10)
+
+
+def test_ab_pairs_each_seed_with_and_without_the_options(tmp_path, capsys):
+    """bench_ab's rounds: A is the textbook point, B the point plus the options, both with the
+    round's seed, in child processes; one failed run is reported and its round left out of the
+    verdict; a bad option stops the run before anything trains. The runs are fakes
+    (tests/fake_runs.py): the training they stand for is benchmarks/baselines.textbook_seed, which
+    test_search_quality_tiny runs."""
+    import fake_runs
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    bench_ab = importlib.import_module("bench_ab")
+    out = tmp_path / "ab.json"
+    common = ["--tiny", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    bench_ab.main([*common, "--rounds", "3", "--option", "label_smoothing=0.1"], seed_fn=fake_runs.textbook_seed)
+    data = json.loads(out.read_text())
+    rounds, summary = data["results"]["rounds"], data["results"]["summary"]
+    assert [(r["A"]["seed"], r["B"]["seed"]) for r in rounds] == [(0, 0), (1, 1), (2, 2)]
+    assert all(r["A"]["hparams"] == {} and r["B"]["hparams"] == {"label_smoothing": 0.1} for r in rounds)
+    assert all("probs" not in r["A"] for r in rounds)  # the test set's probabilities are not kept
+    assert summary["val_diffs"] == pytest.approx([0.02, 0.02, -0.02])
+    assert summary["val_diff_mean"] == pytest.approx(0.02 / 3) and summary["b_wins"] == 2
+    assert summary["verdict"].startswith("no consistent difference: B ahead in 2 of 3")
+    assert data["settings"]["hparams_b"] | {"lr": 0.1, "label_smoothing": 0.1} == data["settings"]["hparams_b"]
+    assert "no consistent difference" in capsys.readouterr().out
+
+    # B fails in every round (the fake fails with whiten): reported, nothing compared
+    bench_ab.main([*common, "--rounds", "1", "--option", "whiten=true"], seed_fn=fake_runs.textbook_seed)
+    data = json.loads(out.read_text())
+    assert "this fake run fails with whiten" in data["results"]["rounds"][0]["B"]["error"]
+    assert data["results"]["summary"]["failed_rounds"] == 1
+    assert data["results"]["summary"]["verdict"].startswith("no round finished both runs")
+
+    # the verdict needs the same sign in every round
+    def run(val_a, val_b):
+        return {"A": {"seed": 0, "val_acc": val_a, "test_acc_views": val_a, "epochs": 4},
+                "B": {"seed": 0, "val_acc": val_b, "test_acc_views": val_b, "epochs": 3}}
+
+    assert bench_ab.summarise([run(0.90, 0.91), run(0.92, 0.93)])["verdict"].startswith("B better on validation in all 2")
+    assert bench_ab.summarise([run(0.90, 0.89), run(0.92, 0.91)])["verdict"].startswith("A better on validation in all 2")
+    assert bench_ab.summarise([run(0.90, 0.90)])["verdict"].startswith("no consistent difference")
+
+    out.unlink()
+    for options, message in ((["--option", "lookahed=true"], "lookahed: not a hyperparameter"),
+                             (["--option", "lookahead"], "expected NAME=VALUE"),
+                             (["--option", "label_smoothing=2"], "label_smoothing"),
+                             (["--option", "lookahead=true", "--option", "lookahead=false"], "given twice"),
+                             (["--rounds", "0"], "--rounds must be at least 1")):
+        with pytest.raises(SystemExit, match=message):
+            bench_ab.main([*common, *options], seed_fn=fake_runs.textbook_seed)
+        assert not out.exists()  # stopped before any run
