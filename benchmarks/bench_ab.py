@@ -140,12 +140,7 @@ def main(argv: Sequence[str] | None = None, seed_fn: Callable[..., dict[str, Any
                    f"{TINY_BUDGET_S:g}s with --tiny)")
     p.add_argument("--rounds", type=int, default=None, help="paired rounds, seeds 0, 1, ... (default 2; 1 with --tiny)")
     p.add_argument("--experiment", default=EXPERIMENT, help="whose first search.points entry is the textbook point")
-    p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
-                   help="fashion (default): Fashion-MNIST converted once; cifar-sample: 200 real CIFAR-10 images; "
-                   "fixture: caviar.training.fixture (the default with --tiny)")
-    p.add_argument("--data-root", type=Path, help="any folder holding cifar-10-batches-py/ (overrides --data)")
-    p.add_argument("--idx-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    p.add_argument("--val-size", type=int, help="data.val_size (default: 5000 for the full sets, scaled for less)")
+    bench_search_quality.add_data_arguments(p)
     p.add_argument("--tag", help="results go to benchmarks/results/ab-TAG.json")
     args = p.parse_args(argv)
     from caviar.config.durations import parse_duration

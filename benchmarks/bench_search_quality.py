@@ -79,6 +79,16 @@ def prepare(args: Any, cache: Path) -> tuple[Path, str]:
     return common.fixture(cache, **TINY_FIXTURE).resolve(), "fixture (caviar.training.fixture, learnable)"
 
 
+def add_data_arguments(p: Any) -> None:
+    """The options that choose the data `prepare` reads (also bench_ab's)."""
+    p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
+                   help="fashion (default): Fashion-MNIST converted once; cifar-sample: 200 real CIFAR-10 images "
+                   "(smoke run); fixture: caviar.training.fixture (the default with --tiny)")
+    p.add_argument("--data-root", type=Path, help="any folder holding cifar-10-batches-py/ (overrides --data)")
+    p.add_argument("--idx-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--val-size", type=int, help="data.val_size (default: 5000 for the full sets, scaled for less)")
+
+
 def default_val_size(train_images: int) -> int:
     """caviar's 5000 for the full sets; a tenth of a smaller set (at least a quarter, up to 40)."""
     return min(5000, max(train_images // 10, min(40, train_images // 4)))
@@ -322,12 +332,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                    help="leave out every baseline (when an earlier run at the same budget measured them)")
     p.add_argument("--flows", default=None, help=f"comma-separated, of {', '.join(FLOWS)} (default: all; with "
                    f"--tiny: {TINY_FLOWS}); none: the baseline only")
-    p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
-                   help="fashion (default): Fashion-MNIST converted once; cifar-sample: 200 real CIFAR-10 images "
-                   "(smoke run); fixture: caviar.training.fixture (the default with --tiny)")
-    p.add_argument("--data-root", type=Path, help="any folder holding cifar-10-batches-py/ (overrides --data)")
-    p.add_argument("--idx-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    p.add_argument("--val-size", type=int, help="data.val_size (default: 5000 for the full sets, scaled for less)")
+    add_data_arguments(p)
     p.add_argument("--address", default=None,
                    help="run the flows' commands on this Ray cluster (HOST:PORT) instead of a new Ray per command")
     p.add_argument("--slots", type=int, default=None, help="baseline seeds trained in parallel (default: cores)")
