@@ -37,7 +37,8 @@ TRIALS_PER_GPU = {"convnet": 4, "resnet": 2}  # gpus_per_trial: auto (caviar.swe
 # written by benchmarks/bench_search_quality.py), read when the table is printed, so no figure is
 # typed twice. Per budget: the runs whose mean (and spread) is reported, and the flow measured.
 EVIDENCE: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
-    "cpu-budget": [("30 min", ("search_quality-30m-v13-layers.json", "search_quality-30m-v14-fair.json"), "budget"),
+    "cpu-budget": [("30 min", ("search_quality-30m-v13-layers.json", "search_quality-30m-v14-fair.json",
+                               "search_quality-30m-v15-fair.json"), "budget"),
                    ("60 min", ("search_quality-60m-v4.json",), "budget")],
     "default": [("30 min", ("search_quality-30m-default.json",), "default")],
     "staged": [("30 min", ("search_quality-30m-staged.json",), "staged")],
