@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None, seed_fn: Callable[..., dict[str, Any
             rounds.append(run_round(seed_fn or baselines.textbook_seed, str(root), val_size, i, budget_s,
                                     args.experiment, options))
     summary = summarise(rounds)
-    print("\n" + common.markdown(_rows(rounds), list(_rows(rounds)[0]),
+    rows = _rows(rounds)
+    print("\n" + common.markdown(rows, list(rows[0]),
                                  f"Paired A/B on {data_name}, {budget_s:g}s per run, B = A + {options}"))
     print(f"\n{summary['verdict']}")
     settings = {"budget_s": budget_s, "rounds": rounds_n, "experiment": args.experiment, "options": options,
