@@ -61,7 +61,7 @@ def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
     import torch
 
     from caviar.config import load_config
-    from caviar.training.data import load_test_set, prepare_data
+    from caviar.training.data import data_for, load_test_set
     from caviar.training.train import evaluate, predict_logits
     from caviar.training.trial import Trial, TrialSettings, data_tensors
 
@@ -69,7 +69,7 @@ def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
     torch.set_num_threads(threads)
     config = load_config(str(REPO / experiment), [f"data.root={root}", f"data.val_size={val_size}",
                          "data.download=false", f"resources.cpus_per_trial={threads}", *overrides])
-    data = prepare_data(root, val_size=val_size, split_seed=config.data.split_seed, download=False)
+    data = data_for(config)  # the config's split (and data.train_subset, where an override sets one)
     test_x, test_y = load_test_set(root, download=False)
     settings = TrialSettings.from_config(config, data)
     trial = Trial(hparams | {"seed": seed}, settings)
@@ -110,6 +110,8 @@ def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
     # The mirrored view: caviar's ensemble averages each member over both when it trained with flips.
     mirrored = torch.softmax(predict_logits(model, test_x.flip(3), **kw), 1).numpy().astype(np.float32)
     views = (probs + mirrored) / 2 if s.flip else probs
+    val_probs = torch.softmax(predict_logits(model, val_x, **kw), 1)
+    val_views = (val_probs + torch.softmax(predict_logits(model, val_x.flip(3), **kw), 1)) / 2 if s.flip else val_probs
     return {"seed": seed, "hparams": hparams, "epochs": trial.epoch, "max_epochs": trial.settings.max_epochs,
             "passes": round(trial.epoch * _epoch_images(s, len(train_y)) / len(train_y), 2),
             "stopped_at_deadline": stopped, "diverged": bool(history[-1]["diverged"]), "kept": kept,
@@ -117,7 +119,8 @@ def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
             "val_acc": val_acc, "val_acc_by_epoch": [h.get("val_acc") for h in history],
             "avg_val_acc_by_epoch": [h.get("avg_val_acc") for h in history if "avg_val_acc" in h],
             "test_acc": float((probs.argmax(1) == test_y).mean()), "test_acc_views": _acc(views, test_y),
-            "wall_s": round(time.time() - begin, 1), "probs": probs, "view_probs": views}
+            "wall_s": round(time.time() - begin, 1), "probs": probs, "view_probs": views,
+            "val_view_probs": val_views.numpy().astype(np.float32)}
 
 
 def _acc(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -198,6 +201,8 @@ def run_baseline(name: str, root: Path, val_size: int, budget_s: float, slots: i
     if seeds:
         one_view = np.mean([s.pop("probs") for s in seeds], axis=0)
         views = np.mean([s.pop("view_probs") for s in seeds], axis=0)
+        for s in seeds:
+            s.pop("val_view_probs", None)
         best = max(seeds, key=lambda s: s["val_acc"] or 0)  # chosen on validation, like ensemble.json's best_member
         record |= {"ensemble_acc": _acc(views, test_y), "ensemble_acc_one_view": _acc(one_view, test_y),
                    "best_single_acc": best["test_acc_views"], "seed_accs": [s["test_acc_views"] for s in seeds],

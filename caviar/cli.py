@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--budget", metavar="DURATION", help="wall-clock budget such as 30m or 2h: trials, epochs and "
                        "stages are sized to fit it on this machine or cluster (throughput measured at the start), "
                        "and the sweep stops at the deadline with everything saved; same as --set budget=...")
+    sweep.add_argument("--plan", action="store_true", help="with --budget: print what the budget buys (its multiple "
+                       "of R, one run of the recipe on one slot; the shape, stages, trials and members) from a "
+                       "throughput probe on this machine, without training or writing anything")
+    sweep.add_argument("--slots", type=int, metavar="N", help="with --plan: plan for a cluster that runs N trials at "
+                       "once (default: this machine's slots)")
     sweep.add_argument("--log", action="append", choices=["mlflow", "wandb"], help="also log every trial to "
                        "MLflow or Weights & Biases (repeatable); same as --set log=mlflow. Destinations follow the "
                        "trackers' own settings (MLFLOW_TRACKING_URI, WANDB_PROJECT, WANDB_MODE)")
@@ -122,6 +127,15 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides.append(f"budget={args.budget}")
     if args.resume and args.experiment:
         raise CaviarError("--resume takes the experiment folder's own config; drop the experiment file argument")
+    if args.slots is not None and not args.plan:
+        raise CaviarError("--slots N states a cluster's size for --plan; add --plan (a sweep counts the slots Ray has)")
+    if args.plan:
+        if args.resume or args.stage:
+            raise CaviarError("--plan previews a new budgeted sweep; it cannot go with --resume or --stage")
+        from caviar.sweeps.preview import describe as describe_plan, preview
+
+        print(describe_plan(preview(args.experiment, overrides, slots=args.slots)))
+        return 0
     try:
         result = sweep(args.experiment, overrides=overrides, address=args.address, resume=args.resume,
                        stage=args.stage, verbose=args.verbose)

@@ -250,7 +250,7 @@ def test_a_staged_seconds_plan_times_each_stage():
     the stage's config converts its rungs with them, and a from_top stage (random) counts epochs."""
     from caviar.sweeps.stages import stage_config
 
-    config = load_config("experiments/cpu-budget.yaml")
+    config = load_config("experiments/cpu-budget.yaml", ["shape=search"])  # the file's two stages
     assert config.search.fidelity == "seconds"
     tree = config.to_dict()
     tree["stages"][0]["train_subset"] = 0.2
@@ -361,7 +361,7 @@ def test_from_top_stage_gets_epochs_and_its_share_of_time():
     over cannot eat stage 2's time."""
     from caviar.sweeps.budget import stage_deadline
 
-    config = load_config("experiments/cpu-budget.yaml")
+    config = load_config("experiments/cpu-budget.yaml", ["shape=search"])  # the file's two stages
     images = [13750, 13750]  # epoch_size 0.25 of 55,000
     short, long = (plan(config, budget_s=s, spent_s=0, slots=2, throughput=SPEED, train_images=13750,
                         val_images=5000, stage_train_images=images) for s in (1800, 3600))
@@ -385,7 +385,7 @@ def test_a_staged_plan_keeps_the_files_proportions_at_every_budget(seconds):
     against 2 winners of 120 epochs): the plan keeps that share at short budgets too. Capping the
     winners' 120 epochs at the longest-trial share before scaling gave the search 41% at 30 minutes
     and 69% at 10, the winners 10 epochs where 23 fit."""
-    config = load_config("experiments/cpu-budget.yaml")
+    config = load_config("experiments/cpu-budget.yaml", ["shape=search"])  # the file's two stages
     search, train = config.stages
     intended = search.num_samples * asha_epochs_per_trial(search.epochs, 1, 3)
     intended /= intended + train.from_top * train.epochs

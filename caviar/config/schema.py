@@ -41,6 +41,9 @@ class AugmentConfig(Strict):
     crop: int = Field(4, ge=0, le=16)  # random crop after zero padding by this many pixels; 0 = none
     flip: bool = True  # random horizontal flips; off where a mirror image is another thing (letters)
     cutout: int = Field(0, ge=0, le=32)  # side of a square zeroed at a random place per image; 0 = none
+    # What fills the crop's padding: zeros (black) or reflect (the image mirrored at its edge, as
+    # airbench pads: no black frame on images whose background is bright).
+    pad_mode: Literal["zeros", "reflect"] = "zeros"
 
 
 class DataConfig(Strict):
@@ -269,6 +272,10 @@ class Config(Strict):
     # Wall-clock budget of the sweep, e.g. 30m or 2h (caviar.sweeps.budget): trials, epochs and stages
     # are sized to fit it on the machine or cluster it runs on; null = run what the file says.
     budget: Optional[str] = None
+    # How a budgeted staged sweep spends its time (caviar.sweeps.shapes): auto = chosen from how many
+    # runs of the recipe (search.points[0]) the budget holds per slot; recipe = no search, the recipe
+    # from new seeds the whole budget; search = the file's stages; ensemble = members first.
+    shape: Literal["auto", "recipe", "search", "ensemble"] = "auto"
     # Experiment trackers that also receive every trial (hyperparameters, per-epoch metrics) through
     # Ray Tune's logger callbacks, and the leaderboard and ensemble figures (caviar.search.tracking):
     # mlflow, wandb; [] = the experiment folder only. Each needs its extra (`pip install caviar[mlflow]`).

@@ -37,6 +37,7 @@ from caviar.layout import (
     REPORT_FILE,
     REPORT_IMAGES_DIR as IMAGES_DIR,
     STAGES_FILE,
+    SUMMARY_FILE,
 )
 from caviar.results.border import border_warnings, scored
 from caviar.results.charts import plot_curves, plot_ensemble, plot_filters, plot_hparams, plot_rungs, plot_update_ratio
@@ -114,6 +115,8 @@ def report_experiment(folder: Path, top: int = 6) -> Path:
                 if len(best) else ".")
              + f" Search: {config.search.algorithm}, scheduler {config.search.scheduler}, "
                f"{config.search.max_epochs} epochs max.</p>"]
+    summary_file = folder / SUMMARY_FILE
+    parts += _budget_line(json.loads(summary_file.read_text()).get("budget") if summary_file.exists() else None)
     for w in warnings:
         parts.append(f"<div class='warn'>Best value on the border: {html.escape(w['message'])}</div>")
     if len(table):
@@ -131,10 +134,18 @@ def report_experiment(folder: Path, top: int = 6) -> Path:
     return out
 
 
+def _budget_line(budget: dict | None) -> list[str]:
+    """What a budgeted sweep's plan bought, in runs of the recipe and the shape it took (summary.json
+    or stages.json: caviar.sweeps.shapes), as a paragraph; none for a sweep without a budget."""
+    shape = (budget or {}).get("shape") or {}
+    return [f"<p class='note'>Budget: {html.escape(str(shape['text']))}</p>"] if shape.get("text") else []
+
+
 def report_staged(folder: Path, top: int = 6) -> Path:
     plan = json.loads((folder / STAGES_FILE).read_text())
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>caviar report: {html.escape(folder.name)}"
              f"</title>{_style()}</head><body><h1>caviar staged report: {html.escape(folder.name)}</h1>"]
+    parts += _budget_line(plan.get("budget"))
     for entry in plan.get("stages", []):
         stage_dir = folder / entry["folder"]
         acc = entry.get("best_val_acc")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from caviar.config import Config, ConfigError, StageConfig, derive_config
 from caviar.config.durations import format_duration
 from caviar.config.schedulers import SCHEDULERS, asha_epochs_per_trial, rungs
+from caviar.sweeps import shapes
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 UTILISATION = 0.85
 STARTUP_S = 15.0  # Ray start, data into the object store, the throughput probe
 STAGE_STARTUP_S = 5.0  # each stage after the first: its Tuner, its trials' first processes
+WORKER_START_S = 5.0  # the first stage's trials start new worker processes too (importing torch: ~5 s here)
 # Seconds besides training and evaluation, measured on the 2-core CPU with sub-second epochs
 # (Ray's time_this_iter_s against the probe's estimate): each epoch's checkpoint, report and
 # babysitting ~1 s; a trial's start in a reused process ~1 s.
@@ -57,13 +59,17 @@ class Throughput:
     eval_s_per_image: float
     configs: int  # how many configs were timed
     device: str
+    # the experiment's recipe (its first search point), timed on its own: the unit R (caviar.sweeps.shapes)
+    recipe_train_s_per_image: float | None = None
 
-    def epoch_s(self, train_images: int, val_images: int, averaging: float = 0.0, bn_images: int = 0) -> float:
+    def epoch_s(self, train_images: int, val_images: int, averaging: float = 0.0, bn_images: int = 0,
+                recipe: bool = False) -> float:
         """One epoch: training, the validation pass, and (for the averaged share of epochs) the
-        weight average's batch-norm pass and validation pass."""
+        weight average's batch-norm pass and validation pass; of the recipe with `recipe`."""
+        train = self.recipe_train_s_per_image if recipe and self.recipe_train_s_per_image else self.train_s_per_image
         evaluation = val_images * self.eval_s_per_image
         average = averaging * (min(bn_images, train_images) + val_images) * self.eval_s_per_image
-        return train_images * self.train_s_per_image + evaluation + average
+        return train_images * train + evaluation + average
 
 
 def measure(config: Config, data: SplitData, device: torch.device | None = None, configs: int = 3,
@@ -83,7 +89,10 @@ def measure(config: Config, data: SplitData, device: torch.device | None = None,
     torch.set_num_threads(settings.threads)
     train_x, train_y, val_x, val_y = None, None, None, None
     train_times, eval_times = [], []
-    for hparams in sample(config.space, configs, seed=config.search.seed or 0):
+    drawn = sample(config.space, configs + 1, seed=config.search.seed or 0)
+    # The recipe (search.points[0], the rest drawn) first, timed apart: R, the unit a budget is told in.
+    recipe = [drawn[-1] | dict(config.search.points[0])] if config.search.points else []
+    for hparams in recipe + drawn[:configs]:
         trial = Trial(hparams, settings, device)
         if train_x is None:
             train_x, train_y, val_x, val_y = data_tensors(data, trial.device)
@@ -107,7 +116,9 @@ def measure(config: Config, data: SplitData, device: torch.device | None = None,
                  channels_last=settings.channels_last)
         eval_times.append((time.perf_counter() - begin) / max(1, probe))
     device = str(trial.device.type)
-    return Throughput(statistics.median(train_times), statistics.median(eval_times), configs, device)
+    recipe_s = train_times.pop(0) if recipe else None
+    eval_times = eval_times[len(recipe):]
+    return Throughput(statistics.median(train_times), statistics.median(eval_times), configs, device, recipe_s)
 
 
 def _sync(device: torch.device) -> None:
@@ -134,14 +145,22 @@ class Plan:
     # recomputation and evaluation of the average, in its share of the epochs): a stage timed in
     # a search, where trials rarely reach their averaging epochs, is scaled by it to train one.
     average_factor: float = 1.0
+    # What the budget buys in runs of the recipe, and the shape chosen from that (caviar.sweeps.shapes);
+    # {} for an experiment without a members stage.
+    shape: dict[str, Any] = field(default_factory=dict)
+    shape_changes: dict[str, Any] = field(default_factory=dict)  # the config changes of the shape (unsized)
 
     def describe(self) -> str:
         head = (f"Budget {format_duration(self.budget_s)}: {self.slots} trial slot{'s' if self.slots != 1 else ''}, "
                 f"~{self.epoch_s:.1f} s per epoch of one trial (measured), ~{self.expected_trial_epochs:.0f} "
                 f"trial-epochs fit")
+        if self.shape:
+            head += f"\n  {self.shape['text']}"
         if self.stages:
-            parts = [f"{s['num_samples']} x {s['epochs']} ep" for s in self.stages]
-            return f"{head}; stages planned: {' -> '.join(parts)}"
+            names = [stage["name"] for stage in self.shape_changes.get("stages", [])] or [""] * len(self.stages)
+            parts = [f"{name + ' ' if name else ''}{s['num_samples']} x {s['epochs']} ep"
+                     for name, s in zip(names, self.stages)]
+            return f"{head}\n  stages planned: {' -> '.join(parts)}"
         return f"{head}; planned {self.num_samples} trials, up to {self.max_epochs} epochs each ({self.scheduler})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,11 +217,45 @@ def _stage_epoch_cap(stage: StageConfig, fraction: float, seconds: float, longes
     return max(1, int(longest / fraction))
 
 
+def stage_train_images(config: Config, total: int) -> list[int]:
+    """Training images per epoch of each stage, out of `total` training images (a stage's own
+    train_subset, and train.epoch_size)."""
+    from caviar.training.train import images_per_epoch
+
+    subsets = [total if s.train_subset is None or s.train_subset == 1.0
+               else min(total, int(s.train_subset) if isinstance(s.train_subset, int) else int(s.train_subset * total))
+               for s in config.stages]
+    return [images_per_epoch(n, config.train.epoch_size) for n in subsets]
+
+
+def recipe_seconds(config: Config, throughput: Throughput, train_images: int, val_images: int) -> float:
+    """R: the seconds one run of the experiment's recipe (search.points[0]) takes on one slot,
+    trained for its own schedule (caviar.sweeps.shapes.recipe_epochs) with `train_images` per epoch,
+    its weight average's passes and each epoch's overhead counted."""
+    averaging = (1 - config.average.start) if config.average.method != "none" else 0.0
+    epoch_s = throughput.epoch_s(train_images, val_images, averaging, config.average.bn_images,
+                                 recipe=True) + EPOCH_OVERHEAD_S
+    return shapes.recipe_epochs(config) * epoch_s + TRIAL_OVERHEAD_S
+
+
 def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, throughput: Throughput,
          train_images: int, val_images: int, stage_train_images: list[int] | None = None) -> Plan:
-    """The sweep that fits what is left of `budget_s` after `spent_s`, on `slots` parallel trials."""
-    seconds = budget_s - spent_s - STARTUP_S - STAGE_STARTUP_S * max(0, len(config.stages) - 1)
+    """The sweep that fits what is left of `budget_s` after `spent_s`, on `slots` parallel trials.
+    A staged experiment with a members stage takes the shape its budget buys first
+    (caviar.sweeps.shapes): the plan's `stage_list` holds the stages it runs."""
     averaging = (1 - config.average.start) if config.average.method != "none" else 0.0
+    shape, shape_changes = None, {}
+    if config.search.points:
+        members = shapes.members_stage(config)
+        images = stage_train_images or [train_images] * len(config.stages)
+        recipe_s = recipe_seconds(config, throughput, train_images if members is None else images[members], val_images)
+        shape = shapes.choose(config, recipe_s=recipe_s, budget_s=budget_s, slots=slots)
+        shape_changes = shapes.changes(config, shape)
+        if shape_changes:
+            config = derive_config(config, shape_changes, f"shape {shape.name}")
+        if shape.name == "recipe":  # its one stage is the members stage
+            stage_train_images = [images[members]]
+    seconds = (budget_s - spent_s - STARTUP_S - WORKER_START_S - STAGE_STARTUP_S * max(0, len(config.stages) - 1))
     epoch_s = throughput.epoch_s(train_images, val_images, averaging, config.average.bn_images) + EPOCH_OVERHEAD_S
     if seconds < 2 * epoch_s:
         raise ConfigError(f"budget {format_duration(budget_s)} is too small: one epoch of one trial takes "
@@ -214,6 +267,9 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
     result = Plan(budget_s=budget_s, seconds=seconds, slots=slots, epoch_s=epoch_s,
                   scheduler=config.search.scheduler, expected_trial_epochs=available,
                   throughput=asdict(throughput), average_factor=epoch_s / plain_epoch_s)
+    if shape is not None:
+        result.shape = shape.to_dict() | {"text": shape.describe()}
+        result.shape_changes = shape_changes
     if not config.stages:
         result.num_samples, result.max_epochs = _single(config.search.scheduler, available, longest, config, slots,
                                                         TRIAL_OVERHEAD_S / epoch_s)
@@ -227,12 +283,22 @@ def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, through
     cost = sum(n * (_stage_cost(config, stage, e, f) + TRIAL_OVERHEAD_S / epoch_s)
                for stage, n, e, f in zip(config.stages, counts, epochs, fractions))
     # One factor for every stage, as the file proportions them: a stage that draws trials gets
-    # more (or fewer) of them; a `from_top` stage, whose trials are the winners, more epochs.
-    scale = available / cost
+    # more (or fewer) of them; a `from_top` stage, whose trials are the winners, more epochs. A shape
+    # that sets the search's share of the time (ensemble) scales the two kinds apart.
+    scales = [available / cost] * len(config.stages)
+    share = shape.search_share if shape is not None else None
+    if share is not None and 0 < share < 1:
+        costs = [n * (_stage_cost(config, stage, e, f) + TRIAL_OVERHEAD_S / epoch_s)
+                 for stage, n, e, f in zip(config.stages, counts, epochs, fractions)]
+        searching = sum(c for c, stage in zip(costs, config.stages) if not stage.from_top)
+        training = sum(costs) - searching
+        if searching > 0 and training > 0:
+            scales = [available * (1 - share) / training if stage.from_top else available * share / searching
+                      for stage in config.stages]
     result.stages = [
         {"num_samples": n, "epochs": max(1, min(cap, int(e * scale)))} if stage.from_top else
         {"num_samples": max(slots, int(n * scale)), "epochs": e}
-        for stage, n, e, cap in zip(config.stages, counts, epochs, caps)
+        for stage, n, e, cap, scale in zip(config.stages, counts, epochs, caps, scales)
     ]
     for sized, stage, f in zip(result.stages, config.stages, fractions):  # each stage's share of the time
         sized["share"] = sized["num_samples"] * (_stage_cost(config, stage, sized["epochs"], f) +
@@ -258,8 +324,10 @@ def stage_deadline(planned_stages: list[dict[str, Any]], index: int, now: float,
 
 def apply(config: Config, planned: Plan) -> Config:
     """`config` with the planned sizes (and the deadline) written in: what the sweep then runs."""
+    changes: dict[str, Any] = dict(planned.shape_changes)
+    if changes:
+        config = derive_config(config, changes, "the budget's shape")
     search = config.search
-    changes: dict[str, Any] = {}
     if planned.stages:
         for i, (_, sized) in enumerate(zip(config.stages, planned.stages)):
             changes |= {f"stages.{i}.num_samples": sized["num_samples"], f"stages.{i}.epochs": sized["epochs"]}

@@ -90,6 +90,7 @@ def run_experiment(
     begin: float | None = None,
     log: Callable[[str], None] = print,
     verbose: bool = False,
+    run_plan: budgets.Plan | None = None,
 ) -> SweepResult:
     """Run one Ray Tune experiment for `config` (resolved, without stages) in ``storage/name/``,
     or with `resume` finish the one there (see config_for_resume), and return its leaderboard.
@@ -99,11 +100,12 @@ def run_experiment(
     staged run passes its own down; with `fit_to_deadline` each trial fits its epoch count to it
     (caviar.training.trial.Trial.refit: a stage that trains chosen configs to the end). `log` gets caviar's
     progress lines (caviar.search.callbacks); with `verbose`, Ray Tune's own console output comes instead.
+    `run_plan`: the budget plan of the staged run this sweep is a stage of, for its summary.json.
     """
     begin = time.time() if begin is None else begin
     storage_path, path, config, data = _checked_start(config, resume)
     dataset = describe_dataset(data)  # recorded in summary.json: what the trials trained on
-    plan: budgets.Plan | None = None
+    plan = run_plan
     with connect.session(address, verbose) as started:
         resources = connect.check_cluster(config, storage_path, joined=not started)
         # A resumed sweep finishes what its plan drew; the budget was that of the first run.

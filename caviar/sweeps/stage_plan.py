@@ -76,6 +76,18 @@ def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index:
     return points
 
 
+def recipe_points(config: Config, count: int, stage_index: int) -> list[dict[str, Any]]:
+    """The experiment's recipe (its first search point) `count` times, each with a new seed (the
+    same ones on a rerun): what a first `from_top` stage trains (the budget shape `recipe`)."""
+    if not config.search.points:
+        raise ConfigError(f"stage {stage_index} trains the best configs of the stage before (from_top), but it is "
+                          "the first stage and there is no search.points entry to train instead; add the recipe as "
+                          "search.points[0] or a search stage before it")
+    recipe = dict(config.search.points[0])
+    base = int(recipe.pop("seed", config.search.seed or 0))
+    return [recipe | {"seed": derived_seed(base, stage_index * 1000 + k, mix=7919)} for k in range(count)]
+
+
 def _plain(value: Any) -> Any:
     """A leaderboard cell as the plain Python value a config holds (numpy scalars unwrapped)."""
     return value.item() if hasattr(value, "item") else value
@@ -104,7 +116,10 @@ def stage_space(config: Config, index: int, prior: SweepOutcome | None,
     another order than by rank (stages.N.pick). Raises CaviarError when `prior` scored none."""
     stage = config.stages[index - 1]
     points = None
-    if prior is None:
+    if prior is None and stage.from_top:  # no stage before: the recipe, from new seeds
+        space, points = config.space, recipe_points(config, stage.from_top, index)
+        record = {"from_recipe": True, "num_samples": len(points), "points": points}
+    elif prior is None:
         space, record = config.space, {}
     elif stage.from_top:
         space = prior.config.space

@@ -30,7 +30,14 @@ from caviar.results.border import format_warnings
 from caviar.results.folder import ExperimentFolder
 from caviar.results.leaderboard import deadline_reached, interrupted
 from caviar.search import connect
-from caviar.sweeps.budget import AFFORDABLE_SHARE, Plan, affordable, apply as apply_plan, stage_deadline
+from caviar.sweeps.budget import (
+    AFFORDABLE_SHARE,
+    Plan,
+    affordable,
+    apply as apply_plan,
+    stage_deadline,
+    stage_train_images,
+)
 from caviar.sweeps.diverse import pick_order
 from caviar.sweeps.experiment import (
     SweepOutcome,
@@ -49,7 +56,6 @@ from caviar.sweeps.stage_plan import (
     stage_state,
     top_points,
 )
-from caviar.training.train import images_per_epoch
 from caviar.training.trial import TRIAL_EPOCHS_KEY
 
 # A budgeted run starts no stage with fewer seconds than this left before its deadline.
@@ -205,15 +211,19 @@ def _stage(run: _StagedRun, index: int, stage: StageConfig) -> bool:
         run.log(f"The budget is spent: stage {index} ({stage.name}) and later ones do not run.")
         return False
     order = None
-    if searched.points and action is not StageAction.RESUME:  # (a resumed stage keeps the configs it has)
-        order = pick_order(run.done[-1], stage, run.log)
+    prior = run.done[-1] if run.done else None  # None: a first from_top stage trains the recipe
+    if searched.points and prior is not None and action is not StageAction.RESUME:  # (a resumed stage keeps its configs)
+        order = pick_order(prior, stage, run.log)
         if order is not None:
-            searched = stage_space(run.config, index, run.done[-1], order)
+            searched = stage_space(run.config, index, prior, order)
             entry |= searched.record
     config, points, slots = run.config, searched.points, None
     if run.budget is not None and points and action is not StageAction.RESUME:
-        config, points, slots = _sized(run, run.budget, index, searched.space, order)
-        entry |= {"epochs": config.stages[index - 1].epochs, "points": points}
+        if prior is None:  # the recipe's seeds: the plan's epochs, each refitted to the deadline
+            slots = max(1, connect.free_slots(run.config, run.budget.resources, run.budget.plan.slots))
+        else:
+            config, points, slots = _sized(run, run.budget, index, searched.space, order)
+            entry |= {"epochs": config.stages[index - 1].epochs, "points": points}
     _announce(run.log, index, config.stages, entry, resuming=action is StageAction.RESUME)
     run.stages_json["stages"].append(entry | {"status": "running"})
     run.write_stages_json()
@@ -237,7 +247,8 @@ def _run_afresh(run: _StagedRun, config: Config, index: int, space: SpaceConfig,
     # the rest (their epochs, sized for waves by affordable, stand).
     refit = slots is not None and points is not None and len(points) <= slots
     return run_experiment(stage_config(config, index, space, run.root, points, speed).resolved(),
-                          address=run.address, deadline=ends, fit_to_deadline=refit, log=run.log, verbose=run.verbose)
+                          address=run.address, deadline=ends, fit_to_deadline=refit, log=run.log, verbose=run.verbose,
+                          run_plan=budget.plan if budget is not None else None)
 
 
 def _record(run: _StagedRun, index: int, stage: StageConfig, entry: dict[str, Any], result: SweepResult) -> bool:
@@ -267,13 +278,8 @@ def _plan_stages(config: Config, begun: float, *, joined: bool, log: Callable[[s
     budget_s = parse_duration(config.budget)
     data = read_data(config)
     resources = connect.check_cluster(config, storage.resolve(config.storage), joined=joined)
-    total = len(data.train_y)
-    subsets = [total if s.train_subset is None or s.train_subset == 1.0
-               else min(total, int(s.train_subset) if isinstance(s.train_subset, int) else int(s.train_subset * total))
-               for s in config.stages]
-    images = [images_per_epoch(n, config.train.epoch_size) for n in subsets]
     planned = plan_budget(config, data, resources, budget_s=budget_s, spent_s=time.time() - begun,
-                          stage_train_images=images)
+                          stage_train_images=stage_train_images(config, len(data.train_y)))
     log(planned.describe())
     return apply_plan(config, planned), _Budget(plan=planned, deadline=begun + budget_s, resources=resources)
 

@@ -1,0 +1,57 @@
+"""What a budget buys, before it is spent (`caviar sweep EXP --budget T --plan [--slots N]`): the
+throughput probe on this machine, then the plan a budgeted sweep would make (caviar.sweeps.budget),
+with its shape (caviar.sweeps.shapes), for this machine's trial slots or a stated cluster's.
+Nothing is written and no trial runs; Ray is not started."""
+
+from __future__ import annotations
+
+import os
+
+from caviar.config import ConfigError, load_config, with_classes
+from caviar.config.durations import parse_duration
+from caviar.search.connect import cluster_slots, trial_resources
+from caviar.sweeps import budget as budgets
+from caviar.training.data import data_for
+from caviar.training.train import images_per_epoch
+
+
+def local_pool() -> dict[str, float]:
+    """The CPUs and GPUs of this machine, as Ray would count them for a local sweep."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def preview(experiment: str | None, overrides: list[str] | None = None, *, slots: int | None = None) -> budgets.Plan:
+    """The plan `caviar sweep experiment --budget ...` would make here, on `slots` trial slots
+    (default: as many as this machine runs at once). The budget comes from the config (--budget
+    sets it); the speed is measured on this machine, for a trial's share of it."""
+    import torch
+
+    if slots is not None and slots < 1:
+        raise ConfigError(f"--slots {slots}: give the number of trials the cluster runs at once, 1 or more")
+    config = load_config(experiment, overrides).resolved()
+    if not config.budget:
+        raise ConfigError("--plan shows what a budget buys: give one with --budget (e.g. --budget 2h) or budget: in "
+                          "the experiment file")
+    data = data_for(config)
+    config = with_classes(config, len(data.classes), f"data.root {config.data.root}")
+    pool = local_pool()
+    resources = trial_resources(config, pool["GPU"])
+    device = torch.device("cuda") if resources["gpu"] > 0 else torch.device("cpu")
+    throughput = budgets.measure(config, data, device)
+    train_images = images_per_epoch(len(data.train_y), config.train.epoch_size)
+    return budgets.plan(config, budget_s=parse_duration(config.budget), spent_s=0,
+                        slots=slots or cluster_slots(config, resources, pool), throughput=throughput,
+                        train_images=train_images, val_images=len(data.val_y),
+                        stage_train_images=budgets.stage_train_images(config, len(data.train_y)) if config.stages
+                        else None)
+
+
+def describe(planned: budgets.Plan) -> str:
+    """The plan as `--plan` prints it."""
+    device = planned.throughput.get("device", "cpu")
+    return (f"{planned.describe()}\n  (speed measured on this machine's {device}, "
+            f"{planned.throughput.get('configs', 0)} configs of the space and the recipe; nothing was trained or "
+            f"written)")
+
