@@ -121,7 +121,11 @@ def test_search_quality_tiny(ray_session, tmp_path, capsys):
     assert "Search quality" in printed and "| flow |" in printed
     results = data["results"]
     assert set(results["flows"]) == {"budget"}  # the default flow's sweep is what test_cli's smoke run runs
-    assert [s["folder"] for s in results["flows"]["budget"]["stages"]][:1] == ["stage1-search"]  # a staged folder
+    # a staged folder, in the shape its budget bought (caviar.sweeps.shapes), told in runs of the recipe
+    stages = results["flows"]["budget"]["stages"]
+    shape = stages[0]["budget"]["shape"]
+    assert [s["folder"] for s in stages][:1] == ["stage1-recipe" if shape["name"] == "recipe" else "stage1-search"]
+    assert shape["runs"] == pytest.approx(shape["budget_s"] * shape["slots"] / shape["recipe_s"], abs=1e-3)
     for name, flow in results["flows"].items():
         assert "error" not in flow, (name, flow.get("error"), flow.get("sweep_log_tail"), flow.get("ensemble_log_tail"))
         assert 0 <= flow["best_single_acc"] <= 1 and 0 <= flow["ensemble_acc"] <= 1, name

@@ -174,6 +174,25 @@ def test_waiting_trials_that_lost_are_stopped_at_the_end():
     assert sorted(controller.stopped) == ["t0", "t1"]
 
 
+def test_when_no_trial_can_start_the_best_goes_on_to_the_end():
+    """`caviar sweep smoke --set search.max_epochs=4`, 4 trials: the best of rung 1 went on to rung 3,
+    where it waited alone (fewer than min_rung_trials could reach it) and was stopped with all
+    the others. With the search done and nothing running, a rung's top goes on however few reached
+    it, highest rung first; the losers are stopped only when no rung has a waiting finalist."""
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(4)]
+    scheduler, controller = _asha(), FakeController(trials, finished=True)
+    for trial, acc in zip(trials, (0.41, 0.30, 0.53, 0.20)):
+        scheduler.on_trial_result(controller, trial, _result(1, acc))
+    assert scheduler.on_trial_result(controller, trials[2], _result(3, 0.70)) == "PAUSE"  # alone at rung 3
+    for trial in trials:
+        trial.status = "PAUSED"
+    chosen = scheduler.choose_trial_to_run(controller)
+    assert chosen is trials[2] and controller.stopped == []  # the best goes on, past the rung it reached alone
+    chosen.status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is None  # rung 1's top place (1 of 4) is t2's: the rest lost
+    assert sorted(controller.stopped) == ["t0", "t1", "t3"]
+
+
 def test_min_rung_trials_raises_the_bar():
     trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING") for i in range(5)]
     scheduler, controller = _asha(min_rung_trials=5), FakeController(trials)

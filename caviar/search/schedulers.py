@@ -105,7 +105,13 @@ class PromotingASHA(FIFOScheduler):
         if busy or not waiting:
             return None
         if tune_controller.search_alg.is_finished():
-            for tid in waiting:  # no rival can come: the waiting trials lost their rungs
+            # No new rival can come: each rung's top goes on, highest rung first (at least its best,
+            # however few reached it, so a sweep always trains its best trial to the end); the rest lost.
+            finalist = self._finalist(waiting)
+            if finalist is not None:
+                self._promoted[self._waiting.pop(finalist)].add(finalist)
+                return trials[finalist]
+            for tid in waiting:
                 del self._waiting[tid]
                 _stop_paused(tune_controller, trials[tid])
             return None
@@ -121,6 +127,18 @@ class PromotingASHA(FIFOScheduler):
         best = max(waiting, key=lambda tid: (self._waiting[tid], self._scores[self._waiting[tid]][tid]))
         self._promoted[self._waiting.pop(best)].add(best)
         return trials[best]
+
+    def _finalist(self, waiting: list[str]) -> str | None:
+        """The waiting trial that goes on once the search can start no trial: the best waiting one
+        of the highest rung whose top max(1, reached // eta) it is in (promoted trials keep their
+        places in that top), or None where every waiting trial lost its rung."""
+        for rung in reversed(range(len(self._milestones))):
+            scores = self._scores[rung]
+            top = sorted(scores, key=lambda tid: -scores[tid])[: max(1, len(scores) // self._eta)]
+            for tid in top:
+                if tid in waiting and self._waiting[tid] == rung:
+                    return tid
+        return None
 
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
         self._forget(trial)
