@@ -7,9 +7,10 @@ recipe), and B, the same point with the options on top. Both see the same machin
 time, so a slow spell of the shared machine slows both, where sequential runs of A and then B
 measured the spell as the option's cost. Each sizes its own schedule to the deadline from its own
 speed (caviar's Trial.refit), so an option that costs time per epoch pays for it in epochs, as a
-user's would. The verdict is taken on validation accuracy; test accuracy is recorded beside it.
+user's would. The verdict is taken on validation accuracy (a paired t-test over the rounds, and a
+difference of at least MIN_DIFF); test accuracy is recorded beside it.
 
-    python benchmarks/bench_ab.py --budget 10m --option lookahead=true --rounds 2 --tag lookahead
+    python benchmarks/bench_ab.py --budget 10m --option lookahead=true --tag lookahead
     python benchmarks/bench_ab.py --tiny        # seconds on the fixture: what the test suite runs
 
 Wall time: rounds x the budget, plus data preparation.
@@ -32,6 +33,9 @@ import common  # noqa: E402
 NAME = "ab"
 EXPERIMENT = "experiments/cpu-budget.yaml"
 TINY_BUDGET_S = 12.0
+ROUNDS = 5  # paired rounds by default: a paired t-test on 2 rounds has one degree of freedom
+SIGNIFICANCE = 0.05  # two-sided p of the paired t-test under which a difference is called
+MIN_DIFF = 0.001  # a difference in validation accuracy worth reporting: 0.1 point (5 images of 5000)
 # What each run keeps in the results (its probabilities are left out: they are the size of the test set).
 KEPT = ("seed", "hparams", "epochs", "max_epochs", "passes", "stopped_at_deadline", "diverged", "kept",
         "first_epoch_s", "last_epoch_s", "val_acc", "val_acc_by_epoch", "test_acc", "test_acc_views", "wall_s")
@@ -106,15 +110,35 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         **{f"{v}_test_mean": statistics.fmean(r[v]["test_acc_views"] for r in paired) for v in "AB"},
         **{f"{v}_epochs_mean": statistics.fmean(r[v]["epochs"] for r in paired) for v in "AB"},
     }
-    # Only a difference of one sign in every round is called a win: the seeds' spread within a
-    # variant (0.1-0.6 point at 10 minutes on Fashion-MNIST) is as large as the options' effects.
-    if wins == len(diffs):
-        summary["verdict"] = f"B better on validation in all {len(diffs)} rounds (mean {mean:+.4f})"
-    elif wins == 0 and all(d < 0 for d in diffs):
-        summary["verdict"] = f"A better on validation in all {len(diffs)} rounds (mean {mean:+.4f})"
+    p_value = paired_p_value(diffs)
+    summary |= {"p_value": p_value, "min_diff": MIN_DIFF, "significance": SIGNIFICANCE}
+    # The seeds' spread within a variant (0.1-0.6 point at 10 minutes on Fashion-MNIST) is as large as
+    # the options' effects: a winner needs a paired test across rounds, and a difference worth reporting.
+    if p_value is None:
+        summary["verdict"] = f"too few paired rounds ({len(diffs)}) for a paired test: run at least 2 (5 by default)"
+    elif p_value >= SIGNIFICANCE:
+        summary["verdict"] = (f"no significant difference: B ahead in {wins} of {len(diffs)} rounds "
+                              f"(mean {mean:+.4f}, paired t-test p = {p_value:.3f})")
+    elif abs(mean) < MIN_DIFF:
+        summary["verdict"] = (f"a difference of {mean:+.4f} (p = {p_value:.3f}), below the {MIN_DIFF:.3f} worth "
+                              "reporting")
     else:
-        summary["verdict"] = f"no consistent difference: B ahead in {wins} of {len(diffs)} rounds (mean {mean:+.4f})"
+        summary["verdict"] = (f"{'B' if mean > 0 else 'A'} better on validation: mean {mean:+.4f} over "
+                              f"{len(diffs)} paired rounds (B ahead in {wins}), paired t-test p = {p_value:.3f}")
     return summary
+
+
+def paired_p_value(diffs: list[float]) -> float | None:
+    """Two-sided p-value of a paired t-test that the mean of B - A (per round) is 0 (scipy's
+    ttest_rel on the pairs is the same test); None for fewer than 2 rounds. Rounds that all differ
+    by the same amount have no spread: p is 0 where that amount is not 0."""
+    if len(diffs) < 2:
+        return None
+    if statistics.pstdev(diffs) == 0:
+        return 0.0 if diffs[0] != 0 else 1.0
+    from scipy import stats
+
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
 def _rows(rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -138,7 +162,8 @@ def main(argv: Sequence[str] | None = None, seed_fn: Callable[..., dict[str, Any
                    "e.g. lookahead=true (default with --tiny: label_smoothing=0.1)")
     p.add_argument("--budget", default=None, help="wall-clock budget of each round: 10m, 30m, 90s (default 10m; "
                    f"{TINY_BUDGET_S:g}s with --tiny)")
-    p.add_argument("--rounds", type=int, default=None, help="paired rounds, seeds 0, 1, ... (default 2; 1 with --tiny)")
+    p.add_argument("--rounds", type=int, default=None, help=f"paired rounds, seeds 0, 1, ... (default {ROUNDS}; 1 with "
+                   "--tiny)")
     p.add_argument("--experiment", default=EXPERIMENT, help="whose first search.points entry is the textbook point")
     bench_search_quality.add_data_arguments(p)
     p.add_argument("--tag", help="results go to benchmarks/results/ab-TAG.json")
@@ -147,7 +172,7 @@ def main(argv: Sequence[str] | None = None, seed_fn: Callable[..., dict[str, Any
     from caviar.training.data import load_cifar10
 
     budget_s = parse_duration(args.budget or (f"{TINY_BUDGET_S:g}s" if args.tiny else "10m"))
-    rounds_n = args.rounds if args.rounds is not None else (1 if args.tiny else 2)
+    rounds_n = args.rounds if args.rounds is not None else (1 if args.tiny else ROUNDS)
     if rounds_n < 1:
         raise SystemExit("--rounds must be at least 1")
     options, hparams_b = parse_options(args.experiment, args.options or (["label_smoothing=0.1"] if args.tiny else []))

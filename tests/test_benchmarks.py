@@ -253,9 +253,9 @@ def test_ab_pairs_each_seed_with_and_without_the_options(tmp_path, capsys):
     assert all("probs" not in r["A"] for r in rounds)  # the test set's probabilities are not kept
     assert summary["val_diffs"] == pytest.approx([0.02, 0.02, -0.02])
     assert summary["val_diff_mean"] == pytest.approx(0.02 / 3) and summary["b_wins"] == 2
-    assert summary["verdict"].startswith("no consistent difference: B ahead in 2 of 3")
+    assert summary["verdict"].startswith("no significant difference: B ahead in 2 of 3")
     assert data["settings"]["hparams_b"] | {"lr": 0.1, "label_smoothing": 0.1} == data["settings"]["hparams_b"]
-    assert "no consistent difference" in capsys.readouterr().out
+    assert "no significant difference" in capsys.readouterr().out
 
     # B fails in every round (the fake fails with whiten): reported, nothing compared
     bench_ab.main([*common, "--rounds", "1", "--option", "whiten=true"], seed_fn=fake_runs.textbook_seed)
@@ -264,14 +264,22 @@ def test_ab_pairs_each_seed_with_and_without_the_options(tmp_path, capsys):
     assert data["results"]["summary"]["failed_rounds"] == 1
     assert data["results"]["summary"]["verdict"].startswith("no round finished both runs")
 
-    # the verdict needs the same sign in every round
+    # the verdict: a paired t-test over the rounds, and a difference worth reporting (0.1 point)
     def run(val_a, val_b):
         return {"A": {"seed": 0, "val_acc": val_a, "test_acc_views": val_a, "epochs": 4},
                 "B": {"seed": 0, "val_acc": val_b, "test_acc_views": val_b, "epochs": 3}}
 
-    assert bench_ab.summarise([run(0.90, 0.91), run(0.92, 0.93)])["verdict"].startswith("B better on validation in all 2")
-    assert bench_ab.summarise([run(0.90, 0.89), run(0.92, 0.91)])["verdict"].startswith("A better on validation in all 2")
-    assert bench_ab.summarise([run(0.90, 0.90)])["verdict"].startswith("no consistent difference")
+    gains = [run(0.90, 0.905), run(0.92, 0.926), run(0.91, 0.914), run(0.93, 0.935), run(0.90, 0.906)]
+    assert bench_ab.summarise(gains)["verdict"].startswith("B better on validation: mean +0.0052 over 5")
+    losses = [run(b["B"]["val_acc"], b["A"]["val_acc"]) for b in gains]
+    assert bench_ab.summarise(losses)["verdict"].startswith("A better on validation")
+    # two rounds of one sign, one of them by a single validation image: not a win
+    assert bench_ab.summarise([run(0.90, 0.9002), run(0.92, 0.93)])["verdict"].startswith("no significant difference")
+    tiny = [run(0.90, 0.9004), run(0.92, 0.9205), run(0.91, 0.9104)]  # significant, but 0.04 point
+    assert "below the 0.001 worth reporting" in bench_ab.summarise(tiny)["verdict"]
+    assert bench_ab.summarise([run(0.90, 0.90)])["verdict"].startswith("too few paired rounds (1)")
+    assert bench_ab.paired_p_value([0.01, 0.02, 0.015]) == pytest.approx(
+        __import__("scipy.stats").stats.ttest_rel([0.91, 0.92, 0.915], [0.9, 0.9, 0.9]).pvalue)
 
     out.unlink()
     for options, message in ((["--option", "lookahed=true"], "lookahed: not a hyperparameter"),
