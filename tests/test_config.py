@@ -183,3 +183,12 @@ def test_search_metric_of_older_files_still_loads_and_another_is_refused():
     assert "metric" not in load_config(None, ["search.metric=val_acc"]).to_dict()["search"]
     with pytest.raises(ConfigError, match="ranks trials by val_acc only"):
         load_config(None, ["search.metric=val_loss"])
+
+
+def test_crop_padding_is_zeros_unless_reflect_is_chosen():
+    """data.augment.pad_mode: zeros by default (runs from before it existed train as they did),
+    reflect when set; any other value is refused naming the key and both choices."""
+    assert load_config(None).data.augment.pad_mode == "zeros"
+    assert load_config(None, ["data.augment.pad_mode=reflect"]).data.augment.pad_mode == "reflect"
+    with pytest.raises(ConfigError, match=r"data\.augment\.pad_mode: Input should be 'zeros' or 'reflect' \(got 'edge'\)"):
+        load_config(None, ["data.augment.pad_mode=edge"])

@@ -755,6 +755,25 @@ def test_cutout_zeroes_one_square_per_image():
     assert torch.equal(augment_batch(images, torch.Generator().manual_seed(4), pad=0, flip=False), images)
 
 
+def test_reflect_padding_crops_are_windows_of_the_mirrored_image_with_no_zero_border():
+    """pad_mode reflect: every crop is a window of the image padded with its own mirror image
+    (torch's reflect padding), so its border pixels come from the image, never zeros; the same
+    draws with zero padding give black borders. An unknown mode, or a pad as wide as the image,
+    is refused by name."""
+    images = torch.randint(1, 256, (64, 3, 10, 10), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = augment_batch(images, torch.Generator().manual_seed(1), pad=4, flip=False, pad_mode="reflect")
+    assert out.shape == images.shape and out.dtype == torch.uint8 and bool((out > 0).all())
+    windows = torch.nn.functional.pad(images, (4,) * 4, mode="reflect").unfold(2, 10, 1).unfold(3, 10, 1)
+    for b in range(64):  # (3, 9, 9, 10, 10): each of the 81 windows of image b, compared with its crop
+        assert bool((windows[b] == out[b][:, None, None]).all(0).flatten(2).all(2).any())
+    zeros = augment_batch(images, torch.Generator().manual_seed(1), pad=4, flip=False)
+    assert bool((zeros == 0).any())
+    with pytest.raises(ValueError, match="pad_mode must be one of zeros, reflect, got 'edge'"):
+        augment_batch(images, pad=4, pad_mode="edge")
+    with pytest.raises(ValueError, match="reflect padding of 10 px"):
+        augment_batch(images, pad=10, pad_mode="reflect")
+
+
 # ---------------------------------------------------------------- describing a dataset, fixture CLI
 def test_describe_dataset(letters_root):
     """describe_dataset gives images per split, classes, balance and statistics as plain data."""

@@ -17,7 +17,8 @@ from caviar.training.recipe import (
     param_groups,
     step_values,
 )
-from caviar.training.trial import Trial, TrialSettings, data_tensors, load_checkpoint_file
+from caviar.training.train import evaluate
+from caviar.training.trial import Trial, TrialSettings, data_tensors, load_checkpoint_file, model_from_state
 
 HPARAMS = dict(lr=0.05, weight_decay=5e-4, dropout=0.0, momentum=0.9, batch_size=64, conv_layers=2, conv_width=16,
                fc_layers=1, fc_width=32, optimizer="nesterov", lr_schedule="cosine", init="he", batch_norm=True,
@@ -140,6 +141,26 @@ def test_a_trial_with_every_option_learns_and_resumes_exactly(tensors, tmp_path)
     assert resumed.run_epoch(*tensors) == last
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_lookahead_trial_stopped_before_its_end_is_scored_and_saved_as_its_slow_weights(tensors, tmp_path):
+    """After epoch 1 of 3 (where ASHA or a deadline may stop it), a lookahead trial's fast weights
+    are steps past its last pull; its metrics and its checkpoint's model are the slow weights, the
+    ones it would end as, while it trains on from the fast ones, untouched by the scoring."""
+    trial = Trial(HPARAMS | {"lookahead": True}, settings(3))
+    metrics = trial.run_epoch(*tensors)
+    assert trial.lookahead.steps % LOOKAHEAD_EVERY != 0  # steps since the last pull: fast != slow
+    fast = {name: value.clone() for name, value in trial.model.state_dict().items()}
+    assert any(not torch.equal(fast[name], slow) for name, slow in trial.lookahead.slow.items())
+
+    saved = load_checkpoint_file(trial.save(tmp_path, metrics))
+    for name, value in saved["model"].items():
+        assert torch.equal(value, trial.lookahead.slow.get(name, fast[name])), name
+    rebuilt = model_from_state(saved)
+    assert evaluate(rebuilt, tensors[2], tensors[3], batch_size=trial.settings.eval_batch_size,
+                    amp=trial.settings.amp, channels_last=trial.settings.channels_last) == pytest.approx(
+        (metrics["val_loss"], metrics["val_acc"]), abs=1e-6)
+    assert all(torch.equal(value, fast[name]) for name, value in trial.model.state_dict().items())
 
 
 def test_pbt_perturbation_rescales_every_group(tensors):

@@ -331,12 +331,19 @@ def describe_dataset(data: SplitData, test_labels: np.ndarray | None = None) -> 
 
 
 # ---------------------------------------------------------------- batched augmentation
+# What fills the border a random crop shifts in: zeros (black pixels, the classic CIFAR recipe) or
+# the image mirrored at its edge (airbench), which adds no black frame to images whose background
+# is bright.
+PAD_MODES = ("zeros", "reflect")
+_PAD_MODES_TORCH = {"zeros": "constant", "reflect": "reflect"}  # torch.nn.functional.pad's names
+
+
 def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4, flip: bool = True,
-                  cutout: int = 0, mirror: torch.Tensor | None = None) -> torch.Tensor:
-    """Random crop from a `pad`-pixel zero-padded image (pad 0: none), horizontal flip with p=0.5
-    (flip False: none; `mirror`, a bool per image, says which instead of chance) and, with cutout
-    N > 0, a random N x N square zeroed (centred anywhere in the image, clipped at its edges, as in
-    DeVries & Taylor 2017), per image.
+                  cutout: int = 0, mirror: torch.Tensor | None = None, pad_mode: str = "zeros") -> torch.Tensor:
+    """Random crop from a `pad`-pixel padded image (pad 0: none; `pad_mode` zeros, or reflect: the
+    border mirrored, PAD_MODES), horizontal flip with p=0.5 (flip False: none; `mirror`, a bool
+    per image, says which instead of chance) and, with cutout N > 0, a random N x N square zeroed
+    (centred anywhere in the image, clipped at its edges, as in DeVries & Taylor 2017), per image.
 
     images: (B, C, H, W), any dtype/device; returns the same shape, dtype and device. The crops are
     one gather from a view of every window of the padded batch (no per-pixel index arithmetic:
@@ -345,6 +352,10 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None
     if images.ndim != 4:
         raise ValueError(f"augment_batch expects (B, C, H, W), got shape {tuple(images.shape)}")
     b, c, h, w = images.shape
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
+    if pad_mode == "reflect" and pad >= min(h, w):
+        raise ValueError(f"reflect padding of {pad} px needs images wider than that, got {h}x{w}")
     dev = images.device
     rand_dev = generator.device if generator is not None else dev
 
@@ -359,7 +370,7 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None
         drawn = torch.rand(b, generator=generator, device=rand_dev) < 0.5 if mirror is None else mirror
         mirror = drawn.to(dev)
     if pad:
-        padded = F.pad(images, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zeros
+        padded = F.pad(images, (pad, pad, pad, pad), mode=_PAD_MODES_TORCH[pad_mode])  # (B, C, H+2p, W+2p)
         windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W): a view, no copy
         out = windows[torch.arange(b, device=dev), :, dy, dx]  # (B, C, H, W)
     if flip:

@@ -7,7 +7,8 @@ batch-norm biases (`bn_lr_scale`), lookahead (`lookahead`) and alternating flips
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -72,7 +73,11 @@ class Lookahead:
     back"). The slow weights keep `LOOKAHEAD_DECAY x progress ** 3` of themselves (progress: the
     share of the trial's schedule done), so early training runs as without lookahead and the end is
     an average of the last few hundred steps, as an EMA of weights would give, but one that training
-    continues from. `finish` hands the model the slow weights. Batch-norm statistics follow too."""
+    continues from. `finish` hands the model the slow weights. Batch-norm statistics follow too.
+
+    The slow weights are what the trial ends as, so they are what each epoch is scored and saved
+    as (`slow_weights`, `ending`), also where ASHA or a deadline stops the trial before its end;
+    training goes on from the fast ones, which a checkpoint keeps for resuming."""
 
     def __init__(self, model: nn.Module):
         # The model's own tensors (load_state_dict copies into them, so they stay its tensors), in
@@ -97,13 +102,35 @@ class Lookahead:
         torch._foreach_lerp_(slow, self.fast, 1.0 - keep)
         torch._foreach_copy_(self.fast, slow)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"slow": self.slow, "steps": self.steps}
+    @contextlib.contextmanager
+    def slow_weights(self) -> Iterator[None]:
+        """Inside, the model holds the slow weights (what `finish` would leave it); after, its fast
+        weights again, exactly, so training continues as if nothing happened."""
+        with torch.no_grad():
+            fast = [value.clone() for value in self.fast]
+            torch._foreach_copy_(self.fast, [self.slow[name] for name in self.names])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.fast, fast)
 
+    def ending(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's state dict `weights` with the slow weights in place of the fast ones."""
+        return weights | self.slow
+
+    def state_dict(self) -> dict[str, Any]:
+        # fast: the model's own weights, which a checkpoint's model (the slow ones, `ending`) lacks
+        return {"slow": self.slow, "steps": self.steps, "fast": dict(zip(self.names, self.fast))}
+
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # onto the model's device: checkpoints are loaded onto the CPU
         self.slow = {name: value.to(self.slow[name].device).clone() for name, value in state["slow"].items()}
         self.steps = int(state["steps"])
+        if "fast" in state:  # (older checkpoints saved the fast weights as their model: loaded already)
+            torch._foreach_copy_(self.fast, [state["fast"][name].to(value.device)
+                                             for name, value in zip(self.names, self.fast)])
 
 
 class AlternatingFlips:

@@ -39,6 +39,7 @@ class TrialSettings:
     crop: int = 4  # random-crop padding, pixels (0 = none); a trial's own `crop` hyperparameter wins
     flip: bool = True  # random horizontal flips; a trial's own `flip` wins
     cutout: int = 0  # side of the square zeroed at random, pixels (0 = none); a trial's own wins
+    pad_mode: str = "zeros"  # what fills the crop's padding: zeros or reflect (data.PAD_MODES)
     mean: tuple[float, ...] = CIFAR10_MEAN  # the dataset's per-channel statistics (SplitData), 0..1 scale
     std: tuple[float, ...] = CIFAR10_STD
     image_size: int = 32  # pixels per side of the images it trains on (data.image_size for an image folder)
@@ -61,6 +62,7 @@ class TrialSettings:
             crop=augment.crop,
             flip=augment.flip,
             cutout=augment.cutout,
+            pad_mode=augment.pad_mode,
             mean=tuple(data.mean) if data is not None else CIFAR10_MEAN,
             std=tuple(data.std) if data is not None else CIFAR10_STD,
             image_size=int(data.train_x.shape[-1]) if data is not None else 32,
@@ -93,6 +95,13 @@ class TrialSettings:
         settings = replace(self, **own) if own else self
         epochs = hparams.get(TRIAL_EPOCHS_KEY)
         return settings if epochs is None else settings.with_epochs(int(epochs))
+
+    @property
+    def augmentation(self) -> dict[str, Any]:
+        """The augmentation keywords of train_one_epoch, which the batch-norm pass of an average
+        takes too (caviar.training.train.reestimate_bn): its statistics must be the training inputs'."""
+        return {"augment": self.augment, "crop": self.crop, "flip": self.flip, "cutout": self.cutout,
+                "pad_mode": self.pad_mode}
 
     @property
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
