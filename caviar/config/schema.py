@@ -123,6 +123,12 @@ class SearchConfig(Strict):
     # Seconds of one epoch, what `fidelity: seconds` converts epochs with: with a budget, the planner
     # writes the speed its probe measured (caviar.sweeps.budget); without one, set it by hand.
     epoch_seconds: Optional[float] = Field(None, gt=0)
+    # How an ASHA trial's LR schedule runs: `schedule` spans its max_epochs (a trial judged at a rung
+    # is mid-schedule, at a high LR); `rung` anneals to zero at each rung it reaches, per step, and a
+    # promoted trial goes on from its checkpoint on a new schedule that anneals at the next rung, so
+    # every rung ranks trials as annealed runs of that length rank (Li, Yumer & Ramanan 2020:
+    # budgeted training; caviar.training.rungs). Rungs then count epochs (fidelity: epochs).
+    anneal: Literal["schedule", "rung"] = "schedule"
 
 
     @model_validator(mode="before")
@@ -351,6 +357,19 @@ class Config(Strict):
         if not any(SCHEDULERS[name].rungs for name in schedulers):
             raise ValueError("search.fidelity: seconds sets what ASHA's rungs count, but no sweep of this experiment "
                              f"uses ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
+        return self
+
+    @model_validator(mode="after")
+    def _annealed_rungs_count_epochs(self) -> "Config":
+        if self.search.anneal != "rung":
+            return self
+        if self.search.fidelity != "epochs":
+            raise ValueError("search.anneal: rung anneals each trial at the epochs of its rungs, so the rungs must count "
+                             "epochs: set search.fidelity: epochs (or search.anneal: schedule to keep seconds)")
+        schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
+        if not any(SCHEDULERS[name].rungs for name in schedulers):
+            raise ValueError("search.anneal: rung anneals trials at ASHA's rungs, but no sweep of this experiment uses "
+                             f"ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
         return self
 
     @field_validator("name")

@@ -152,7 +152,7 @@ def changes(config: Config, shape: Shape) -> dict[str, Any]:
     members = config.stages[index]
     if shape.name == "recipe":
         return {"stages": [_members(members, shape.members, members.epochs, name="recipe")],
-                "search.fidelity": "epochs"}
+                "search.fidelity": "epochs", "search.anneal": "schedule"}
     epochs = members.epochs if shape.name == "search" else max(1, round(members.epochs * shape.member_runs))
     stages = [s.model_dump(mode="json") for s in config.stages]
     stages[index] = _members(members, shape.members, epochs)

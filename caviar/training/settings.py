@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from caviar.config import Config
+from caviar.config.schedulers import SCHEDULERS, rungs
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD, SplitData
 
 # A trial config's own epoch count, set when a stage sizes each of its configs to its own speed.
@@ -43,6 +44,9 @@ class TrialSettings:
     mean: tuple[float, ...] = CIFAR10_MEAN  # the dataset's per-channel statistics (SplitData), 0..1 scale
     std: tuple[float, ...] = CIFAR10_STD
     image_size: int = 32  # pixels per side of the images it trains on (data.image_size for an image folder)
+    # Epochs at which the LR anneals to zero before max_epochs (search.anneal: rung, the ASHA rungs;
+    # caviar.training.rungs); () = the schedule spans max_epochs.
+    anneal_at: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config, data: SplitData | None = None) -> "TrialSettings":
@@ -76,8 +80,14 @@ class TrialSettings:
             bn_images=config.average.bn_images,
             average_method=config.average.method,
             average_start=config.average.start,
+            anneal_at=annealed_rungs(config),
         )
         return settings.with_epochs(config.search.max_epochs)
+
+    @property
+    def anneal_ends(self) -> tuple[int, ...]:
+        """Where the LR reaches zero: the rungs below max_epochs, then max_epochs (caviar.training.rungs)."""
+        return tuple(e for e in self.anneal_at if e < self.max_epochs) + (self.max_epochs,)
 
     def with_epochs(self, max_epochs: int) -> "TrialSettings":
         """These settings for a trial of `max_epochs` epochs: its LR schedule, its end, and when its
@@ -107,6 +117,15 @@ class TrialSettings:
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) per channel, as the training loop's `stats`."""
         return self.mean, self.std
+
+
+def annealed_rungs(config: Config) -> tuple[int, ...]:
+    """The epochs of ASHA's rungs below max_epochs where `search.anneal: rung` anneals a trial's LR;
+    () for a sweep that does not judge trials at rungs, or anneals over the whole schedule."""
+    search = config.search
+    if search.anneal != "rung" or not SCHEDULERS[search.scheduler].rungs:
+        return ()
+    return tuple(rungs(search.max_epochs, min(search.grace_period, search.max_epochs), search.reduction_factor)[:-1])
 
 
 def effective_average(method: str, averaged_epochs: int) -> str:

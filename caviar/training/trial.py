@@ -18,6 +18,7 @@ from caviar.layout import CHECKPOINT_PATTERN, RESUME_FILE, checkpoint_name
 from caviar.training.data import SplitData
 from caviar.training.models import build_model, whitening_layers
 from caviar.training.recipe import AlternatingFlips, Lookahead, group_values, param_groups, step_values
+from caviar.training.rungs import lr_factor
 from caviar.training.settings import (  # noqa: F401 - trials' callers import these from here too
     TRIAL_EPOCHS_KEY,
     TrialSettings,
@@ -248,8 +249,16 @@ class Trial:
             self.flips = AlternatingFlips.drawn(len(train_x), self.generator)
         self.epoch += 1
         epoch_index, lookahead = self.epoch - 1, self.lookahead
-        after_step = None if lookahead is None else (
-            lambda done: lookahead.step((epoch_index + done) / self.settings.max_epochs))
+        annealed = bool(s.anneal_at)  # search.anneal: rung: the LR is set per step (caviar.training.rungs)
+        if annealed:
+            self._anneal_to_rung(epoch_index)
+
+        def after_step(done: float) -> None:
+            if lookahead is not None:
+                lookahead.step((epoch_index + done) / self.settings.max_epochs)
+            if annealed:
+                self._anneal_to_rung(epoch_index + done)
+
         lr = self.optimizer.param_groups[0]["lr"]
         averaging = self.averages(self.epoch)
         stats = train_one_epoch(
@@ -258,7 +267,7 @@ class Trial:
             grad_clip=float(self.hparams.get("grad_clip") or 0), amp=s.amp, channels_last=s.channels_last,
             max_loss=s.max_loss, averaged=self._average() if averaging and s.average == "ema" else None,
             epoch_size=s.epoch_size, label_smoothing=float(self.hparams.get("label_smoothing") or 0.0),
-            mirror_of=self.flips, after_step=after_step,
+            mirror_of=self.flips, after_step=after_step if lookahead is not None or annealed else None,
         )
         # max_epochs: the trial's epoch count so far (Trial.refit may change it), for the leaderboard
         metrics: dict[str, Any] = {"epoch": self.epoch, "max_epochs": s.max_epochs, "lr": lr,
@@ -271,6 +280,13 @@ class Trial:
         # an epoch that ASHA or a deadline makes its last.
         with contextlib.nullcontext() if lookahead is None else lookahead.slow_weights():
             return self._score(metrics, stats, averaging, train_x, val_x, val_y)
+
+    def _anneal_to_rung(self, position: float) -> None:
+        """Each parameter group's LR for the step at `position` (epochs done): its initial LR times
+        the trial's schedule run over the segment between rungs that position is in."""
+        factor = lr_factor(self.hparams["lr_schedule"], self.settings.anneal_ends, position)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
 
     def _score(self, metrics: dict[str, Any], stats: EpochStats, averaging: bool, train_x, val_x, val_y) -> dict[str, Any]:
         """The epoch's metrics: the model's on validation, and the average's where it averages."""
