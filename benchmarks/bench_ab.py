@@ -169,24 +169,18 @@ def main(argv: Sequence[str] | None = None, seed_fn: Callable[..., dict[str, Any
     p.add_argument("--tag", help="results go to benchmarks/results/ab-TAG.json")
     args = p.parse_args(argv)
     from caviar.config.durations import parse_duration
-    from caviar.training.data import load_cifar10
-
     budget_s = parse_duration(args.budget or (f"{TINY_BUDGET_S:g}s" if args.tiny else "10m"))
     rounds_n = args.rounds if args.rounds is not None else (1 if args.tiny else ROUNDS)
     if rounds_n < 1:
         raise SystemExit("--rounds must be at least 1")
     options, hparams_b = parse_options(args.experiment, args.options or (["label_smoothing=0.1"] if args.tiny else []))
-    if args.tag and args.out == common.RESULTS / f"{NAME}.json":
-        args.out = common.RESULTS / f"{NAME}-{args.tag}.json"
+    common.tag_out(args, NAME)
     args.data = args.data or ("fixture" if args.tiny else "fashion")
     info = common.machine()
     if (info["nproc"] or 1) < 2:
         print("warning: fewer than 2 cores: A and B share one, each at about half speed", flush=True)
-    cache = (args.workdir / "data") if args.workdir else baselines.REPO / "benchmarks" / ".data"
     with common.workdir(args.workdir) as work:
-        root, data_name = bench_search_quality.prepare(args, work / "data" if args.tiny else cache)
-        n_train = len(load_cifar10(root, download=False).train_labels)
-        val_size = args.val_size or bench_search_quality.default_val_size(n_train)
+        root, data_name, n_train, val_size = bench_search_quality.prepared(args, work)
         print(f"Data: {data_name}: {n_train - val_size} train / {val_size} validation. {rounds_n} round(s) of "
               f"{budget_s:g}s, A = {args.experiment}'s textbook point, B = A + {options}", flush=True)
         rounds = []

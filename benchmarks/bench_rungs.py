@@ -132,25 +132,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bench_search_quality.add_data_arguments(p)
     p.add_argument("--tag", help="results go to benchmarks/results/rungs-TAG.json")
     args = p.parse_args(argv)
-    from caviar.training.data import load_cifar10
-
     count = args.configs or (4 if args.tiny else 16)
     max_epochs = args.max_epochs or (4 if args.tiny else 27)
     if count < 3 or max_epochs < 2:
         raise SystemExit("--configs must be at least 3 and --max-epochs at least 2 (a rank needs rivals and a rung)")
-    if args.tag and args.out == common.RESULTS / f"{NAME}.json":
-        args.out = common.RESULTS / f"{NAME}-{args.tag}.json"
+    common.tag_out(args, NAME)
     args.data = args.data or ("fixture" if args.tiny else "fashion")
     subset = args.train_subset or (None if args.tiny else 4000)
     overrides = [f"data.train_subset={subset}"] if subset else []
     overrides += ["model.width=0.125", "average.bn_images=200"] if args.tiny else []
     info = common.machine()
-    cache = (args.workdir / "data") if args.workdir else baselines.REPO / "benchmarks" / ".data"
     configs = draw_configs(args.experiment, count, args.seed)
     with common.workdir(args.workdir) as work:
-        root, data_name = bench_search_quality.prepare(args, work / "data" if args.tiny else cache)
-        n_train = len(load_cifar10(root, download=False).train_labels)
-        val_size = args.val_size or bench_search_quality.default_val_size(n_train)
+        root, data_name, _, val_size = bench_search_quality.prepared(args, work)
         print(f"Data: {data_name}, train_subset {subset}, {val_size} validation; {count} configs x "
               f"{max_epochs} epochs, three schedules each, two at a time", flush=True)
         with mp.get_context("spawn").Pool(2) as pool:

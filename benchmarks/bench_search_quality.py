@@ -79,6 +79,18 @@ def prepare(args: Any, cache: Path) -> tuple[Path, str]:
     return common.fixture(cache, **TINY_FIXTURE).resolve(), "fixture (caviar.training.fixture, learnable)"
 
 
+def prepared(args: Any, work: Path) -> tuple[Path, str, int, int]:
+    """The data a paired benchmark reads (bench_ab, bench_shape, bench_rungs): (data.root, its name,
+    the training images, the validation images); --tiny's fixture goes in `work`, Fashion-MNIST
+    is converted once into the benchmarks' cache (or --workdir's)."""
+    from caviar.training.data import load_cifar10
+
+    cache = (args.workdir / "data") if args.workdir else DATA_CACHE
+    root, name = prepare(args, work / "data" if args.tiny else cache)
+    n_train = len(load_cifar10(root, download=False).train_labels)
+    return root, name, n_train, args.val_size or default_val_size(n_train)
+
+
 def add_data_arguments(p: Any) -> None:
     """The options that choose the data `prepare` reads (also bench_ab's)."""
     p.add_argument("--data", choices=["fashion", "cifar-sample", "fixture"], default=None,
@@ -348,8 +360,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     from caviar.config.durations import parse_duration
 
     budget_s = parse_duration(args.budget or ("45s" if args.tiny else "30m"))
-    if args.tag and args.out == common.RESULTS / f"{NAME}.json":
-        args.out = common.RESULTS / f"{NAME}-{args.tag}.json"
+    common.tag_out(args, NAME)
     args.data = args.data or ("fixture" if args.tiny else "fashion")
     args.flows = args.flows or (TINY_FLOWS if args.tiny else ",".join(FLOWS))
     flows = [f.strip() for f in args.flows.split(",") if f.strip() and f.strip() != "none"]

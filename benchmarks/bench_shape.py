@@ -145,25 +145,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bench_search_quality.add_data_arguments(p)
     p.add_argument("--tag", help="results go to benchmarks/results/shape-TAG.json")
     args = p.parse_args(argv)
-    from caviar.training.data import load_cifar10
-
     multiples = [int(m) for m in (args.multiples or ("2" if args.tiny else "2,4")).split(",")]
     rounds_n = args.rounds if args.rounds is not None else (1 if args.tiny else 2)
     if rounds_n < 1 or any(m < 1 for m in multiples):
         raise SystemExit("--rounds and every --multiples entry must be at least 1")
-    if args.tag and args.out == common.RESULTS / f"{NAME}.json":
-        args.out = common.RESULTS / f"{NAME}-{args.tag}.json"
+    common.tag_out(args, NAME)
     args.data = args.data or ("fixture" if args.tiny else "fashion")
     subset = args.train_subset or (None if args.tiny else 2000)
     overrides = [f"data.train_subset={subset}"] if subset else []
     # --tiny: epochs of a few images, so that R is seconds
     overrides += ["stages.1.epochs=8", "average.bn_images=200"] if args.tiny else []
     info = common.machine()
-    cache = (args.workdir / "data") if args.workdir else baselines.REPO / "benchmarks" / ".data"
     with common.workdir(args.workdir) as work:
-        root, data_name = bench_search_quality.prepare(args, work / "data" if args.tiny else cache)
-        n_train = len(load_cifar10(root, download=False).train_labels)
-        val_size = args.val_size or bench_search_quality.default_val_size(n_train)
+        root, data_name, _, val_size = bench_search_quality.prepared(args, work)
         unit_s, throughput = (args.unit, {}) if args.unit else recipe_unit(str(root), val_size, args.experiment,
                                                                             overrides)
         print(f"Data: {data_name}, train_subset {subset}, {val_size} validation; R = {unit_s:.0f} s on one core; "

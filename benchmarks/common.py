@@ -52,6 +52,12 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def tag_out(args: argparse.Namespace, name: str) -> None:
+    """--tag TAG: the results go to results/NAME-TAG.json, unless --out names another file."""
+    if getattr(args, "tag", None) and args.out == RESULTS / f"{name}.json":
+        args.out = RESULTS / f"{name}-{args.tag}.json"
+
+
 def command_line(argv: Sequence[str] | None, script: str) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     return " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, args)])

@@ -345,6 +345,11 @@ class Config(Strict):
                                  f"(got {epochs!r})")
         return self
 
+    def _judges_at_rungs(self) -> bool:
+        """Whether any sweep of this experiment (a stage's, or the one) judges trials at ASHA's rungs."""
+        schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
+        return any(SCHEDULERS[name].rungs for name in schedulers)
+
     @model_validator(mode="after")
     def _seconds_have_a_unit(self) -> "Config":
         if self.search.fidelity != "seconds":
@@ -353,8 +358,7 @@ class Config(Strict):
             raise ValueError("search.fidelity: seconds converts ASHA's rungs from epochs to seconds at a measured "
                              "speed: add a budget (budget: 30m or --budget 30m), which measures it, or set "
                              "search.epoch_seconds yourself; or use search.fidelity: epochs")
-        schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
-        if not any(SCHEDULERS[name].rungs for name in schedulers):
+        if not self._judges_at_rungs():
             raise ValueError("search.fidelity: seconds sets what ASHA's rungs count, but no sweep of this experiment "
                              f"uses ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
         return self
@@ -366,8 +370,7 @@ class Config(Strict):
         if self.search.fidelity != "epochs":
             raise ValueError("search.anneal: rung anneals each trial at the epochs of its rungs, so the rungs must count "
                              "epochs: set search.fidelity: epochs (or search.anneal: schedule to keep seconds)")
-        schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
-        if not any(SCHEDULERS[name].rungs for name in schedulers):
+        if not self._judges_at_rungs():
             raise ValueError("search.anneal: rung anneals trials at ASHA's rungs, but no sweep of this experiment uses "
                              f"ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
         return self
