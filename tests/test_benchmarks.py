@@ -290,3 +290,43 @@ def test_ab_pairs_each_seed_with_and_without_the_options(tmp_path, capsys):
         with pytest.raises(SystemExit, match=message):
             bench_ab.main([*common, *options], seed_fn=fake_runs.textbook_seed)
         assert not out.exists()  # stopped before any run
+
+
+def _bench(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(f"bench_{name}")
+
+
+def test_shape_pairs_a_stretched_run_with_a_deep_ensemble_per_multiple():
+    """bench_shape's verdict per multiple of R: deep - stretched on validation, a winner only when
+    every round agrees (and there are two or more); test figures beside it."""
+    bench_shape = _bench("shape")
+
+    def round_(multiple, stretched, deep):
+        return {"multiple": multiple, "deep_minus_stretched_val": deep - stretched,
+                "deep_minus_stretched_test": (deep - stretched) / 2}
+
+    summary = bench_shape.summarise([round_(2, 0.90, 0.89), round_(2, 0.91, 0.905), round_(4, 0.90, 0.91),
+                                     round_(4, 0.90, 0.92), round_(8, 0.90, 0.91)])
+    assert summary["2"]["winner_on_validation"] == "stretched" and summary["2"]["val_mean"] == pytest.approx(-0.0075)
+    assert summary["4"]["winner_on_validation"] == "deep" and summary["4"]["val_spread"] == pytest.approx(0.01)
+    assert summary["8"]["winner_on_validation"] == "undecided"  # one round decides nothing
+    assert summary["4"]["test_mean"] == pytest.approx(0.0075)
+
+
+def test_rungs_ranks_each_rung_against_the_full_length_results():
+    """bench_rungs: the configs include the experiment's textbook points and both optimizers; a rung
+    whose scores order the configs as their full-length results do has Spearman 1, one that
+    reverses them -1."""
+    bench_rungs = _bench("rungs")
+    configs = bench_rungs.draw_configs("experiments/cpu-budget.yaml", 8, seed=1)
+    assert len(configs) == 8 and len({c["seed"] for c in configs}) == 8
+    assert configs[0]["optimizer"] == "nesterov" and configs[0]["lr"] == 0.1 and configs[1]["optimizer"] == "adam"
+    finals = [0.80, 0.85, 0.90]
+    runs = [{"rungs": [1, 3], "full": [1 - f, 1 - f, f], "continue": [f, f, f - 0.01],
+             "restart": {"3": f}} for f in finals]
+    summary = bench_rungs.summarise(runs)
+    assert summary["by_rung"]["1"] == {"today": pytest.approx(-1.0), "continue": pytest.approx(1.0)}
+    assert summary["by_rung"]["3"]["restart"] == pytest.approx(1.0)
+    assert summary["continued_to_the_end"]["mean_minus_full"] == pytest.approx(-0.01)
