@@ -238,23 +238,29 @@ def recipe_seconds(config: Config, throughput: Throughput, train_images: int, va
     return shapes.recipe_epochs(config) * epoch_s + TRIAL_OVERHEAD_S
 
 
+def _shape(config: Config, throughput: Throughput, budget_s: float, slots: int, train_images: int, val_images: int,
+           stage_train_images: list[int] | None) -> shapes.Shape | None:
+    """The shape a budget buys, from R timed on the members stage's images (None without a recipe)."""
+    if not config.search.points:
+        return None
+    members = shapes.members_stage(config)
+    images = train_images if members is None or not stage_train_images else stage_train_images[members]
+    recipe_s = recipe_seconds(config, throughput, images, val_images)
+    return shapes.choose(config, recipe_s=recipe_s, budget_s=budget_s, slots=slots)
+
+
 def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, throughput: Throughput,
          train_images: int, val_images: int, stage_train_images: list[int] | None = None) -> Plan:
     """The sweep that fits what is left of `budget_s` after `spent_s`, on `slots` parallel trials.
     A staged experiment with a members stage takes the shape its budget buys first
-    (caviar.sweeps.shapes): the plan's `stage_list` holds the stages it runs."""
+    (caviar.sweeps.shapes): the plan's `shape_changes` give the stages it runs."""
     averaging = (1 - config.average.start) if config.average.method != "none" else 0.0
-    shape, shape_changes = None, {}
-    if config.search.points:
-        members = shapes.members_stage(config)
-        images = stage_train_images or [train_images] * len(config.stages)
-        recipe_s = recipe_seconds(config, throughput, train_images if members is None else images[members], val_images)
-        shape = shapes.choose(config, recipe_s=recipe_s, budget_s=budget_s, slots=slots)
-        shape_changes = shapes.changes(config, shape)
-        if shape_changes:
-            config = derive_config(config, shape_changes, f"shape {shape.name}")
-        if shape.name == "recipe":  # its one stage is the members stage
-            stage_train_images = [images[members]]
+    shape = _shape(config, throughput, budget_s, slots, train_images, val_images, stage_train_images)
+    shape_changes = shapes.changes(config, shape) if shape is not None else {}
+    if shape_changes:
+        if shape.name == "recipe" and stage_train_images:  # its one stage is the members stage
+            stage_train_images = [stage_train_images[shapes.members_stage(config)]]
+        config = derive_config(config, shape_changes, f"shape {shape.name}")
     seconds = (budget_s - spent_s - STARTUP_S - WORKER_START_S - STAGE_STARTUP_S * max(0, len(config.stages) - 1))
     epoch_s = throughput.epoch_s(train_images, val_images, averaging, config.average.bn_images) + EPOCH_OVERHEAD_S
     if seconds < 2 * epoch_s:
