@@ -9,8 +9,9 @@ trains, side by side on one core each, with the same deadline of p x R:
 - `deep`: p seeds of the recipe one after another, each spanning 1 R, ensembled (mean of their
   mirror-averaged probabilities).
 
-The verdict is read on validation (the ensemble's accuracy against the stretched run's); the test
-set is only recorded. Where the deep ensemble wins from p on, members should come before length
+The verdict is read on validation (the ensemble's accuracy against the stretched run's), as bench_ab
+reads one (a paired t-test over the rounds, and a difference of at least two validation images);
+the test set is only recorded. Where the deep ensemble wins from p on, members should come before length
 (shape `ensemble`); where stretching wins, one member per slot gets the time (shapes `recipe`,
 `search`). To fit a session, the unit is small: a class-balanced subset of Fashion-MNIST, so that
 R is minutes; the question (a second member against twice the schedule, for a model that has
@@ -35,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
+import bench_ab  # noqa: E402
 import bench_search_quality  # noqa: E402
 import common  # noqa: E402
 
@@ -119,18 +121,21 @@ def run_round(root: str, val_size: int, multiple: int, unit_s: float, round_inde
     return record
 
 
-def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per multiple: the mean and spread of deep - stretched on validation (the verdict) and test."""
+def summarise(rounds: list[dict[str, Any]], min_diff: float = bench_ab.MIN_DIFF) -> dict[str, Any]:
+    """Per multiple: the mean and spread of deep - stretched on validation and test, and the winner
+    on validation: as bench_ab calls one, by a paired t-test over the rounds and a mean difference of
+    at least `min_diff`; else undecided."""
     out: dict[str, Any] = {}
     for multiple in sorted({r["multiple"] for r in rounds}):
         same = [r for r in rounds if r["multiple"] == multiple]
         val = [r["deep_minus_stretched_val"] for r in same]
         test = [r["deep_minus_stretched_test"] for r in same]
-        agree = all(v > 0 for v in val) or all(v < 0 for v in val)
-        winner = ("deep" if val[0] > 0 else "stretched") if agree and len(val) > 1 else "undecided"
-        out[str(multiple)] = {"rounds": len(same), "val_mean": statistics.mean(val),
-                              "val_spread": max(val) - min(val), "test_mean": statistics.mean(test),
-                              "test_spread": max(test) - min(test), "winner_on_validation": winner}
+        p_value, mean = bench_ab.paired_p_value(val), statistics.mean(val)
+        decided = p_value is not None and p_value < bench_ab.SIGNIFICANCE and abs(mean) >= min_diff
+        out[str(multiple)] = {"rounds": len(same), "val_mean": mean, "val_spread": max(val) - min(val),
+                              "test_mean": statistics.mean(test), "test_spread": max(test) - min(test),
+                              "p_value": p_value, "min_diff": min_diff,
+                              "winner_on_validation": ("deep" if mean > 0 else "stretched") if decided else "undecided"}
     return out
 
 
@@ -172,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 r = rounds[-1]
                 print(f"   val: stretched {r['stretched']['val_acc']:.4f}, deep {r['deep']['val_acc']:.4f}; "
                       f"test: {r['stretched']['test_acc']:.4f}, {r['deep']['test_acc']:.4f}", flush=True)
-    summary = summarise(rounds)
+    # a difference worth reporting: bench_ab's, and at least two validation images
+    summary = summarise(rounds, max(bench_ab.MIN_DIFF, 2 / val_size))
     rows = [{"runs per slot": m, "rounds": s["rounds"],
              "deep - stretched, val (mean, spread)": f"{100 * s['val_mean']:+.2f} pt ({100 * s['val_spread']:.2f})",
              "test (mean, spread)": f"{100 * s['test_mean']:+.2f} pt ({100 * s['test_spread']:.2f})",
