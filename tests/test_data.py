@@ -19,11 +19,11 @@ import torch
 
 from caviar.errors import CaviarError
 from caviar.training import data as D, datacache, imagefolder
+from caviar.training.augment import augment_batch
 from caviar.training.data import (
     CIFAR10_FOLDER,
     CIFAR100_FOLDER,
     DataError,
-    augment_batch,
     balanced_subset,
     describe_dataset,
     load_cifar10,

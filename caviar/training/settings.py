@@ -40,7 +40,7 @@ class TrialSettings:
     crop: int = 4  # random-crop padding, pixels (0 = none); a trial's own `crop` hyperparameter wins
     flip: bool = True  # random horizontal flips; a trial's own `flip` wins
     cutout: int = 0  # side of the square zeroed at random, pixels (0 = none); a trial's own wins
-    pad_mode: str = "zeros"  # what fills the crop's padding: zeros or reflect (data.PAD_MODES)
+    pad_mode: str = "zeros"  # what fills the crop's padding: zeros or reflect (caviar.training.augment.PAD_MODES)
     mean: tuple[float, ...] = CIFAR10_MEAN  # the dataset's per-channel statistics (SplitData), 0..1 scale
     std: tuple[float, ...] = CIFAR10_STD
     image_size: int = 32  # pixels per side of the images it trains on (data.image_size for an image folder)

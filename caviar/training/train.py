@@ -19,7 +19,8 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from caviar.config import LR_SCHEDULES, OPTIMIZERS
-from caviar.training.data import augment_batch, normalize
+from caviar.training.augment import augment_batch
+from caviar.training.data import normalize
 from caviar.training.devices import default_device
 
 
@@ -184,7 +185,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, limit: int | N
 
 def augmented(batch: torch.Tensor, generator: torch.Generator, augment: bool, crop: int, flip: bool, cutout: int,
               pad_mode: str = "zeros", mirror: torch.Tensor | None = None) -> torch.Tensor:
-    """A uint8 (B, 3, H, W) batch as training shows it (caviar.training.data.augment_batch): the
+    """A uint8 (B, 3, H, W) batch as training shows it (caviar.training.augment.augment_batch): the
     one place train_one_epoch and the batch-norm pass of an average (reestimate_bn) take it from."""
     if not (augment and (crop or flip or cutout)):
         return batch
