@@ -189,3 +189,16 @@ def test_probe_leaves_training_unchanged(learnable_root, tmp_path, optimizer, am
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert [r["epoch"] for r in read_babysit(tmp_path)] == [0, 1, 2]
+
+
+def test_a_budgeted_report_says_what_the_budget_bought(tmp_path):
+    """The report of a budgeted staged sweep repeats its plan's line in runs of the recipe
+    (stages.json's budget.shape, caviar.sweeps.shapes); one without a budget has no such line."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    text = "30m on 2 slots = 1.4 R (R = one run of the recipe on one slot, ~42m; 0.7 per slot); shape recipe"
+    (folder / "stages.json").write_text(json.dumps({"budget": {"shape": {"name": "recipe", "text": text}},
+                                                    "stages": []}))
+    assert f"Budget: {text}" in write_report(folder).read_text()
+    (folder / "stages.json").write_text(json.dumps({"stages": []}))
+    assert "Budget:" not in write_report(folder).read_text()

@@ -18,7 +18,9 @@ The shapes, by runs per slot p (`shape: auto`; an experiment file can force one 
   one of its arms (search.points), then one full-length member per slot (at least the file's
   from_top), stretched over the rest of the budget. At 1.8 R per slot this beat both ways of
   spending the budget on the recipe alone (+0.27 pt over 2 stretched seeds, which beat 4 seeds of
-  1 R each by 0.32 pt): stretching a member still pays there.
+  1 R each by 0.32 pt): stretching a member still pays there. benchmarks/bench_shape.py found no
+  win for p runs of R ensembled over one run stretched over p R at 2 and 4 R per slot (the
+  stretched run ahead on test in all four rounds; benchmarks/README.md, section 9).
 - `ensemble` (p >= ENSEMBLE_FROM): ensemble first. Members of MEMBER_RUNS R each, in as many waves
   per slot as fit in 1 - ENSEMBLE_SEARCH_SHARE of the budget (at most MAX_WAVES, at most MAX_MEMBERS
   members unless the slots are more), from the search's best configs with new seeds; the ensemble
