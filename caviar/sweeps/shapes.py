@@ -38,7 +38,6 @@ from typing import Any
 
 from caviar.config import Config, StageConfig, derive_config
 
-SHAPES = ("recipe", "search", "ensemble")  # and `file`: an experiment without a members stage
 RECIPE_BELOW = 1.5  # runs of the recipe per slot under which no search pays (see the module docstring)
 ENSEMBLE_FROM = 6.0  # runs per slot from which members come before a longer search
 MEMBER_RUNS = 2.0  # an ensemble-shape member's length, in R (each member stretched 2x)
