@@ -103,8 +103,10 @@ def _triangle(steps: int, start: float, peak_at: float, end: float) -> np.ndarra
     return np.interp(np.arange(steps + 1), [0, int(peak_at * steps), steps], [start, 1.0, end])
 
 
-def train_seed(root: str, val_size: int, seed: int, deadline: float, threads: int) -> dict[str, Any]:
-    """One seed of airbench94 on caviar's split of `root`, until `deadline` (time.time())."""
+def train_seed(root: str, val_size: int, seed: int, deadline: float, threads: int,
+               train_subset: int | None = None) -> dict[str, Any]:
+    """One seed of airbench94 on caviar's split of `root` (its class-balanced `train_subset`, as
+    caviar's data.train_subset takes it), until `deadline` (time.time())."""
     import torch
     from airbench import lib_airbench94 as ab, utils
     from torch import nn
@@ -117,7 +119,8 @@ def train_seed(root: str, val_size: int, seed: int, deadline: float, threads: in
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     config = load_config(None, [f"data.root={root}", "data.download=false"])
-    data = prepare_data(root, val_size=val_size, split_seed=config.data.split_seed, download=False)
+    data = prepare_data(root, val_size=val_size, train_subset=train_subset, split_seed=config.data.split_seed,
+                        download=False)
     test_x, test_y = load_test_set(root, download=False)
     normalize = lambda x: (torch.from_numpy(np.asarray(x)).float() / 255  # noqa: E731
                            - utils.CIFAR_MEAN.view(1, 3, 1, 1)) / utils.CIFAR_STD.view(1, 3, 1, 1)
@@ -208,7 +211,8 @@ def train_seed(root: str, val_size: int, seed: int, deadline: float, threads: in
             "stopped_at_deadline": stopped, "step_s": round(step_s, 3), "bf16": _bf16(device),
             "val_acc": float((val_logits.argmax(1) == val_y).float().mean()),
             "test_acc": float((one.argmax(1) == test_y).mean()), "test_acc_views": float((probs.argmax(1) == test_y).mean()),
-            "wall_s": round(time.time() - begin, 1), "probs": one, "view_probs": probs}
+            "wall_s": round(time.time() - begin, 1), "probs": one, "view_probs": probs,
+            "val_view_probs": torch.softmax(val_logits.float(), 1).numpy()}
 
 
 class _Images:

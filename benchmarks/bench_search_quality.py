@@ -19,6 +19,7 @@ figure is test accuracy; the test set is read only at the end.
     python benchmarks/bench_search_quality.py --data cifar-sample --budget 90s     # a smoke run
     python benchmarks/bench_search_quality.py --dry-run                           # the plan only
     python benchmarks/bench_search_quality.py --tiny                              # what the tests run
+    python benchmarks/bench_search_quality.py --runs 1,4,16 --train-subset 800   # at multiples of R (bench_multiples)
 
 Wall time of a run: (flows + 1) x the budget, plus data preparation.
 """
@@ -333,7 +334,14 @@ def _rows(flows: list[dict[str, Any]], bases: dict[str, dict[str, Any]]) -> list
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--runs" or a.startswith("--runs=") for a in given):
+        import bench_multiples  # imported here: it builds on this module
+
+        return bench_multiples.main(given)
     p = common.parser(NAME, __doc__.split("\n")[0])
+    p.add_argument("--runs", help="multiples of the recipe unit R, e.g. 1,4,16: the flow against the recipe at each "
+                   "(benchmarks/bench_multiples.py, which takes the other options; see its --help)")
     p.add_argument("--budget", default=None, help="wall-clock budget per flow and for the baseline: 30m, 1h, 90s "
                    "(default 30m; 45s with --tiny)")
     p.add_argument("--ensemble-share", type=float, default=0.15, help="share of the budget for `caviar ensemble`")

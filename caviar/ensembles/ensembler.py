@@ -308,6 +308,8 @@ def _result(ens: Ensemble, chosen: list[Member], weights: ChosenWeights, val: Pr
         "experiment": experiment,
         "accuracy": overall["accuracy"], "nll": overall["nll"], "ece": overall["ece"],
         "val_nll": nll(combine(val.probs, weights.overall), val.labels),
+        # on the images the weights were chosen on: optimistic, recorded for benchmarks that decide on validation
+        "val_accuracy": accuracy(combine(val.probs, weights.overall), val.labels),
         "best_member": {"name": best_single["name"], "accuracy": float(best_single["test_acc"]),
                         "nll": float(best_single["test_nll"]), "ece": float(best_single["test_ece"])},
         "gain_over_best_member": overall["accuracy"] - float(best_single["test_acc"]),
