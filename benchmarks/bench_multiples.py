@@ -242,8 +242,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "unit_s": unit_s, "slots": slots, "throughput": throughput, "ensemble_share": args.ensemble_share}
         records: list[dict[str, Any]] = []
         payload: dict[str, Any] = {}
-        for round_index in range(rounds_n):
-            for runs in multiples:
+        # a multiple's rounds one after another: a run cut short keeps whole multiples
+        for runs in multiples:
+            for round_index in range(rounds_n):
                 per_slot = runs / slots
                 wall_s = per_slot * unit_s
                 for name in contenders:
