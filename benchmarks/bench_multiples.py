@@ -29,6 +29,7 @@ probe, a worker's import of torch) a larger share of a small multiple than on a 
     python benchmarks/bench_multiples.py --train-subset 800 --val-size 800 --runs 1,4,16 --rounds 2
     python benchmarks/bench_search_quality.py --runs 1,4,16 --train-subset 800    # the same, from there
     python benchmarks/bench_multiples.py --tiny      # seconds on the fixture: what the test suite runs
+    python benchmarks/bench_multiples.py --table benchmarks/results/multiples-*.json   # the README's table
 
 Results are written after every contender, so a run cut short keeps what it measured. Wall time:
 rounds x sum(runs) / slots x R x the contenders, plus data preparation.
@@ -60,7 +61,7 @@ AIRBENCH_BATCH = 1024  # airbench94 trains on whole batches of this many images
 # the issue's goals: the flow against the best of the recipe's contenders, by multiple (below 1.5 R
 # per slot the flow is the recipe itself and must not lose more than 0.1 pt)
 MARGINS = ((1.5, -0.001), (6.0, 0.003), (math.inf, 0.007))
-TINY_UNIT_S = 8.0  # --tiny: the fixture's epochs take about a second, so 4 R on 2 slots is 16 s per contender
+TINY_UNIT_S = 6.0  # --tiny: the fixture's epochs take about a second, so 4 R on 2 slots is 12 s per contender
 
 
 def margin(runs_per_slot: float) -> float:
@@ -200,7 +201,27 @@ def arguments(p: Any) -> None:
     p.add_argument("--slots", type=int, default=None, help="slots (default: the cores)")
 
 
+def table(files: list[Path]) -> str:
+    """The README's table: the records of one or more results files (runs of one unit, e.g. 1 and 4 R
+    in one run and 16 R in another) summarised together."""
+    import json
+
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    units = {round(d["settings"]["unit_s"]) for d in docs}
+    records = [r for d in docs for r in d["results"]["records"]]
+    head = docs[0]["settings"]
+    title = (f"The flow against the recipe at multiples of R: {head['data']}, train_subset {head['train_subset']}, "
+             f"{head['val_size']} validation, R = {', '.join(map(str, sorted(units)))} s, {head['slots']} slots "
+             f"(accuracy %, mean (spread) over the rounds; from {', '.join(Path(f).name for f in files)})")
+    rows = _rows(summarise(records))
+    return common.markdown(rows, list(rows[0]), title) if rows else title + ": no records"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["--table"]:  # the README's table from results files
+        print(table([Path(f) for f in given[1:]]))
+        return {}
     p = common.parser(NAME, __doc__.split("\n")[0])
     arguments(p)
     bench_search_quality.add_data_arguments(p)

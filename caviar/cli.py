@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--input", choices=["uint8", "float"], default="uint8", help="onnx: the graph's input "
                         "type, uint8 0..255 (default) or float32 0..1; a TorchScript file takes either")
 
+    predict = commands.add_parser("predict", help="run a saved ensemble or an exported file on image files: the "
+                                  "top classes of each, by name, with their probabilities")
+    predict.add_argument("model", help="the folder `caviar ensemble` wrote, or a .pt / .onnx file `caviar export` wrote")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
+    predict.add_argument("--out", help="write the rows to this CSV file (never overwritten); default: print them")
+    predict.add_argument("--top", type=int, default=3, help="classes per image, most probable first (default 3)")
+
     config = commands.add_parser("config", help="print the resolved config (defaults < file < --set)")
     _config_args(config)
 
@@ -186,6 +193,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from caviar.ensembles.export import check_out
+    from caviar.ensembles.predict import predict_files
+
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None:
+        check_out(out)  # before any image is decoded
+    rows = predict_files(args.model, args.images, top=args.top)
+    if out is None:
+        print(rows.to_string(index=False, float_format=lambda p: f"{p:.4f}"))
+    else:
+        rows.to_csv(out, index=False)
+        print(f"Predictions: {out} ({len(rows)} image{'s' * (len(rows) != 1)})")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from caviar.training.checks import check_experiment, format_results
 
@@ -210,7 +235,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"sweep": _sweep, "ensemble": _ensemble, "config": _config, "check": _check, "report": _report,
-            "cluster": _cluster, "experiments": _experiments, "export": _export}
+            "cluster": _cluster, "experiments": _experiments, "export": _export, "predict": _predict}
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature

@@ -3,6 +3,7 @@ names, so a rename is one edit here.
 
     EXPERIMENT/                      one sweep (or a staged sweep's parent folder)
       caviar.yaml                    CONFIG_FILE: the resolved config, every key
+      data.json                      DATA_FILE: what data the trials train on (caviar.training.identity)
       leaderboard.csv, summary.json  LEADERBOARD_FILE, SUMMARY_FILE: written when the sweep ends
       stages.json                    STAGES_FILE: a staged sweep's plan and each stage's outcome
       stage<i>-<name>/               stage_folder(): each stage, an experiment folder of its own
@@ -26,6 +27,7 @@ import re
 CONFIG_FILE = "caviar.yaml"
 LEADERBOARD_FILE = "leaderboard.csv"
 SUMMARY_FILE = "summary.json"
+DATA_FILE = "data.json"
 STAGES_FILE = "stages.json"
 SEAL_FILE = "caviar-state.json"
 TRACKING_FILE = "tracking.json"
@@ -47,6 +49,24 @@ ENSEMBLE_PLOT_FILE = "ensemble.png"
 
 REPORT_FILE = "report.html"
 REPORT_IMAGES_DIR = "report"
+
+
+# The longest experiment or stage name, in bytes: file systems hold 255 a name, and caviar adds to
+# it (stage<i>-, .prev<k>, .partial).
+MAX_NAME_BYTES = 200
+
+
+def folder_name_problem(name: str) -> str | None:
+    """What makes `name` unfit to be an experiment folder's name (None: nothing)."""
+    if not name or "/" in name or name in (".", ".."):
+        return "must be a plain folder name such as cifar10-asha (no '/')"
+    if any(ord(c) < 32 or c in '\\:*?"<>|' for c in name):
+        return (f"{name!r} holds characters a file system cannot hold or that break paths (control characters, "
+                "\\ : * ? \" < > |); use letters, digits, '-', '_' or '.'")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return (f"is {len(name.encode())} bytes long; a folder name holds at most {MAX_NAME_BYTES} here (file "
+                "systems allow 255, and caviar adds suffixes such as .prev1); shorten it")
+    return None
 
 
 def checkpoint_name(epoch: int, val_acc: float) -> str:

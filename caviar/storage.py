@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.fs
+import pyarrow.lib
+
+from caviar.errors import ConfigError
 
 
 def is_uri(location: str) -> bool:
@@ -32,34 +37,58 @@ def uri(path: str, like: str) -> str:
 
 
 def join(location: str, *parts: str) -> str:
+    """`location`/part/...; a URI keeps its query (?endpoint_override=...) at the end."""
     if is_uri(location):
-        return "/".join([location.rstrip("/"), *parts])
+        base, mark, query = location.partition("?")
+        return "/".join([base.rstrip("/"), *parts]) + mark + query
     return os.path.join(location, *parts)
+
+
+@contextlib.contextmanager
+def _reaching(location: str) -> Iterator[None]:
+    """Object storage that cannot be reached (a wrong URI, no network, no credentials): one message
+    naming the URI and the cause, not the client's traceback. A missing file stays what it is, and
+    local paths keep their own errors."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (OSError, pyarrow.lib.ArrowException) as error:
+        if not is_uri(location):
+            raise
+        cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"{location}: the storage cannot be reached ({type(error).__name__}: {cause}); check the "
+                          "URI (bucket, endpoint_override, region), the network and the credentials (e.g. "
+                          "AWS_ACCESS_KEY_ID, AWS_PROFILE), or use a local folder") from None
 
 
 def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """The pyarrow filesystem holding `location` and the path within it."""
     if is_uri(location):
-        return pyarrow.fs.FileSystem.from_uri(location)
+        with _reaching(location):
+            return pyarrow.fs.FileSystem.from_uri(location)
     return pyarrow.fs.LocalFileSystem(), location
 
 
 def exists(location: str) -> bool:
     fs, path = filesystem(location)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    with _reaching(location):
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
 def write_text(location: str, text: str) -> None:
     fs, path = filesystem(location)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(text.encode())
+    with _reaching(location):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(text.encode())
 
 
 def read_text(location: str) -> str:
     fs, path = filesystem(location)
-    with fs.open_input_stream(path) as stream:
-        return stream.read().decode()
+    with _reaching(location):
+        with fs.open_input_stream(path) as stream:
+            return stream.read().decode()
 
 
 def writable_problem(location: str) -> str | None:

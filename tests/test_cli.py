@@ -96,6 +96,10 @@ def test_unreachable_address_is_a_clear_error_not_a_hang(capsys, tmp_path, learn
         (["sweep", "no/such/experiment.yaml"], "experiment file no/such/experiment.yaml does not exist"),
         (["sweep", "--set", "data.root=/no/such/folder", "--set", "data.download=false"], "data.root"),
         (["config", "--set", "resources.gpus_per_trial=-0.5"], "resources.gpus_per_trial"),
+        (["check", "smoke", "--images", "0"], "--images 0: the overfitting check needs 2 or more images"),
+        (["check", "smoke", "--tolerance", "-1"], "--tolerance -1.0: the allowed gap from ln(classes)"),
+        (["report", "/no/such/folder", "--top", "0"], "--top 0: the trials whose curves are drawn, 1 or more"),
+        (["predict", "/no/such/folder", "x.png", "--top", "-2"], "--top must be at least 1, got -2"),
     ],
 )
 def test_errors_are_one_message_and_exit_2(argv, needle, capsys, tmp_path):

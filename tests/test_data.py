@@ -544,18 +544,83 @@ def test_a_changed_image_folder_is_decoded_again(letters_root):
 
 def test_imagefolder_images_are_made_rgb_and_square(tmp_path):
     """Grey, palette, RGBA and 16-bit images of any size become RGB image_size squares (shorter side
-    scaled, centre cropped)."""
+    scaled, centre cropped); transparency is composited over black."""
     from PIL import Image
 
     root = tmp_path / "mixed"
     _png(root / "train" / "a" / "grey.png", size=(64, 48), mode="L", value=200)
-    _png(root / "train" / "a" / "rgba.png", size=(20, 40), mode="RGBA", value=(10, 20, 30, 0))
+    _png(root / "train" / "a" / "rgba.png", size=(20, 40), mode="RGBA", value=(10, 20, 200, 128))
     _png(root / "train" / "b" / "palette.png", size=(32, 32), mode="P", value=3)
     Image.fromarray(np.full((16, 16), 65535 // 2, np.uint16)).save(root / "train" / "b" / "deep.png")
-    images, labels, classes = D.load_train_set(root, format="imagefolder", image_size=16)
+    with pytest.warns(UserWarning, match="4 of 4 images decode to a single colour"):
+        images, labels, classes = D.load_train_set(root, format="imagefolder", image_size=16)
     assert images.shape == (4, 3, 16, 16) and labels.tolist() == [0, 0, 1, 1] and classes == ["a", "b"]
-    assert (images[0] == 200).all() and images[1][:, 0, 0].tolist() == [10, 20, 30]
-    assert (images[2] == 127).all()  # deep.png (sorted before palette.png), 16-bit: its top byte
+    assert (images[0] == 200).all() and images[1][:, 0, 0].tolist() == [5, 10, 100]  # half transparent, on black
+    assert (images[2] == 127).all()  # deep.png (sorted before palette.png): 16-bit, 32767 of 65535
+
+
+def _decoded(path: Path, size: int = 8) -> np.ndarray:
+    return imagefolder.decode(path, size).astype(int)
+
+
+def test_wide_images_are_scaled_from_their_range_not_clipped(tmp_path):
+    """A float image in [0, 1] does not decode black, a 12-bit one stored in 16 bits not white, a
+    32-bit integer one keeps its gradient; a TIFF's declared MaxSampleValue sets the range."""
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 1, 8), (8, 1))  # left to right, black to white
+    Image.fromarray(ramp.astype(np.float32), "F").save(tmp_path / "float.tif")
+    Image.fromarray(np.round(ramp * 4095).astype(np.uint16)).save(tmp_path / "twelve.tif")
+    Image.fromarray(np.round(ramp * (2 ** 24 - 1)).astype(np.int32), "I").save(tmp_path / "wide.tif")
+    Image.fromarray(np.round(ramp * 200 - 100).astype(np.float32), "F").save(tmp_path / "signed.tif")
+    declared = Image.fromarray(np.round(ramp * 1000).astype(np.uint16))
+    declared.save(tmp_path / "declared.tif", tiffinfo={281: 2000})  # MaxSampleValue
+    for name in ("float", "twelve", "wide", "signed"):
+        row = _decoded(tmp_path / f"{name}.tif")[0, 0]
+        assert row[0] <= 1 and row[-1] >= 254 and (np.diff(row) > 0).all(), (name, row)
+    assert _decoded(tmp_path / "declared.tif")[0, 0, -1] == 128  # 1000 of a declared 2000
+
+
+def test_exif_orientation_turns_a_photo_upright(tmp_path):
+    """A JPEG whose EXIF says "rotate 90 degrees clockwise" (a phone held upright) decodes upright:
+    its left half (white) ends on top."""
+    from PIL import Image
+
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = 255  # stored 16 wide and 8 high: white left, black right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image is to be turned 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    Image.fromarray(pixels).save(tmp_path / "plain.jpg", quality=95)
+    upright, plain = _decoded(tmp_path / "phone.jpg"), _decoded(tmp_path / "plain.jpg")
+    assert upright[:, :3].min() > 200 and upright[:, 5:].max() < 60  # white on top, black below
+    assert plain[:, :, :3].min() > 200 and plain[:, :, 5:].max() < 60  # no EXIF: as stored
+
+
+def test_grey_palette_and_alpha_modes_decode_to_rgb(tmp_path):
+    """Grey with alpha, a palette with a transparent index and bilevel images become RGB; what is
+    transparent becomes black whatever colour lies under it."""
+    from PIL import Image
+
+    Image.new("LA", (8, 8), (180, 255)).save(tmp_path / "la.png")
+    Image.new("LA", (8, 8), (180, 0)).save(tmp_path / "clear.png")
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    Image.new("1", (8, 8), 1).save(tmp_path / "bilevel.png")
+    assert (_decoded(tmp_path / "la.png") == 180).all() and (_decoded(tmp_path / "clear.png") == 0).all()
+    assert _decoded(tmp_path / "palette.png")[:, 0, 0].tolist() == [250, 10, 10]
+    assert (_decoded(tmp_path / "bilevel.png") == 255).all()
+
+
+def test_test_images_are_counted_as_the_scan_finds_them(tmp_path):
+    """The time estimate's count of test images goes into nested folders and skips hidden files and
+    what is not an image, as the scan does."""
+    for path in ("test/a/1.png", "test/a/deeper/2.png", "test/b/3.jpg", "test/b/.hidden/4.png", "test/a/.5.png"):
+        _png(tmp_path / path)
+    (tmp_path / "test" / "b" / "notes.txt").write_text("x")
+    assert D.estimated_test_images(tmp_path, format="imagefolder") == 3
+    assert imagefolder.count_images(tmp_path, "train") == 0
 
 
 def test_statistics_come_from_all_training_images_and_are_cached(fixture_root, monkeypatch):
@@ -688,10 +753,10 @@ def test_num_classes_that_disagrees_is_an_error_before_any_image_is_read(letters
     or reading a single image; the matching count (or None) loads."""
     monkeypatch.setattr(imagefolder, "decode_all", lambda *a: pytest.fail("decoded"))
     monkeypatch.setattr(D, "read_batch_file", lambda *a, **k: pytest.fail("read"))
-    with pytest.raises(DataError, match=r"model.num_classes is 10, but the data at .* \(imagefolder\) has 26 classes; "
-                                        "set model.num_classes: 26"):
+    with pytest.raises(CaviarError, match=r"model.num_classes is 10 but the data at .* \(imagefolder\) has 26 classes, "
+                                          "labels up to 25; set --set model.num_classes=26"):
         prepare_data(letters_root, val_size=5, format="imagefolder", num_classes=10)
-    with pytest.raises(DataError, match=r"model.num_classes is 100, .*\(cifar100, coarse labels\) has 20 classes"):
+    with pytest.raises(CaviarError, match=r"model.num_classes is 100 .*\(cifar100, coarse labels\) has 20 classes"):
         prepare_data(cifar100_root, val_size=5, format="cifar100", labels="coarse", num_classes=100)
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(letters_root / "xdg"))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from caviar import cli
+from caviar.config import ConfigError
 from caviar.ensembles.ensembler import Ensemble
 from caviar.ensembles.export import export
 from caviar.training.models import build_model
@@ -211,3 +212,83 @@ def test_bad_arguments_are_one_message_and_exit_2(saved, tmp_path, capsys):
     assert cli.main(["export", str(saved), "--out", str(tmp_path / "no" / "such" / "e.pt")]) == 2
     assert "does not exist; create it" in capsys.readouterr().err
     assert not list(saved.glob("*.partial"))
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("mean", [0.2, 0.2, 0.2], "mean"), ("image_size", 64, "image_size"),
+    ("class_names", ["cat", "dog"] + [str(i) for i in range(8)], "class_names")])
+def test_members_that_disagree_are_refused_by_name(key, value, shown):
+    """Members trained on other statistics, image sizes or classes are not averaged: a ConfigError
+    names the members on each side and what differs. Members that do not record a value (older
+    checkpoints) are not compared, and members that agree build."""
+    model = build_model("resnet", {"dropout": 0.2}, width=0.125, num_classes=10)
+    same = {"family": "resnet", "width": 0.125, "num_classes": 10, "hparams": {"dropout": 0.2}, "mean": [0.5] * 3,
+            "std": [0.25] * 3, "image_size": 32, "class_names": [str(i) for i in range(10)]}
+    Ensemble([model, model], np.ones(2), ["a", "b"], [same, {"family": "resnet"}])
+    other = dict(same) | {key: value}
+    with pytest.raises(ConfigError, match=rf"members disagree on {shown} \(a: .*; b: .*\): members must be trained "
+                                          "on the same data"):
+        Ensemble([model, model], np.ones(2), ["a", "b"], [same, other])
+
+
+def _png_files(images: torch.Tensor, folder) -> list:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, image in enumerate(images.numpy()):
+        files.append(folder / f"{i}.png")
+        Image.fromarray(image.transpose(1, 2, 0)).save(files[-1])
+    return files
+
+
+def test_predict_on_files_equals_the_ensembles_predictions(saved, images, tmp_path, float32_predict):
+    """`caviar predict` on PNG files of the images gives, per file, the classes Ensemble.predict ranks
+    first on those images, with the same probabilities; the exported TorchScript and ONNX files
+    give the same from their own metadata; a larger photo is scaled and centre-cropped to the
+    members' size exactly as the decoder does."""
+    from caviar.ensembles.predict import predict_files
+    from caviar.training.imagefolder import decode
+
+    files = _png_files(images, tmp_path / "photos")
+    expected = Ensemble.load(saved).predict(images.numpy())
+    rows = predict_files(saved, [tmp_path / "photos"], top=2)
+    assert list(rows.columns) == ["file", "class_1", "prob_1", "class_2", "prob_2"]
+    assert rows["file"].tolist() == [str(f) for f in sorted(files)]
+    order = [int(f.stem) for f in sorted(files)]
+    assert rows["class_1"].tolist() == [str(int(expected[i].argmax())) for i in order]  # no names saved: indices
+    np.testing.assert_allclose(rows["prob_1"], expected[order].max(1), atol=1e-6)
+    for fmt in ("torchscript", "onnx"):
+        if fmt == "onnx":
+            pytest.importorskip("onnxruntime", reason="pip install 'caviar[export]'")
+        exported = export(saved, fmt, out=tmp_path / f"e{'.pt' if fmt == 'torchscript' else '.onnx'}")
+        from_file = predict_files(exported, files, top=2)
+        assert from_file["class_1"].tolist() == [str(int(expected[int(f.stem)].argmax())) for f in files], fmt
+        np.testing.assert_allclose(from_file["prob_1"], expected[[int(f.stem) for f in files]].max(1), atol=1e-4)
+    from PIL import Image
+
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(big)
+    probs = Ensemble.load(saved).predict(decode(big, 32)[None])[0]
+    assert predict_files(saved, [big], top=1)["prob_1"].tolist() == pytest.approx([probs.max()], abs=1e-6)
+
+
+def test_predict_cli_writes_a_csv_once_and_refuses_bad_input(saved, images, tmp_path, capsys):
+    """`caviar predict ENSEMBLE IMAGES --out preds.csv` writes one row per file; an existing --out, a
+    missing image, a file that is not an image or a folder without an ensemble is exit 2 with a
+    message, before anything is written."""
+    files = _png_files(images[:3], tmp_path / "photos")
+    out = tmp_path / "preds.csv"
+    assert cli.main(["predict", str(saved), *map(str, files), "--out", str(out)]) == 0
+    table = __import__("pandas").read_csv(out)
+    assert len(table) == 3 and {"file", "class_3", "prob_3"} <= set(table.columns)
+    assert (table["prob_1"] >= table["prob_2"]).all() and (table["prob_2"] >= table["prob_3"]).all()
+    capsys.readouterr()
+    (tmp_path / "notes.txt").write_text("x")
+    for args, message in [([str(saved), str(files[0]), "--out", str(out)], "already exists"),
+                          ([str(saved), str(tmp_path / "gone.png")], "gone.png does not exist"),
+                          ([str(saved), str(tmp_path / "notes.txt")], "notes.txt is not an image file"),
+                          ([str(tmp_path), str(files[0])], "holds no ensemble.json"),
+                          ([str(saved), str(files[0]), "--top", "0"], "--top must be at least 1")]:
+        assert cli.main(["predict", *args]) == 2, args
+        assert message in capsys.readouterr().err, args

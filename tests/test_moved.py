@@ -4,26 +4,74 @@ a sweep folder written by the code before the move resumes with the code after i
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import caviar
-from caviar.moved import MOVED, new_name
+from caviar.errors import ConfigError
+from caviar.moved import MOVED, MOVED_NAMES, new_name
 
 PREMOVE = Path(__file__).parent / "fixtures" / "premove_sweep" / "premove"
 
 
+PREMOVE_NAMES = json.loads((Path(__file__).parent / "fixtures" / "premove_names.json").read_text())
+
+
 @pytest.mark.parametrize("old", sorted(MOVED))
 def test_an_old_module_path_is_the_moved_module_itself(old):
-    """`import caviar.space` gives caviar.search.space, the same object (pickles and isinstance agree)."""
+    """`import caviar.space` gives caviar.search.space, the same object (pickles and isinstance agree);
+    where names left the module in the move, a stand-in that gives the same objects."""
     moved = importlib.import_module(new_name(f"caviar.{old}"))
-    assert importlib.import_module(f"caviar.{old}") is moved
+    alias = importlib.import_module(f"caviar.{old}")
+    if old in MOVED_NAMES:
+        public = [name for name in dir(moved) if not name.startswith("_")]
+        assert alias is not moved and all(getattr(alias, name) is getattr(moved, name) for name in public)
+    else:
+        assert alias is moved
     assert moved.__spec__.name == moved.__name__  # the alias did not take over the module's identity
+
+
+@pytest.mark.parametrize("old", sorted(PREMOVE_NAMES))
+def test_every_public_name_of_a_premove_module_resolves_from_its_old_path(old):
+    """tests/fixtures/premove_names.json lists what each module defined at 04a5f63, the last commit
+    before the layer folders (top-level functions, classes and assignments not starting with _).
+    Each still resolves from the old path; names that moved to another module are the objects there."""
+    assert set(PREMOVE_NAMES) == set(MOVED)
+    module = importlib.import_module(f"caviar.{old}")
+    missing = [name for name in PREMOVE_NAMES[old] if not hasattr(module, name)]
+    assert not missing, f"caviar.{old} lost {missing}: add them to caviar.moved.MOVED_NAMES"
+
+
+def test_names_that_moved_between_modules_are_the_objects_where_they_went():
+    from caviar.budget import parse_duration as old_parse
+    from caviar.cluster import check_cluster_file as old_check
+    from caviar.config.durations import parse_duration
+    from caviar.data import augment_batch as old_augment
+    from caviar.ensembler import PLOT_FILE
+    from caviar.layout import ENSEMBLE_PLOT_FILE
+    from caviar.search.cluster_files import check_cluster_file
+    from caviar.training.augment import augment_batch
+
+    assert (old_parse, old_check, old_augment) == (parse_duration, check_cluster_file, augment_batch)
+    assert PLOT_FILE == ENSEMBLE_PLOT_FILE == "ensemble.png" and old_parse("2m") == 120
+    import caviar.catalog as old_catalog
+    import caviar.experiment as old_experiment
+
+    assert set(old_catalog.REACHED) >= {"cpu-budget", "smoke"} and old_catalog.REACHED is old_catalog.REACHED
+    config = SimpleNamespace(model=SimpleNamespace(num_classes=3), data=SimpleNamespace(root="/d"))
+    labels = SimpleNamespace(train_y=np.array([0, 1, 2]), val_y=np.array([3]))
+    with pytest.raises(ConfigError, match=r"model.num_classes is 3 but /d has labels up to 3; set --set "
+                                          r"model.num_classes=4"):
+        old_experiment.check_labels(config, labels)
+    old_experiment.check_labels(config, SimpleNamespace(train_y=np.array([0, 2]), val_y=np.array([1])))
 
 
 def test_a_name_that_never_existed_still_fails_to_import():

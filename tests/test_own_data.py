@@ -110,6 +110,9 @@ def test_check_says_what_it_found_in_a_new_dataset(tmp_path):
     found = lines[0]
     assert "676 training and 104 validation images of 32x32 pixels, 26 classes (A, B, C" in found, found
     assert "per class: 30 (" in found and "channel mean [" in found, found
+    # 780 images of 32x32: 3,080 bytes each with the label
+    assert lines[1].startswith("memory: 780 training images of 32x32 px take ~2.3 MB decoded"), lines[1]
+    assert "on each trial's device" in lines[1] and "limit ~" in lines[1]
 
 
 def test_check_refuses_a_num_classes_the_data_disagrees_with(tmp_path):
@@ -121,3 +124,42 @@ def test_check_refuses_a_num_classes_the_data_disagrees_with(tmp_path):
     with pytest.raises(ConfigError, match="model.num_classes is 5 but .* has 26 classes"):
         check_experiment("smoke", [f"data.root={root}", "data.format=imagefolder", "data.val_size=52",
                                    "data.train_subset=null", "model.num_classes=5"], log=None)
+
+
+def test_predict_on_the_folders_own_files(swept, tmp_path):
+    """`caviar predict` on image files (the image folder's own test files; CIFAR-100's test images
+    written as PNGs) names the classes and is far above chance; the probabilities are
+    Ensemble.predict's on the same decoded images; the exported ONNX file gives the same top classes
+    from its own metadata."""
+    from caviar.ensembles.export import export
+    from caviar.ensembles.model import Ensemble
+    from caviar.ensembles.predict import image_files, predict_files
+    from caviar.training.imagefolder import decode_all
+
+    name, folder, classes = swept
+    data = json.loads((folder / "summary.json").read_text())["config"]["data"]
+    ensemble = Ensemble.load(folder / "ensemble")
+    if name == "imagefolder":
+        tests = image_files([f"{data['root']}/test"])[::5]
+        truth = [path.parent.name for path in tests]
+    else:  # CIFAR's formats keep arrays: its test images written as PNG files, named by class
+        from PIL import Image
+
+        from caviar.training.data import load_test_set
+
+        images, labels = load_test_set(data["root"], download=False, format=data["format"], labels=data["labels"])
+        tests, truth = [], []
+        for i in range(0, len(labels), 5):
+            tests.append(tmp_path / f"{i}.png")
+            Image.fromarray(images[i].transpose(1, 2, 0)).save(tests[-1])
+            truth.append(ensemble.class_names[labels[i]])
+    rows = predict_files(folder / "ensemble", tests, top=2)
+    assert (rows["class_1"] == truth).mean() > 5 / classes
+    expected = ensemble.predict(decode_all(tests, ensemble.image_size))
+    names = np.array(ensemble.class_names)
+    assert len(names) == classes and rows["class_1"].tolist() == names[expected.argmax(1)].tolist()
+    np.testing.assert_allclose(rows["prob_1"], expected.max(1), atol=1e-6)
+    pytest.importorskip("onnxruntime")
+    exported = export(folder / "ensemble", "onnx", out=tmp_path / "model.onnx")
+    from_file = predict_files(exported, tests, top=2)
+    assert (from_file["class_1"] == rows["class_1"]).mean() > 0.95  # bf16 vs float32 may swap a near tie

@@ -71,9 +71,11 @@ def test_about_one_run_per_slot_trains_the_recipe_on_every_slot(slots):
 
 
 def test_a_few_runs_per_slot_search_then_train_full_length_members():
-    """4 R on 2 slots: the file's search (the recipe one of its arms) then a member per slot."""
+    """8 R on 2 slots (4 per slot): the file's search (the recipe one of its arms) then a member per
+    slot. 4 R on 2 slots (2 per slot) is still the recipe: there the search lost to it (RECIPE_BELOW)."""
     config = load_config("experiments/cpu-budget.yaml")
-    p, planned = _planned(config, 4, 2)
+    assert _plan(config, 4, 2).shape["name"] == "recipe"
+    p, planned = _planned(config, 8, 2)
     assert p.shape["name"] == "search"
     search, members = planned.stages
     assert search.num_samples >= 3 * 3 ** 2 and members.from_top == 2  # every rung has rivals; a member per slot

@@ -172,3 +172,21 @@ def test_a_resnet_space_leaves_the_convnet_shape_out():
 
     assert "conv_layers" not in top_points(table.assign(seed=1), resnet.space, 1, 2)[0]
     assert top_points(table.assign(seed=1), convnet.space, 1, 2)[0]["conv_layers"] == 3
+
+
+def test_a_stage_asking_for_more_members_than_scored_trials_gets_new_seeds_of_the_best():
+    """from_top 5 after a stage that scored 2 trials: 5 configs, the best two in turn, every seed new
+    and distinct; the first lap's seeds are what a stage with enough trials draws."""
+    import pandas as pd
+
+    from caviar.config import load_config
+    from caviar.sweeps.stages import top_points
+
+    table = pd.DataFrame({"best_val_acc": [0.7, 0.9, None], "lr": [0.01, 0.1, 0.5], "seed": [3, 4, 5],
+                          "status": ["completed", "completed", "errored"]})
+    space = load_config().space
+    points = top_points(table, space, 5, 2)
+    assert [p["lr"] for p in points] == [0.1, 0.01, 0.1, 0.01, 0.1]
+    assert len({p["seed"] for p in points}) == 5
+    assert [p["seed"] for p in points[:2]] == [p["seed"] for p in top_points(table, space, 2, 2)]
+    assert top_points(table.iloc[0:0], space, 3, 2) == []

@@ -42,3 +42,24 @@ def test_leaderboard_paths_keep_the_scheme_of_the_storage(ray_session, learnable
         assert frame["best_checkpoint"].str.startswith(tuple(frame["path"])).all()
     for location in table["best_checkpoint"]:
         assert storage.exists(location)
+
+
+def test_storage_that_cannot_be_reached_is_one_clear_message(monkeypatch):
+    """An s3:// URI whose endpoint refuses connections (a closed port on loopback; fake credentials,
+    no instance metadata, a stated region: nothing leaves this machine): a ConfigError naming the URI
+    and the cause, within seconds (the client's own retries)."""
+    import time
+
+    from caviar.config import ConfigError
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true",
+                        "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    location = "s3://no-bucket/caviar/exp?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    assert storage.join(location, "a", "b") == ("s3://no-bucket/caviar/exp/a/b?endpoint_override=127.0.0.1:9&"
+                                                "scheme=http&region=us-east-1")  # the query stays at the end
+    begin = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"s3://no-bucket/caviar/exp.*: the storage cannot be reached \(.*\); "
+                                          "check the URI"):
+        storage.write_text(storage.join(location, "x"), "t")
+    assert time.perf_counter() - begin < 60

@@ -554,6 +554,20 @@ def test_whitening_layer_decorrelates_image_patches():
     assert not layer.conv.weight.requires_grad and layer.conv.bias.requires_grad
 
 
+def test_whitening_fitted_in_chunks_is_the_fit_of_all_the_images():
+    """Chunk by chunk (what bounds the fit's memory at large image sizes) gives the filters the
+    whole sample gives; the chunk size shrinks with the image size."""
+    from caviar.training.models import WHITEN_CHUNK_BYTES, Whitening, whiten_chunk
+
+    images = torch.randn(50, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    whole, chunked = Whitening(3), Whitening(3)
+    whole.fit(images)
+    chunked.fit(images[i:i + 7] for i in range(0, 50, 7))
+    gram = lambda layer: layer.conv.weight.flatten(1).T @ layer.conv.weight.flatten(1)  # noqa: E731  (a filter's sign is arbitrary)
+    assert torch.allclose(gram(whole), gram(chunked), rtol=1e-3, atol=1e-3)
+    assert whiten_chunk(32) > whiten_chunk(256) >= 1 and whiten_chunk(256) * 60 * 256 ** 2 <= WHITEN_CHUNK_BYTES
+
+
 def test_a_trial_with_a_whitening_layer_fits_it_learns_and_resumes_exactly(tensors, tmp_path):
     """`whiten: true`: the filters are set from training images before the first step and never
     change; the trial learns; a resumed trial keeps the filters (not refitted) and continues."""

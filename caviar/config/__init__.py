@@ -8,6 +8,7 @@ overrides. Bad input raises :class:`ConfigError` naming the dotted key and the f
 # The names the rest of caviar imports from caviar.config:
 from caviar.config.loading import (  # noqa: F401
     build_config,
+    check_num_classes,
     derive_config,
     load_config,
     parse_override,

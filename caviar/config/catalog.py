@@ -73,6 +73,12 @@ def _run(path: Path, flow: str) -> dict[str, Any] | None:
     return run if usable else None
 
 
+def reached_table() -> dict[str, str | None]:
+    """What each shipped experiment reached, by name (caviar.catalog.REACHED before the move, a typed
+    table then)."""
+    return {name: reached(name) for name in shipped.names()}
+
+
 def reached(name: str, results: Path = RESULTS) -> str | None:
     """What `name` reached in the benchmarks it cites: per budget, the mean test accuracy of its
     ensemble over the cited runs with their spread, the data and machine; a run of another version

@@ -106,10 +106,16 @@ def with_classes(config: Config, count: int, source: str) -> Config:
     num_classes that disagrees is an error before any compute (a head of the wrong size trains
     without complaint, and labels past it fail inside the first trial)."""
     stated = config.model.num_classes
+    check_num_classes(stated, count, source)
+    return config if stated == count else derive_config(config, {"model.num_classes": count}, "config")
+
+
+def check_num_classes(stated: int | None, count: int, source: str) -> None:
+    """The one rule for a stated model.num_classes (None: the data's count): it must be the data's
+    `count` classes (in `source`). Checked from the class list, before any image is decoded."""
     if stated is not None and stated != count:
         raise ConfigError(f"model.num_classes is {stated} but {source} has {count} classes, labels up to {count - 1}; "
                           f"set --set model.num_classes={count}, or leave it out (the data says how many)")
-    return config if stated == count else derive_config(config, {"model.num_classes": count}, "config")
 
 
 class _Loader(yaml.SafeLoader):

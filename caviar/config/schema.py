@@ -17,6 +17,7 @@ from caviar.config.durations import parse_duration
 from caviar.config.schedulers import SCHEDULERS
 from caviar.config.space import CONVNET_SHAPE, SpaceConfig, Strict
 from caviar.errors import ConfigError
+from caviar.layout import MAX_NAME_BYTES, folder_name_problem
 
 # The resolved config, written into the experiment folder before any trial starts (`--resume`
 # needs nothing else).
@@ -242,7 +243,7 @@ class StageConfig(Strict):
     @field_validator("name")
     @classmethod
     def _stage_name(cls, value: str) -> str:
-        if not value or not all(c.isalnum() or c in "-_" for c in value):
+        if not value or not all(c.isalnum() or c in "-_" for c in value) or len(value.encode()) > MAX_NAME_BYTES:
             raise ValueError("must be a short name of letters, digits, '-' or '_' (e.g. coarse)")
         return value
 
@@ -378,8 +379,9 @@ class Config(Strict):
     @field_validator("name")
     @classmethod
     def _name_is_a_folder_name(cls, value: str) -> str:
-        if not value or "/" in value or value in (".", ".."):
-            raise ValueError("must be a plain folder name such as cifar10-asha (no '/')")
+        problem = folder_name_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def resolved(self) -> "Config":

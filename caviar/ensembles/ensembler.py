@@ -44,7 +44,8 @@ from caviar.results.leaderboard import SINKING, own_epochs
 from caviar.search import tracking
 from caviar.search.reader import TrialRecord
 from caviar.search.reruns import rerun_with_seeds
-from caviar.training.data import data_for, estimated_test_images, held_out_test_set
+from caviar.training.data import estimated_test_images, held_out_test_set
+from caviar.training.identity import experiment_data
 from caviar.training.settings import TRIAL_EPOCHS_KEY
 
 __all__ = ["Ensemble", "EnsembleResult", "check_output_folder", "describe", "ensemble", "experiment_sweeps",
@@ -94,6 +95,8 @@ def ensemble(
     folder, config = _open(experiment, overrides)
     target = str(out) if out is not None else folder.file(ENSEMBLE_DIR)
     tracking.check(config)  # a tracker that cannot run is said now, not after the evaluation
+    # the data the members trained on, or a refusal before anything is written, re-run or evaluated
+    data = experiment_data(config, folder.path, "ensemble the experiment", subset=False)
     check_output_folder(target)
 
     # 1. gather the members
@@ -103,7 +106,6 @@ def ensemble(
     ens.translate = translate
 
     # 2. choose the weights on validation
-    data = data_for(config, subset=False)
     if flip is None and ens.flip and deadline is not None:  # the mirror view doubles the evaluation
         images = len(data.val_y) + estimated_test_images(config.data.root, config.data.format)
         ens.flip = mirror_fits(ens, data.val_x, images, deadline - time.time())

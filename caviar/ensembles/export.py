@@ -9,6 +9,8 @@ Input: NCHW images, (N, 3, S, S) at the size the members trained on (32 for CIFA
 (as torchvision's ToTensor makes), which is rounded to the 256 levels the members trained on.
 Output: (N, classes) float32 probabilities, each row summing to 1. Computed in float32 (caviar's own
 `predict` uses bfloat16 where the device has it natively, so the two differ by bf16 rounding there).
+The file's metadata (caviar.json) says how an image file becomes that input (size, crop) and names
+the classes: `caviar predict` reads it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 INPUTS = ("uint8", "float")  # the ONNX graph's input type (a TorchScript module takes either)
 OPSET = 18
+METADATA = "caviar.json"  # the file's metadata entry: a TorchScript extra file, an ONNX metadata property
+PREPROCESS = ("an image file: turned upright by its EXIF orientation, RGB (transparency over black, 16-bit and float "
+              "images scaled from their range), shorter side scaled to {size} px (bicubic), centre-cropped to "
+              "{size} x {size}; as caviar.training.imagefolder.decode does")
 
 
 class EnsembleModule(nn.Module):
@@ -102,7 +108,10 @@ def export(folder: str | Path, fmt: str = "torchscript", out: str | Path | None 
     classes = int(ensemble.descriptions[0]["num_classes"])
     size = int(ensemble.descriptions[0].get("image_size", 32))
     info = {"members": ensemble.names, "weights": [float(w) for w in module.weights], "classes": classes,
+            "class_names": ensemble.class_names, "image_size": size,
             "input": f"NCHW (N, 3, {size}, {size}): uint8 0..255 or float 0..1", "output": "(N, classes) probabilities",
+            # how an image file becomes that input, as the members' training images did (`caviar predict` reads this)
+            "preprocess": PREPROCESS.format(size=size),
             "mirror_averaged": ensemble.flip, "translate_averaged": ensemble.translate, "mean": list(ensemble.mean), "std": list(ensemble.std),
             "source": str(folder.resolve())}
     partial = target.with_name(target.name + ".partial")  # never a half-written file under the final name
@@ -110,7 +119,7 @@ def export(folder: str | Path, fmt: str = "torchscript", out: str | Path | None 
         if fmt == "torchscript":
             _torchscript(module, partial, info)
         else:
-            _onnx(module, partial, input_type, size)
+            _onnx(module, partial, input_type, size, info)
         if target.exists():  # appeared while exporting: still not ours to replace
             raise ConfigError(f"--out {target} appeared while exporting; the export is left in {partial}")
         os.replace(partial, target)
@@ -127,10 +136,10 @@ def _torchscript(module: EnsembleModule, path: Path, info: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(module)
-    scripted.save(str(path), _extra_files={"caviar.json": json.dumps(info, indent=2)})
+    scripted.save(str(path), _extra_files={METADATA: json.dumps(info, indent=2)})
 
 
-def _onnx(module: EnsembleModule, path: Path, input_type: str, size: int = 32) -> None:
+def _onnx(module: EnsembleModule, path: Path, input_type: str, size: int, info: dict) -> None:
     # An ONNX graph has one input type: the example's dtype picks the branch of forward.
     example = (torch.zeros(2, 3, size, size, dtype=torch.uint8) if input_type == "uint8"
                else torch.zeros(2, 3, size, size, dtype=torch.float32))
@@ -139,3 +148,8 @@ def _onnx(module: EnsembleModule, path: Path, input_type: str, size: int = 32) -
                                     output_names=["probabilities"], opset_version=OPSET, verbose=False,
                                     dynamic_shapes={"images": {0: torch.export.Dim("batch")}})
     program.save(str(path), external_data=False)  # one self-contained file
+    import onnx  # the exporter's own dependency
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {METADATA: json.dumps(info, indent=2)})  # what `caviar predict` reads
+    onnx.save(model, str(path))

@@ -136,7 +136,8 @@ def load_models(members: list[Member], family: str, num_classes: int | None) -> 
                        "num_classes": settings["num_classes"], "hparams": state["hparams"],
                        # the pixels it trained on: checkpoints from before per-dataset statistics used CIFAR-10's
                        "mean": list(settings.get("mean", CIFAR10_MEAN)), "std": list(settings.get("std", CIFAR10_STD)),
-                       "flip": trained_with_flips(state), "image_size": int(settings.get("image_size", 32))}
+                       "flip": trained_with_flips(state), "image_size": int(settings.get("image_size", 32)),
+                       "class_names": list(settings.get("class_names") or [])}  # [] in checkpoints before names
         loaded.append((member, model, description))
     return loaded
 

@@ -40,10 +40,13 @@ class Ensemble:
         self.flip = bool(flip)
         self.translate = bool(translate)
         # The dataset's per-channel statistics every member was trained with (one dataset per
-        # ensemble); ensembles saved before per-dataset statistics were trained with CIFAR-10's.
+        # ensemble, checked); ensembles saved before per-dataset statistics were trained with CIFAR-10's.
+        check_members_agree(self.names, self.descriptions)
         first = self.descriptions[0] if self.descriptions else {}
         self.mean = tuple(first.get("mean", CIFAR10_MEAN))
         self.std = tuple(first.get("std", CIFAR10_STD))
+        self.image_size = int(first.get("image_size", 32))
+        self.class_names = [str(n) for n in first.get("class_names") or []]  # [] where the members predate names
 
     def member_probs(self, images: Images, batch_size: int | str = "auto", flip: bool | None = None,
                      translate: bool | None = None) -> np.ndarray:
@@ -92,6 +95,34 @@ class Ensemble:
                    [e["name"] for e in entries], [{k: v for k, v in s.items() if k != "state_dict"} for s in saved],
                    flip=document.get("flip") is True,  # ensembles saved before flips were an option: none
                    translate=document.get("translate") is True)
+
+
+# What every member of one ensemble must share: one prediction is the mean of theirs over the same
+# pixels, so members that saw other statistics, sizes or classes would be averaged wrongly.
+MUST_AGREE = ("num_classes", "class_names", "image_size", "mean", "std")
+
+
+def check_members_agree(names: list[str], descriptions: list[dict[str, Any]]) -> None:
+    """A ConfigError naming the members and what differs where they disagree on anything in
+    MUST_AGREE; a value a member does not record (older checkpoints) is not compared."""
+    for key in MUST_AGREE:
+        groups: dict[str, list[str]] = {}
+        for name, description in zip(names, descriptions):
+            value = description.get(key)
+            if value is None or (isinstance(value, (list, tuple)) and not value):
+                continue
+            shown = [round(float(v), 6) for v in value] if key in ("mean", "std") else value
+            groups.setdefault(json.dumps(shown), []).append(name)
+        if len(groups) > 1:
+            differ = "; ".join(f"{', '.join(group[:4])}{', ...' * (len(group) > 4)}: {_short(value)}"
+                               for value, group in groups.items())
+            raise ConfigError(f"the ensemble's members disagree on {key} ({differ}): members must be trained on the "
+                              "same data, at the same image size; build the ensemble from one experiment's "
+                              "members, or leave out the ones from other data")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _as_uint8_images(images: Images) -> torch.Tensor:

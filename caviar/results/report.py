@@ -167,6 +167,8 @@ def report_staged(folder: Path, top: int = 6) -> Path:
 
 def write_report(experiment: str | Path, top: int = 6) -> Path:
     """Write the report of the experiment folder `experiment` (local path); returns report.html."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ConfigError(f"--top {top!r}: the trials whose curves are drawn, 1 or more")
     if storage.is_uri(str(experiment)):
         raise ConfigError(f"{experiment}: the report reads a local folder; copy the experiment folder from object "
                           "storage first (e.g. `aws s3 sync`)")

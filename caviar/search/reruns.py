@@ -16,7 +16,7 @@ from caviar.config import Config
 from caviar.search import connect, tuning
 from caviar.search.callbacks import ProgressPrinter
 from caviar.search.reader import TrialRecord, has_state, read_trials
-from caviar.training.data import data_for
+from caviar.training.identity import experiment_data
 
 
 def rerun_with_seeds(
@@ -32,7 +32,7 @@ def rerun_with_seeds(
     finished = _finished_seed_runs(experiment, prefix)
     missing = [seed for seed in seeds if seed not in finished]
     if missing:
-        data = data_for(config)
+        data = experiment_data(config, experiment, "re-run the best config from new seeds")
         started = connect.start_ray(address)
         try:
             trainable = tuning.trainable(config, data, connect.check_cluster(config, experiment, joined=not started))

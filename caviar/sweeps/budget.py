@@ -149,6 +149,7 @@ class Plan:
     # {} for an experiment without a members stage.
     shape: dict[str, Any] = field(default_factory=dict)
     shape_changes: dict[str, Any] = field(default_factory=dict)  # the config changes of the shape (unsized)
+    memory: str = ""  # what the data takes in memory, for `--plan` (caviar.training.memory.describe)
 
     def describe(self) -> str:
         head = (f"Budget {format_duration(self.budget_s)}: {self.slots} trial slot{'s' if self.slots != 1 else ''}, "

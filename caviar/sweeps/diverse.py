@@ -22,7 +22,7 @@ from caviar.layout import TRIAL_PREFIX
 from caviar.results.border import scored, top_count
 from caviar.results.folder import ExperimentFolder
 from caviar.results.scores import nll
-from caviar.training.data import data_for
+from caviar.training.identity import experiment_data
 from caviar.training.train import predict_logits
 from caviar.training.trial import load_saved_checkpoint, model_from_state
 
@@ -47,7 +47,7 @@ def complementary_order(probs: np.ndarray, labels: np.ndarray) -> list[int]:
 def validation_probs(path: str, trial_ids: list[str], config: Config) -> tuple[np.ndarray, np.ndarray]:
     """(trials, N, classes) softmax probabilities of each trial's best checkpoint on the validation
     split, and its labels."""
-    data = data_for(config, subset=False)
+    data = experiment_data(config, path, "pick the next stage's configs", subset=False)
     records = {r.trial_id: r for r in ExperimentFolder(path).trials(only={f"{TRIAL_PREFIX}{i}" for i in trial_ids})}
     images = torch.from_numpy(data.val_x)
     probs = []

@@ -28,6 +28,7 @@ from caviar.search.callbacks import ProgressPrinter
 from caviar.search.reader import has_state, saved_state_is_whole
 from caviar.search.seal import check_seal
 from caviar.sweeps import budget as budgets
+from caviar.training import identity
 from caviar.training.data import SplitData, data_for, describe_dataset
 from caviar.training.train import images_per_epoch
 
@@ -105,6 +106,7 @@ def run_experiment(
     begin = time.time() if begin is None else begin
     storage_path, path, config, data = _checked_start(config, resume)
     dataset = describe_dataset(data)  # recorded in summary.json: what the trials trained on
+    data_record = identity.record(config, data)  # data.json: what later readers of the folder compare with
     plan = run_plan
     with connect.session(address, verbose) as started:
         resources = connect.check_cluster(config, storage_path, joined=not started)
@@ -117,7 +119,8 @@ def run_experiment(
         # whole sweep (147 MB for CIFAR-10, on the head node).
         del data
         fit_begin = time.time()
-        _fit(trainable, config, storage_path, path, resume=resume, deadline=deadline, log=log, verbose=verbose)
+        _fit(trainable, config, storage_path, path, resume=resume, deadline=deadline, log=log, verbose=verbose,
+             data_record=data_record)
         table = _final_table(path, config, deadline)
         summary = _summary(table, config, path, resources, begin=begin, fit_begin=fit_begin, deadline=deadline,
                            plan=plan) | {"data": dataset}
@@ -139,6 +142,8 @@ def _checked_start(config: Config, resume: bool) -> tuple[str, str, Config, Spli
             f"or start another with --set name=<new name>"
         )
     data = read_data(config)
+    # a resumed sweep, or a new stage of a staged run: the data its folder trained on
+    identity.check(path, config, data, "resume the sweep" if resume else "start the stage")
     config = with_classes(config, len(data.classes), f"data.root {config.data.root}")
     problem = storage.writable_problem(storage_path)
     if problem:
@@ -163,7 +168,7 @@ def _fitted_to_budget(config: Config, data: SplitData, resources: dict[str, floa
 
 
 def _fit(trainable: Any, config: Config, storage_path: str, path: str, *, resume: bool, deadline: float | None,
-         log: Callable[[str], None], verbose: bool) -> None:
+         log: Callable[[str], None], verbose: bool, data_record: dict[str, Any]) -> None:
     """Run the sweep's trials: a new Tuner, or with `resume` the one saved in `path`."""
     if resume:
         tuner = tuning.restore_tuner(path, trainable)
@@ -175,6 +180,7 @@ def _fit(trainable: Any, config: Config, storage_path: str, path: str, *, resume
         run_config = tuning.run_config(config, storage_path, verbose=verbose,
                                        callbacks=progress + tracking.callbacks(config, path))
         storage.write_text(storage.join(path, CONFIG_FILE), config.to_yaml())
+        identity.write(path, data_record)
         tuner = tuning.new_tuner(trainable, config, tune_config, run_config)
     tuning.fit(tuner, config.search.num_samples)
 

@@ -11,7 +11,8 @@ from caviar.config import ConfigError, load_config, with_classes
 from caviar.config.durations import parse_duration
 from caviar.search.connect import cluster_slots, trial_resources
 from caviar.sweeps import budget as budgets
-from caviar.training.data import data_for
+from caviar.training import memory
+from caviar.training.data import data_for, image_counts
 from caviar.training.train import images_per_epoch
 
 
@@ -41,17 +42,20 @@ def preview(experiment: str | None, overrides: list[str] | None = None, *, slots
     device = torch.device("cuda") if resources["gpu"] > 0 else torch.device("cpu")
     throughput = budgets.measure(config, data, device)
     train_images = images_per_epoch(len(data.train_y), config.train.epoch_size)
-    return budgets.plan(config, budget_s=parse_duration(config.budget), spent_s=0,
-                        slots=slots or cluster_slots(config, resources, pool), throughput=throughput,
-                        train_images=train_images, val_images=len(data.val_y),
-                        stage_train_images=budgets.stage_train_images(config, len(data.train_y)) if config.stages
-                        else None)
+    figures = memory.estimate(config, *image_counts(config))
+    planned = budgets.plan(config, budget_s=parse_duration(config.budget), spent_s=0,
+                           slots=slots or cluster_slots(config, resources, pool), throughput=throughput,
+                           train_images=train_images, val_images=len(data.val_y),
+                           stage_train_images=budgets.stage_train_images(config, len(data.train_y)) if config.stages
+                           else None)
+    planned.memory = memory.describe(figures, memory.limit())
+    return planned
 
 
 def describe(planned: budgets.Plan) -> str:
     """The plan as `--plan` prints it."""
     device = planned.throughput.get("device", "cpu")
-    return (f"{planned.describe()}\n  (speed measured on this machine's {device}, "
+    return (f"{planned.describe()}\n  {planned.memory}\n  (speed measured on this machine's {device}, "
             f"{planned.throughput.get('configs', 0)} configs of the space and the recipe; nothing was trained or "
             f"written)")
 

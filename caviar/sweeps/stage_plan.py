@@ -62,16 +62,22 @@ def top_points(table: pd.DataFrame, space: SpaceConfig, count: int, stage_index:
                order: list[int] | None = None) -> list[dict[str, Any]]:
     """The best `count` scored trials' hyperparameters as configs to train again, each with a new
     seed (derived from its own and the stage, so a rerun draws the same); `order` (positions in the
-    scored table, caviar.sweeps.diverse.pick_order) takes them in another order than by rank."""
+    scored table, caviar.sweeps.diverse.pick_order) takes them in another order than by rank. Where
+    fewer trials were scored than `count`, the best ones come round again with other new seeds:
+    a stage asked for `count` members (a budget's ensemble shape, a member per slot) gets them."""
     from caviar.results.border import scored
 
     rows = scored(table)
     if order is not None:
         rows = rows.iloc[order]
+    best = [row for _, row in rows.head(count).iterrows()]
     points = []
-    for _, row in rows.head(count).iterrows():
+    for k in range(count if best else 0):
+        row, lap = best[k % len(best)], k // len(best)
         point = {name: _plain(row[name]) for name in entries(space) if name in row and pd.notna(row[name])}
-        point["seed"] = derived_seed(row.get("seed", 0), stage_index, mix=7919)
+        # lap 0: the seed a rerun of earlier versions drew; later laps: new ones per lap
+        point["seed"] = derived_seed(row.get("seed", 0), stage_index if lap == 0 else stage_index * 1000 + lap,
+                                     mix=7919)
         points.append(point)
     return points
 

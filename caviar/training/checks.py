@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caviar.config import Choice, Config, Range, Scalar, SpaceConfig, load_config, with_classes
+from caviar.config import Choice, Config, ConfigError, Range, Scalar, SpaceConfig, load_config, with_classes
 from caviar.config.scales import entries, from_sampling_scale, to_sampling_scale
 from caviar.training.models import build_model
 from caviar.training.train import Stats
@@ -309,7 +309,12 @@ def check_experiment(
     log: Callable[[str], None] | None = print,
 ) -> list[CheckResult]:
     """The checks on the centre of an experiment's space, with its data and model family."""
-    from caviar.training.data import data_for, describe_dataset
+    if isinstance(images, bool) or not isinstance(images, int) or images < 2:
+        raise ConfigError(f"--images {images!r}: the overfitting check needs 2 or more images")
+    if not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
+        raise ConfigError(f"--tolerance {tolerance!r}: the allowed gap from ln(classes), a number above 0")
+    from caviar.training import memory
+    from caviar.training.data import data_for, describe_dataset, image_counts
 
     config: Config = load_config(experiment, overrides).resolved()
     data = data_for(config, subset=False)
@@ -321,6 +326,7 @@ def check_experiment(
     y = torch.from_numpy(data.train_y[:count].copy())
     if log:
         log(describe_data(describe_dataset(data), config.data.root))
+        log(memory.describe(memory.estimate(config, *image_counts(config)), memory.limit()))
         shown = ", ".join(f"{k}={_short(v)}" for k, v in hparams.items())
         log(f"caviar check: {family} at the centre of the space ({shown}) on {len(y)} training images "
             f"from {config.data.root}")

@@ -125,9 +125,11 @@ def save_json(obj: Any) -> Callable[[Any], None]:
     return lambda f: f.write(json.dumps(obj, indent=1).encode())
 
 
-def load_npy(path: Path) -> np.ndarray | None:
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray | None:
+    """The array in `path` (read-only and memory-mapped with `mmap`: pages are read as they are
+    used, and no second copy is made of a set that is only indexed); None where it cannot be read."""
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (OSError, ValueError):  # removed meanwhile, truncated, or not an .npy: decode again
         return None
 

@@ -14,6 +14,7 @@ a silent skip that would change what a trial trains on.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".t
 SPLITS = ("train", "test")
 # Pillow's decoders release the GIL: a few threads decode a folder that many times faster.
 _DECODE_THREADS = 8
+# Part of a cached split's key: images decoded by an earlier decoder are decoded again. 2: EXIF
+# orientation, wide modes scaled to their range, transparency over black.
+DECODER_VERSION = 2
 
 
 @dataclass
@@ -97,20 +101,71 @@ def scan(root, split: str, classes: list[str]) -> list[tuple[Path, int]]:
     return found
 
 
-def _rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I;16"):  # 16-bit grey (scientific PNGs): keep the top byte
-        image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
-    elif image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # what Pillow asks for before dropping a palette's alpha
+# Modes whose samples do not fit in 8 bits: Pillow's convert("RGB") clips them (a float image in
+# [0, 1] decodes black, a 12-bit one white), so they are scaled to 8 bits first (_eight_bits).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)  # the standard depths an integer image's samples are stored at
+_MAX_SAMPLE_VALUE = 281  # TIFF's tag for the largest sample value the file declares
+
+
+def _declared_max(image: Image.Image) -> float | None:
+    """The largest sample value the file declares (TIFF's MaxSampleValue), if any."""
+    tags = getattr(image, "tag_v2", None)
+    declared = tags.get(_MAX_SAMPLE_VALUE) if tags is not None else None
+    if isinstance(declared, tuple):
+        declared = max(declared, default=None)
+    return float(declared) if isinstance(declared, (int, float)) and declared > 0 else None
+
+
+def _integer_max(samples: np.ndarray, declared: float | None) -> float:
+    """The largest value an integer image's samples can take: what the file declares, else the
+    smallest standard bit depth that holds its largest sample (a 12-bit sensor's image stored in 16
+    bits is scaled as 12-bit, not darkened 16 times)."""
+    if declared is not None:
+        return declared
+    top = float(samples.max(initial=0))
+    return float(next((2 ** bits - 1 for bits in _BIT_DEPTHS if top <= 2 ** bits - 1), top))
+
+
+def _eight_bits(image: Image.Image, declared: float | None = None) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as 8-bit grey, scaled from the range it holds:
+    integers from 0 to their maximum (_integer_max), floats from [0, 1] where they lie in it, else
+    from their own minimum and maximum."""
+    samples = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        finite = samples[np.isfinite(samples)]
+        low, high = (0.0, 1.0) if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) else \
+            (float(finite.min()), float(finite.max()))
+        samples = np.nan_to_num(samples, nan=low, posinf=high, neginf=low)
+    else:
+        low, high = min(0.0, float(samples.min(initial=0))), _integer_max(samples, declared)
+    scaled = (samples - low) / (high - low) if high > low else np.zeros_like(samples)
+    return Image.fromarray(np.round(255 * np.clip(scaled, 0, 1)).astype(np.uint8), "L")
+
+
+def _rgb(image: Image.Image, declared: float | None = None) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: wide samples scaled (not clipped), greyscale repeated, a palette
+    looked up, transparency composited over black (what lies under a transparent pixel is
+    arbitrary, often left-over colour)."""
+    if image.mode in _WIDE_MODES:
+        image = _eight_bits(image, declared)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "La", "PA", "RGBa") or (image.mode != "RGBA" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, image)
     return image.convert("RGB")
 
 
 def decode(path: Path, image_size: int) -> np.ndarray:
-    """One image file -> uint8 (3, image_size, image_size): RGB, shorter side scaled, centre-cropped."""
+    """One image file -> uint8 (3, image_size, image_size): turned upright as its EXIF orientation
+    says (a phone's portrait photo), RGB (_rgb), shorter side scaled, centre-cropped."""
     try:
         with Image.open(path) as image:
             image.load()  # decodes now: a truncated file fails here, by name
-            image = _rgb(image)
+            image = _rgb(ImageOps.exif_transpose(image), _declared_max(image))  # (a transposed copy has no tags)
             if image.size != (image_size, image_size):
                 image = ImageOps.fit(image, (image_size, image_size), method=Image.Resampling.BICUBIC)
             return np.asarray(image, np.uint8).transpose(2, 0, 1)
@@ -120,7 +175,9 @@ def decode(path: Path, image_size: int) -> np.ndarray:
 
 
 def decode_all(files: list[Path], image_size: int) -> np.ndarray:
-    """uint8 (N, 3, image_size, image_size), in the order of `files`."""
+    """uint8 (N, 3, image_size, image_size), in the order of `files`. Images that decode to one
+    constant colour are named in a warning: more often a file scaled wrong or blank than a real
+    picture, and a folder of them trains on nothing."""
     images = np.empty((len(files), 3, image_size, image_size), np.uint8)
 
     def one(i: int) -> None:
@@ -132,11 +189,30 @@ def decode_all(files: list[Path], image_size: int) -> np.ndarray:
             pass
     finally:  # on the first bad file, the rest are not decoded for nothing
         pool.shutdown(cancel_futures=True)
+    flat = images.reshape(len(files), 3, -1)
+    constant = np.flatnonzero((flat.min(2) == flat.max(2)).all(1)) if len(files) else np.array([], int)
+    if len(constant):
+        names = ", ".join(str(files[i]) for i in constant[:5]) + (", ..." if len(constant) > 5 else "")
+        warnings.warn(f"{len(constant)} of {len(files)} images decode to a single colour (blank): {names}; "
+                      "check that they hold a picture (caviar scales 16-bit, 32-bit and float images from the "
+                      "range they hold)", stacklevel=2)
     return images
 
 
-def load_split(root, split: str, image_size: int = 32) -> ImageSet:
-    """One split of the image folder at root, from the cache when no file in it has changed."""
+def count_images(root, split: str) -> int:
+    """How many image files a split holds, counted as `scan` finds them (nested folders included,
+    hidden files left out), without decoding any; 0 where the split's folder is absent."""
+    folder = Path(root).expanduser() / split
+    if not folder.is_dir():
+        return 0
+    return sum(1 for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+               for path in entry.rglob("*")
+               if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(path, entry))
+
+
+def load_split(root, split: str, image_size: int = 32, mmap: bool = False) -> ImageSet:
+    """One split of the image folder at root, from the cache when no file in it has changed (its
+    images memory-mapped, read-only, with `mmap`: for a caller that only takes parts of them)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -146,8 +222,8 @@ def load_split(root, split: str, image_size: int = 32) -> ImageSet:
     found = scan(root, split, classes)
     files = [path for path, _ in found]
     kind = f"imagefolder-{split}-{image_size}px"
-    key = f"{kind}-{datacache.fingerprint(files, root / split, image_size, classes)}"
-    cached = _cached(root, key, len(files), image_size, classes)
+    key = f"{kind}-{datacache.fingerprint(files, root / split, image_size, classes, DECODER_VERSION)}"
+    cached = _cached(root, key, len(files), image_size, classes, mmap)
     if cached is not None:
         return cached
     images = decode_all(files, image_size)
@@ -160,13 +236,13 @@ def load_split(root, split: str, image_size: int = 32) -> ImageSet:
     return ImageSet(images, labels, classes, key)
 
 
-def _cached(root: Path, key: str, count: int, image_size: int, classes: list[str]) -> ImageSet | None:
+def _cached(root: Path, key: str, count: int, image_size: int, classes: list[str], mmap: bool) -> ImageSet | None:
     manifest_path = datacache.find(root, f"{key}.json")  # written last: present = the entry is complete
     manifest = datacache.load_json(manifest_path)
     if not isinstance(manifest, dict) or manifest.get("images") != count or manifest.get("classes") != classes:
         return None
     folder = manifest_path.parent
-    images = datacache.load_npy(folder / f"{key}.images.npy")
+    images = datacache.load_npy(folder / f"{key}.images.npy", mmap=mmap)
     labels = datacache.load_npy(folder / f"{key}.labels.npy")
     if (images is None or labels is None or images.dtype != np.uint8 or images.shape != (count, 3, image_size, image_size)
             or labels.dtype != np.int64 or labels.shape != (count,)

@@ -10,7 +10,7 @@ Either may start with a whitening layer (`whiten` in a trial's hyperparameters, 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -28,6 +28,15 @@ CLASSIFIER_INIT_STD = 1e-3  # weights of the last layer at initialisation (see i
 # within 20 steps on Fashion-MNIST, past caviar's divergence limit (10 x ln 10), and the trial was
 # stopped as diverged; scaled, it falls from the first step.
 RESNET_LOGIT_SCALE = 0.125
+
+
+WHITEN_CHUNK_BYTES = 256 * 2 ** 20  # what one chunk of the whitening fit may take (its images and their patches)
+
+
+def whiten_chunk(image_size: int) -> int:
+    """Images per chunk of Whitening.fit: each takes 3 float32 channels and 12 patch values a pixel
+    (60 bytes a pixel)."""
+    return max(1, WHITEN_CHUNK_BYTES // (60 * image_size * image_size))
 
 
 class Whitening(nn.Module):
@@ -49,15 +58,23 @@ class Whitening(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))  # saved: a resumed trial keeps its filters
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> None:
-        """Set the filters from (N, C, H, W) normalised training images."""
-        k = self.KERNEL
-        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H', W', k, k)
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1] * k * k)
-        covariance = patches.T @ patches / len(patches)
-        variances, components = torch.linalg.eigh(covariance)
+    def fit(self, images: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Set the filters from (N, C, H, W) normalised training images, or from chunks of them:
+        the patches' covariance is summed chunk by chunk, so memory holds one chunk's patches
+        (all at once, 5,000 images of 256 px would make 15 GB of them)."""
+        k, channels = self.KERNEL, self.conv.in_channels
+        covariance, count = None, 0
+        for chunk in [images] if isinstance(images, torch.Tensor) else images:
+            patches = chunk.float().unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H', W', k, k)
+            patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels * k * k)
+            part = (patches.T @ patches).double()
+            covariance = part if covariance is None else covariance + part
+            count += len(patches)
+        if covariance is None:
+            raise ValueError("whitening needs at least one training image")
+        variances, components = torch.linalg.eigh((covariance / count).float())
         filters = (components.T / torch.sqrt(variances.clamp_min(0) + self.EPS)[:, None])
-        filters = filters.reshape(-1, images.shape[1], k, k)
+        filters = filters.reshape(-1, channels, k, k)
         self.conv.weight.copy_(torch.cat([filters, -filters]).to(self.conv.weight.dtype))
         self.fitted.fill_(True)
 

@@ -44,6 +44,7 @@ class TrialSettings:
     mean: tuple[float, ...] = CIFAR10_MEAN  # the dataset's per-channel statistics (SplitData), 0..1 scale
     std: tuple[float, ...] = CIFAR10_STD
     image_size: int = 32  # pixels per side of the images it trains on (data.image_size for an image folder)
+    class_names: tuple[str, ...] = ()  # the data's classes in label order (what a prediction names); () unknown
     # Epochs at which the LR anneals to zero before max_epochs (search.anneal: rung, the ASHA rungs;
     # caviar.training.rungs); () = the schedule spans max_epochs.
     anneal_at: tuple[int, ...] = ()
@@ -70,6 +71,7 @@ class TrialSettings:
             mean=tuple(data.mean) if data is not None else CIFAR10_MEAN,
             std=tuple(data.std) if data is not None else CIFAR10_STD,
             image_size=int(data.train_x.shape[-1]) if data is not None else 32,
+            class_names=tuple(str(name) for name in data.classes) if data is not None else (),
             eval_batch_size=config.train.eval_batch_size,
             amp=config.train.amp,
             channels_last=config.train.channels_last,

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from caviar.layout import CHECKPOINT_PATTERN, RESUME_FILE, checkpoint_name
 from caviar.training.data import SplitData
-from caviar.training.models import build_model, whitening_layers
+from caviar.training.models import build_model, whiten_chunk, whitening_layers
 from caviar.training.recipe import AlternatingFlips, Lookahead, group_values, param_groups, step_values
 from caviar.training.rungs import lr_factor
 from caviar.training.settings import (  # noqa: F401 - trials' callers import these from here too
@@ -222,16 +222,16 @@ class Trial:
                       channels_last=s.channels_last)
 
     def _fit_whitening(self, train_x: torch.Tensor) -> None:
-        """A whitening first layer (hyperparameter `whiten`) takes its filters from a seeded sample
-        of the training images, normalised as training normalises them, before the first step."""
+        """Fits a whitening first layer (`whiten`) to a seeded sample of normalised training images."""
         layers = [layer for layer in whitening_layers(self.model) if not bool(layer.fitted)]
         if not layers:
             return
         idx = bn_sample(len(train_x), WHITEN_IMAGES, trial_seed(self.hparams))
         images = train_x if idx is None else train_x[idx.to(train_x.device)]
-        inputs = prepare_inputs(images, self.device, False, self.settings.stats)
+        step = whiten_chunk(images.shape[-1])
         for layer in layers:
-            layer.fit(inputs)
+            layer.fit(prepare_inputs(images[i:i + step], self.device, False, self.settings.stats)
+                      for i in range(0, len(images), step))
 
     @property
     def finished(self) -> bool:
