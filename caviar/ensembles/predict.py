@@ -20,7 +20,7 @@ import pandas as pd
 from caviar.config import ConfigError
 from caviar.ensembles.export import METADATA
 from caviar.layout import ENSEMBLE_FILE
-from caviar.training.imagefolder import IMAGE_EXTENSIONS, decode_all
+from caviar.training.imagefolder import IMAGE_EXTENSIONS, decode_all, image_paths
 
 CHUNK = 256  # images decoded and predicted at a time: memory stays flat however many files are given
 
@@ -120,8 +120,7 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     for given in paths:
         path = Path(given).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = image_paths(path)
             if not found:
                 raise ConfigError(f"{path} holds no image files ({' '.join(IMAGE_EXTENSIONS)})")
             files += found

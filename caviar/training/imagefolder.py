@@ -199,15 +199,20 @@ def decode_all(files: list[Path], image_size: int) -> np.ndarray:
     return images
 
 
+def image_paths(folder: Path) -> list[Path]:
+    """The image files under `folder`, nested folders included, hidden ones left out, sorted."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, folder))
+
+
 def count_images(root, split: str) -> int:
     """How many image files a split holds, counted as `scan` finds them (nested folders included,
     hidden files left out), without decoding any; 0 where the split's folder is absent."""
     folder = Path(root).expanduser() / split
     if not folder.is_dir():
         return 0
-    return sum(1 for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith(".")
-               for path in entry.rglob("*")
-               if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(path, entry))
+    return sum(len(image_paths(entry)) for entry in folder.iterdir()
+               if entry.is_dir() and not entry.name.startswith("."))
 
 
 def load_split(root, split: str, image_size: int = 32, mmap: bool = False) -> ImageSet:

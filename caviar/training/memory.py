@@ -39,7 +39,7 @@ def estimate(config: Config, train_images: int, test_images: int) -> dict[str, A
     """The figures of the module docstring for `config`'s data, of `train_images` and `test_images`
     images (caviar.training.data.image_counts counts them from the files)."""
     d = config.data
-    size = d.image_size if d.format == "imagefolder" or d.image_size != 32 else 32
+    size = d.image_size
     image = 3 * size * size
     val = min(d.val_size, train_images)
     subset = d.train_subset
