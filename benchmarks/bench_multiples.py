@@ -199,6 +199,8 @@ def arguments(p: Any) -> None:
     p.add_argument("--unit", type=float, default=None, help="R in seconds instead of measuring it (with --tiny: "
                    f"{TINY_UNIT_S:g})")
     p.add_argument("--slots", type=int, default=None, help="slots (default: the cores)")
+    p.add_argument("--first-round", type=int, default=0, help="number the rounds from this one, so that a later "
+                   "run adds new rounds (new seeds for every contender) rather than repeating round 0")
 
 
 def table(files: list[Path]) -> str:
@@ -234,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown:
         raise SystemExit(f"--contenders: unknown {unknown}; expected some of {list(CONTENDERS)}")
-    if rounds_n < 1 or any(m <= 0 for m in multiples):
-        raise SystemExit("--rounds must be at least 1 and every --runs entry above 0")
+    if rounds_n < 1 or args.first_round < 0 or any(m <= 0 for m in multiples):
+        raise SystemExit("--rounds must be at least 1, --first-round at least 0 and every --runs entry above 0")
     if not 0 < args.ensemble_share < 1:
         raise SystemExit("--ensemble-share must be in (0, 1)")
     common.tag_out(args, NAME)
@@ -265,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {}
         # a multiple's rounds one after another: a run cut short keeps whole multiples
         for runs in multiples:
-            for round_index in range(rounds_n):
+            for round_index in range(args.first_round, args.first_round + rounds_n):
                 per_slot = runs / slots
                 wall_s = per_slot * unit_s
                 for name in contenders:
@@ -280,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     if name == "flow":
                         storage = (work / f"flow-{runs:g}R-{round_index}").resolve()
                         storage.mkdir(parents=True, exist_ok=True)
-                        got = _flow(root, val_size, wall_s, args.ensemble_share, storage, train_images, overrides)
+                        # the search's seed is the round, so rounds draw other configs and member seeds
+                        got = _flow(root, val_size, wall_s, args.ensemble_share, storage, train_images,
+                                    [*overrides, f"search.seed={round_index}"])
                     else:
                         got = _recipe(name, str(root), val_size, wall_s, per_slot, slots, round_index, EXPERIMENT,
                                       overrides, subset)
