@@ -111,7 +111,7 @@ def train_seed(root: str, val_size: int, seed: int, deadline: float, threads: in
     from airbench import lib_airbench94 as ab, utils
     from torch import nn
 
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.training.data import load_test_set, prepare_data
     from caviar.training.train import autocast
 

@@ -60,7 +60,7 @@ def _caviar_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
     averaged ones, are chosen on validation, as caviar's ensemble chooses its members."""
     import torch
 
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.training.data import data_for, load_test_set
     from caviar.training.train import evaluate, predict_logits
     from caviar.training.trial import Trial, TrialSettings, data_tensors
@@ -142,7 +142,7 @@ def convnet_seed(root: str, val_size: int, seed: int, deadline: float, threads: 
 def textbook_seed(root: str, val_size: int, seed: int, deadline: float, threads: int, experiment: str,
                   extra: dict) -> dict:
     """The experiment's first search point, with `extra` hyperparameters on top (an A/B of a trainer option)."""
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
 
     point = textbook_hparams(load_config(str(REPO / experiment), ["data.download=false"])) | extra
     return _caviar_seed(root, val_size, seed, deadline, threads, experiment, point, [])

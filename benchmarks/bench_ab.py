@@ -45,8 +45,7 @@ def parse_options(experiment: str, texts: Sequence[str]) -> tuple[dict[str, Any]
     """`NAME=VALUE` texts (values read as `--set` reads them) as the hyperparameters B adds, and the
     textbook point with them on top. Each is checked as a fixed value of the experiment's space
     (`space.NAME=VALUE`), so a typo or a bad value stops here, not in a child process minutes later."""
-    from caviar.config import load_config
-    from caviar.config.loading import parse_override
+    from caviar.config.loading import load_config, parse_override
     from caviar.errors import ConfigError
 
     config = load_config(str(baselines.REPO / experiment), ["data.download=false"])

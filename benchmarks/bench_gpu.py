@@ -78,7 +78,7 @@ def sweep_monitored(config: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def part_epoch(root: Path, families: list[tuple[str, float]], images: int, batch_size: int, dev) -> list[dict]:
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.training.data import prepare_data
     from caviar.training.train import train_one_epoch
     from caviar.training.trial import Trial, TrialSettings, data_tensors

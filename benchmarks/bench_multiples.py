@@ -104,7 +104,7 @@ def _recipe(name: str, root: str, val_size: int, wall_s: float, runs_per_slot: f
 
 def _ensembled(root: str, val_size: int, experiment: str, overrides: list[str],
                runs: list[dict[str, Any]]) -> dict[str, Any]:
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.training.data import data_for, load_test_set
 
     config = load_config(str(common.REPO / experiment), [f"data.root={root}", f"data.val_size={val_size}",

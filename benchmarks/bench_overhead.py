@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     variants = [("reuse", n) for n in sizes] + [("no_reuse", largest)]
 
     import caviar
-    from caviar.config import SpaceConfig
+    from caviar.config.space import SpaceConfig
     from caviar.training.data import prepare_data
     from caviar.training.trial import TrialSettings
 

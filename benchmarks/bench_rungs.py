@@ -41,7 +41,7 @@ EXPERIMENT = "experiments/cpu-budget.yaml"
 
 def draw_configs(experiment: str, count: int, seed: int) -> list[dict[str, Any]]:
     """The experiment's search points, completed from the space, then draws from it: `count` in all."""
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.search.space import sample
 
     config = load_config(str(baselines.REPO / experiment), ["data.download=false"])
@@ -51,7 +51,7 @@ def draw_configs(experiment: str, count: int, seed: int) -> list[dict[str, Any]]
 
 
 def _config(root: str, val_size: int, experiment: str, overrides: list[str], max_epochs: int) -> Any:
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
 
     # one search-stage ladder: ASHA's rungs at grace x eta**k, the weight average off (rungs read the model)
     return load_config(str(baselines.REPO / experiment), [

@@ -258,7 +258,7 @@ def estimate_epoch_s(root: Path, val_size: int, threads: int) -> float:
     an underestimate when the seeds share the cores)."""
     import torch
 
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.training.data import prepare_data
     from caviar.training.train import evaluate, train_one_epoch
     from caviar.training.trial import Trial, TrialSettings, data_tensors
@@ -290,7 +290,7 @@ def estimate_epoch_s(root: Path, val_size: int, threads: int) -> float:
 
 def flow_outline(experiment: str) -> str:
     """The experiment's own sizes, which the budget planner scales at the start of the sweep."""
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
 
     config = load_config(str(REPO / experiment), ["data.download=false"])
     if config.stages:

@@ -49,7 +49,7 @@ def recipe_unit(root: str, val_size: int, experiment: str, overrides: list[str])
     """R in seconds on one core, measured as the budget planner measures it, and the throughput."""
     import torch
 
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.sweeps.budget import measure, recipe_seconds
     from caviar.sweeps.shapes import members_stage
     from caviar.training.data import data_for
@@ -80,7 +80,7 @@ def _deep(root: str, val_size: int, seeds: list[int], unit_s: float, begin: floa
 
 def _seed(root: str, val_size: int, seed: int, deadline: float, experiment: str,
           overrides: list[str]) -> dict[str, Any]:
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
 
     config = load_config(str(baselines.REPO / experiment), ["data.download=false"])
     return baselines._caviar_seed(root, val_size, seed, deadline, 1, experiment, baselines.textbook_hparams(config),
@@ -94,7 +94,7 @@ def _accuracy(probs: list[np.ndarray], labels: np.ndarray) -> float:
 def run_round(root: str, val_size: int, multiple: int, unit_s: float, round_index: int, experiment: str,
               overrides: list[str]) -> dict[str, Any]:
     """One paired round at `multiple` runs per slot: stretched and deep side by side."""
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.training.data import data_for, load_test_set
 
     begin = time.time() + 5  # the processes' start-up comes out of neither

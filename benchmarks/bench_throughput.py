@@ -31,7 +31,7 @@ import common  # noqa: E402  (benchmarks/common.py; also puts the repo on sys.pa
 import torch  # noqa: E402
 import tutorial  # noqa: E402
 
-from caviar.config import load_config  # noqa: E402
+from caviar.config.loading import load_config
 from caviar.training.data import prepare_data  # noqa: E402
 from caviar.training.train import train_one_epoch, uses_bf16  # noqa: E402
 from caviar.training.trial import Trial, TrialSettings, data_tensors  # noqa: E402

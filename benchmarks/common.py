@@ -322,7 +322,7 @@ def caviar_config(root: Path, storage: Path, name: str, *, space: dict[str, Any]
                   max_epochs: int, val_size: int, scheduler: str = "random", cpus_per_trial: float = 1,
                   gpus_per_trial: float = 0, seed: int = 0, max_concurrent: int = 0, **sections: Any):
     """A caviar Config for a benchmark sweep (data from `root`, results under `storage`)."""
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
 
     tree: dict[str, Any] = {
         "name": name,

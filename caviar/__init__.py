@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from caviar import moved
-from caviar.config import Config, ConfigError, load_config
-from caviar.errors import CaviarError
+from caviar.config.loading import load_config
+from caviar.config.schema import Config
+from caviar.errors import CaviarError, ConfigError
 
 moved.install()  # the module paths of before the layer folders (caviar.space, ...) stay importable
 

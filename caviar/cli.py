@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
 from typing import Sequence
@@ -161,7 +162,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
 
     print(load_config(args.experiment, args.overrides).to_yaml(), end="")
     return 0
@@ -251,6 +252,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaviarError as error:
         print(f"caviar: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if not _name_too_long(error):
+            raise
+        # A path the user gave that the file system cannot hold, met wherever it is first used
+        # (storage, --out, a folder to read): the path and the fix, not the library's traceback.
+        name = error.filename or str(error).split(": ", 1)[-1].strip("'\"")
+        print(f"caviar: error: {name}: a name in this path is longer than the file system allows (255 bytes "
+              "a folder or file name on most); shorten it", file=sys.stderr)
+        return 2
+
+
+def _name_too_long(error: OSError) -> bool:
+    # pyarrow's file system (storage) raises OSError with the errno only in its message
+    return error.errno == errno.ENAMETOOLONG or f"[Errno {errno.ENAMETOOLONG}]" in str(error)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import pytest
 from test_sweep import small_config
 
 import caviar
-from caviar.config import ConfigError, SpaceConfig, load_config
+from caviar.config.loading import load_config
+from caviar.config.space import SpaceConfig
+from caviar.errors import ConfigError
 from caviar.search.space import OptunaDefineByRun
 
 optuna = pytest.importorskip("optuna", reason="the bayes extra: pip install 'caviar[bayes]'")

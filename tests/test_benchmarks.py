@@ -196,7 +196,7 @@ def test_textbook_baseline_is_the_first_search_point_completed_by_the_space():
     if str(BENCHMARKS) not in sys.path:
         sys.path.insert(0, str(BENCHMARKS))
     baselines = importlib.import_module("baselines")
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
 
     config = load_config(str(BENCHMARKS.parent / "experiments" / "cpu-budget.yaml"))
     hparams = baselines.textbook_hparams(config)

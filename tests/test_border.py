@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from caviar.config import Range, SpaceConfig
+from caviar.config.space import Range, SpaceConfig
 from caviar.results.border import border_warnings, position, top_count, widened
 
 

@@ -14,9 +14,10 @@ import torch
 from test_sweep import SMALL_NET, small_config
 
 import caviar
-from caviar.config import ConfigError, load_config
 from caviar.config.durations import parse_duration
+from caviar.config.loading import load_config
 from caviar.config.schedulers import asha_epochs_per_trial, rungs
+from caviar.errors import ConfigError
 from caviar.search.schedulers import PromotingASHA
 from caviar.sweeps import budget
 from caviar.sweeps.budget import Throughput, plan

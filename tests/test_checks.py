@@ -98,7 +98,7 @@ def test_regularisation_must_raise_the_loss(images):
 
 def test_centre_of_the_space():
     """The checked model is the middle of each range in its sampling scale, the first of each choice."""
-    from caviar.config import SpaceConfig
+    from caviar.config.space import SpaceConfig
 
     h = checks.centre_hparams(SpaceConfig())
     assert h["lr"] == pytest.approx(10 ** -2.5) and h["momentum"] == pytest.approx(0.99)

@@ -12,7 +12,7 @@ from conftest import REPO, ray_env
 
 import caviar.sweeps.sweeper as sweep_module
 from caviar import cli
-from caviar.config import Config
+from caviar.config.schema import Config
 from caviar.results.leaderboard import summarize
 
 
@@ -168,3 +168,14 @@ def test_warnings_print_as_one_plain_line(monkeypatch, capsys):
         assert cli.main(["config", "experiments/smoke.yaml"]) == 0
     err = capsys.readouterr().err
     assert err == "caviar: warning: no averaged weights in the top trials\n"
+
+
+def test_a_path_the_file_system_cannot_hold_is_a_clear_error(tmp_path, capsys):
+    """A name over the file system's 255 bytes, in a folder to read or a place to write, gets one
+    line naming it and the fix (exit 2), not a traceback; nothing is written."""
+    long = tmp_path / ("a" * 300)
+    assert cli.main(["report", str(long)]) == 2
+    assert "longer than the file system allows" in capsys.readouterr().err
+    assert cli.main(["sweep", "smoke", "--storage", str(long / "x"), "--set", "data.download=false"]) == 2
+    assert "longer than the file system allows" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,8 @@ import yaml
 from conftest import REPO
 
 from caviar import cli
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.errors import ConfigError
 from caviar.search import cluster, cluster_files
 
 AWS = REPO / "cluster" / "aws.yaml"

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from caviar.config import Choice, Config, ConfigError, Range, load_config, parse_override
+from caviar.config.loading import load_config, parse_override
+from caviar.config.schema import Config
+from caviar.config.space import Choice, Range
+from caviar.errors import ConfigError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -159,7 +162,7 @@ def test_a_folder_is_not_an_experiment_file(tmp_path):
 
 
 def test_damaged_saved_config_names_the_file(tmp_path):
-    from caviar.config import read_saved_config
+    from caviar.config.loading import read_saved_config
 
     (tmp_path / "caviar.yaml").write_text("name: x\nsearch: [unclosed\n")
     with pytest.raises(ConfigError, match="caviar.yaml is not valid YAML"):
@@ -195,3 +198,18 @@ def test_crop_padding_is_zeros_unless_reflect_is_chosen():
     assert load_config(None, ["data.augment.pad_mode=reflect"]).data.augment.pad_mode == "reflect"
     with pytest.raises(ConfigError, match=r"data\.augment\.pad_mode: Input should be 'zeros' or 'reflect' \(got 'edge'\)"):
         load_config(None, ["data.augment.pad_mode=edge"])
+
+
+def test_a_first_rung_beyond_the_last_epoch_is_refused():
+    """grace_period > max_epochs with ASHA says two things at once: refused, naming both keys and
+    the ways out; random search has no rungs, and a staged experiment's stages set their own epochs."""
+    with pytest.raises(ConfigError, match=r"search.grace_period \(3\) is beyond search.max_epochs \(2\)"):
+        load_config(None, ["search.max_epochs=2", "search.grace_period=3"])
+    assert load_config(None, ["search.max_epochs=2", "search.grace_period=3", "search.scheduler=random"])
+    assert load_config("staged", ["search.grace_period=3"]).search.grace_period == 3
+
+
+@pytest.mark.parametrize("setting", ["data.split_seed=-1", "search.seed=-3", f"search.seed={2**32}"])
+def test_a_seed_numpy_cannot_take_is_refused_before_any_compute(setting):
+    with pytest.raises(ConfigError, match=setting.split("=")[0]):
+        load_config(None, [setting])

@@ -12,7 +12,7 @@ import torch
 from ray import tune
 
 import caviar.search.trainable as trainable
-from caviar.config import load_config
+from caviar.config.loading import load_config
 from caviar.training import devices
 from caviar.training.train import pick_device
 from caviar.training.trial import Trial, TrialSettings

@@ -17,10 +17,11 @@ from ray import tune
 from test_sweep import small_config
 
 import caviar
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
 from caviar.ensembles.ensembler import Ensemble
 from caviar.ensembles.members import Member, load_models
 from caviar.ensembles.selection import SELECTORS
+from caviar.errors import ConfigError
 from caviar.training.data import load_test_set
 
 
@@ -382,7 +383,7 @@ def test_a_finished_sweep_is_read_from_its_best_trials_only(tmp_path, monkeypatc
 def test_seed_reruns_train_the_length_the_winner_ran_to():
     """A winner that refit its epochs to a deadline (it reported max_epochs 7 of the 10 it was
     given) is re-run for 7 epochs, and the budget's time check counts 7."""
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.ensembles.ensembler import rerun_hparams, seeds_that_fit
     from caviar.search.reader import TrialRecord
 

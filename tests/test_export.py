@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from caviar import cli
-from caviar.config import ConfigError
 from caviar.ensembles.ensembler import Ensemble
 from caviar.ensembles.export import export
+from caviar.errors import ConfigError
 from caviar.training.models import build_model
 
 MEMBERS = [  # two families, different depths and activations, BN statistics away from their defaults

@@ -12,7 +12,8 @@ import pytest
 from test_sweep import small_config
 
 import caviar
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from caviar.config import load_config
+from caviar.config.loading import load_config
 from caviar.training.data import prepare_data
 from caviar.training.train import train_one_epoch, uses_bf16
 from caviar.training.trial import Trial, TrialSettings, data_tensors, load_checkpoint_file

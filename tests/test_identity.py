@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 
 import caviar
-from caviar.config import load_config
+from caviar.config.loading import load_config
 from caviar.errors import DataError
 from caviar.layout import CONFIG_FILE, DATA_FILE, STAGES_FILE
 from caviar.sweeps import experiment as experiment_module

@@ -1,5 +1,5 @@
 """The package's shape: layers as folders, imports point down only, no import cycle, Ray only in
-caviar/search/, no module too long to read in one sitting (README, Layout)."""
+caviar/search/, no module too long to read in one sitting (docs/development.md, Layout)."""
 
 from __future__ import annotations
 

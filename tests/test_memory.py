@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caviar.config import load_config
+from caviar.config.loading import load_config
 from caviar.errors import DataError
 from caviar.training import datacache, imagefolder, memory
 from caviar.training.data import data_for, image_counts
@@ -67,3 +67,16 @@ def test_the_cached_split_is_memory_mapped(tmp_path):
     data = data_for(_config(folder, "data.format=imagefolder"))
     assert data.train_x.flags.writeable and not isinstance(data.train_x, np.memmap)
     assert datacache.load_npy(tmp_path / "absent.npy", mmap=True) is None
+
+
+def test_a_gpu_trial_refuses_a_data_copy_that_leaves_no_room_to_train():
+    """A trial's data on its GPU may take at most half of what its share lets it allocate: on a
+    quarter of an 80 GB GPU, 5 GB fits and 15 GB is refused naming the figures and the fixes; a
+    whole GPU is not bounded by a share."""
+    from caviar.training.memory import device_copy_problem
+
+    gb = 2 ** 30
+    assert device_copy_problem(5 * gb, 0.25, 80 * gb) is None
+    problem = device_copy_problem(15 * gb, 0.25, 80 * gb)
+    assert "15.0 GB" in problem and "0.25 of a GPU of 80.0 GB" in problem and "resources.gpus_per_trial" in problem
+    assert device_copy_problem(15 * gb, 1.0, 80 * gb) is None and device_copy_problem(50 * gb, 1.0, 80 * gb)

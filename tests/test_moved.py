@@ -44,7 +44,8 @@ def test_every_public_name_of_a_premove_module_resolves_from_its_old_path(old):
     """tests/fixtures/premove_names.json lists what each module defined at 04a5f63, the last commit
     before the layer folders (top-level functions, classes and assignments not starting with _).
     Each still resolves from the old path; names that moved to another module are the objects there."""
-    assert set(PREMOVE_NAMES) == set(MOVED)
+    # the moved modules, and caviar.config: one file then, a package now (caviar/config/__init__.py)
+    assert set(PREMOVE_NAMES) == set(MOVED) | {"config"}
     module = importlib.import_module(f"caviar.{old}")
     missing = [name for name in PREMOVE_NAMES[old] if not hasattr(module, name)]
     assert not missing, f"caviar.{old} lost {missing}: add them to caviar.moved.MOVED_NAMES"

@@ -1,4 +1,4 @@
-"""caviar on data other than CIFAR-10 (README, "Your own data"): a CIFAR-100-format folder and an
+"""caviar on data other than CIFAR-10 (docs/data.md): a CIFAR-100-format folder and an
 image folder of 26 classes go through `caviar sweep smoke`, `caviar ensemble`, `caviar export
 --format onnx` and `caviar report`, and learn far above chance; augmentations are choices."""
 
@@ -117,7 +117,7 @@ def test_check_says_what_it_found_in_a_new_dataset(tmp_path):
 
 def test_check_refuses_a_num_classes_the_data_disagrees_with(tmp_path):
     """`caviar check` with model.num_classes 5 on 26 class folders: the same message a sweep gives."""
-    from caviar.config import ConfigError
+    from caviar.errors import ConfigError
     from caviar.training.checks import check_experiment
 
     root = write_imagefolder_fixture(tmp_path / "letters", train_size=260, test_size=26, classes=26)

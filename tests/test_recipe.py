@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.errors import ConfigError
 from caviar.training.data import prepare_data
 from caviar.training.recipe import (
     LOOKAHEAD_DECAY,

@@ -21,7 +21,7 @@ from test_sweep import SMALL_NET, small_config
 
 import caviar
 from caviar import cli
-from caviar.config import load_config
+from caviar.config.loading import load_config
 from caviar.results.report import write_report
 from caviar.training.babysit import Babysitter, read_babysit
 from caviar.training.data import prepare_data
@@ -56,6 +56,7 @@ def test_report_has_every_chart(experiment, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000, chart
         assert f"src='report/{chart}.png'" in page, chart
     assert "Leaderboard" in page and "tensorboard --logdir" in page
+    assert "Data: cifar10 at " in page and "10 classes" in page  # what data.json says it trained on
 
 
 def test_border_warning_shows_in_report(experiment, tmp_path):

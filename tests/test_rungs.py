@@ -8,7 +8,8 @@ import pytest
 import torch
 from test_train import HPARAMS, tensors  # noqa: F401 - the module-scoped fixture
 
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.errors import ConfigError
 from caviar.training.rungs import lr_factor, segment
 from caviar.training.trial import Trial, TrialSettings, load_checkpoint_file
 

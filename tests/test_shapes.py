@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from caviar.cli import main
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.errors import ConfigError
 from caviar.sweeps import budget, shapes
 from caviar.sweeps.budget import Throughput, plan
 from caviar.sweeps.stage_plan import stage_space
@@ -163,3 +164,29 @@ def test_plan_prints_what_a_budget_buys_without_training(learnable_root, tmp_pat
     assert "give one with --budget" in capsys.readouterr().err
     assert main(["sweep", "cpu-budget", "--budget", "1h", "--plan", "--slots", "0", *common]) == 2
     assert "--slots 0" in capsys.readouterr().err
+
+
+def test_the_probe_times_only_the_recipe_where_its_speed_alone_decides(learnable_root):
+    """A budget of about one run per slot trains only the recipe, so the probe stops after timing it
+    (its drawn configs' seconds would come out of that budget); a larger one times the space too."""
+    from caviar.training.data import data_for
+
+    config = load_config("experiments/cpu-budget.yaml", [f"data.root={learnable_root}", "data.val_size=100"])
+    data = data_for(config)
+    sizes = {"slots": 2, "train_images": len(data.train_y), "val_images": len(data.val_y)}
+    asked = []
+
+    def decides(throughput: Throughput) -> bool:
+        asked.append(throughput)
+        return budget.recipe_alone(config, throughput, budget_s=budget_s, **sizes)
+
+    budget_s = 1.0  # far below one run per slot: the recipe shape
+    alone = budget.measure(config, data, configs=2, seconds_each=0.05, recipe_decides=decides)
+    assert alone.configs == 0 and alone.train_s_per_image == alone.recipe_train_s_per_image > 0
+    assert len(asked) == 1 and asked[0].recipe_train_s_per_image == alone.recipe_train_s_per_image
+    budget_s = 1e6  # thousands of runs per slot: the space's speed is needed
+    both = budget.measure(config, data, configs=2, seconds_each=0.05, recipe_decides=decides)
+    assert both.configs == 2 and both.recipe_train_s_per_image > 0
+    plan_small = plan(config, budget_s=budget.recipe_seconds(config, alone, sizes["train_images"], 100) * 0.5 + 60,
+                      spent_s=0, throughput=alone, **sizes)
+    assert plan_small.shape["name"] == "recipe"

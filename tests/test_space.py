@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from caviar.config import Choice, Range, SpaceConfig
+from caviar.config.space import Choice, Range, SpaceConfig
 from caviar.search.space import from_sampling_scale, sample, searched, to_param_space, to_sampling_scale
 
 N = 4000
@@ -136,7 +136,8 @@ def test_lr_per_optimizer_in_tpe():
 
 
 def test_lr_per_optimizer_needs_every_optimizer():
-    from caviar.config import ConfigError, load_config
+    from caviar.config.loading import load_config
+    from caviar.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no learning-rate range for optimizer 'sgd'"):
         load_config(space__lr=BY_OPTIMIZER, space__optimizer=["adam", "sgd"])
@@ -152,7 +153,8 @@ def test_a_resnet_space_leaves_the_convnet_shape_out():
     experiment keeps them."""
     import pandas as pd
 
-    from caviar.config import CONVNET_SHAPE, load_config
+    from caviar.config.loading import load_config
+    from caviar.config.space import CONVNET_SHAPE
     from caviar.results.border import border_warnings
 
     resnet = load_config(model__family="resnet", space__conv_width={"low": 32, "high": 256, "scale": "log_int"})
@@ -179,7 +181,7 @@ def test_a_stage_asking_for_more_members_than_scored_trials_gets_new_seeds_of_th
     and distinct; the first lap's seeds are what a stage with enough trials draws."""
     import pandas as pd
 
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.sweeps.stages import top_points
 
     table = pd.DataFrame({"best_val_acc": [0.7, 0.9, None], "lr": [0.01, 0.1, 0.5], "seed": [3, 4, 5],

@@ -19,7 +19,10 @@ import caviar
 import caviar.results.border
 import caviar.sweeps.console
 import caviar.sweeps.experiment
-from caviar.config import Choice, Config, ConfigError, SpaceConfig, StageConfig, load_config
+from caviar.config.loading import load_config
+from caviar.config.schema import Config, StageConfig
+from caviar.config.space import Choice, SpaceConfig
+from caviar.errors import ConfigError
 from caviar.sweeps.narrowing import next_space
 from caviar.sweeps.stages import stage_config
 
@@ -349,7 +352,7 @@ def test_diverse_pick_falls_back_to_rank_when_checkpoints_cannot_be_read(tmp_pat
     """A prior stage whose checkpoints are gone: the order stays by rank (None) and the log says why."""
     from types import SimpleNamespace
 
-    from caviar.config import StageConfig
+    from caviar.config.schema import StageConfig
     from caviar.sweeps.diverse import pick_order
 
     table = pd.DataFrame({"trial_id": ["a", "b", "c"], "best_val_acc": [0.9, 0.8, 0.7], "status": ["completed"] * 3})

@@ -28,7 +28,7 @@ def test_leaderboard_paths_keep_the_scheme_of_the_storage(ray_session, learnable
     from test_sweep import small_config
 
     import caviar
-    from caviar.config import load_config
+    from caviar.config.loading import load_config
     from caviar.sweeps import experiment
 
     tree = small_config(learnable_root, tmp_path, "uri", scheduler="random", num_samples=2, max_epochs=1)
@@ -50,7 +50,7 @@ def test_storage_that_cannot_be_reached_is_one_clear_message(monkeypatch):
     and the cause, within seconds (the client's own retries)."""
     import time
 
-    from caviar.config import ConfigError
+    from caviar.errors import ConfigError
 
     for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true",
                         "AWS_MAX_ATTEMPTS": "1"}.items():

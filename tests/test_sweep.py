@@ -12,7 +12,8 @@ import yaml
 from conftest import epochs_reported, interrupt_sweep
 
 import caviar
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.errors import ConfigError
 
 SMALL_NET = dict(conv_layers=2, conv_width=16, fc_layers=1, fc_width=32, optimizer="adam", init="he",
                  batch_norm=True, activation="relu", grad_clip=0, batch_size=64, dropout=0.1,
@@ -133,7 +134,7 @@ def test_a_leaderboard_row_reruns_the_trial_exactly(asha):
     the experiment's settings, gives the very validation figures the sweep recorded, epoch by epoch."""
     import torch
 
-    from caviar.config import SpaceConfig
+    from caviar.config.space import SpaceConfig
     from caviar.training.data import prepare_data
     from caviar.training.trial import Trial, TrialSettings, data_tensors
 

@@ -14,7 +14,8 @@ import pytest
 from conftest import ray_env
 
 from caviar import cli
-from caviar.config import ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.errors import ConfigError
 from caviar.search import tracking
 
 

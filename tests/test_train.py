@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from caviar.config import LR_SCHEDULES, OPTIMIZERS, load_config
+from caviar.config.loading import load_config
+from caviar.config.space import LR_SCHEDULES, OPTIMIZERS
 from caviar.training import trial as trial_module
 from caviar.training.data import prepare_data
 from caviar.training.models import build_model
@@ -522,7 +523,7 @@ def test_label_smoothing_trains_on_softened_targets(tensors):
 
 def test_label_smoothing_in_the_space_is_checked_and_drawn():
     """A fixed value or a range; outside [0, 1) is refused by name; left out, trials have no such key."""
-    from caviar.config import ConfigError
+    from caviar.errors import ConfigError
     from caviar.search.space import sample
 
     config = load_config(None, ["space.label_smoothing={low: 0.0, high: 0.3, scale: linear}"])

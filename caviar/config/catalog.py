@@ -14,23 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caviar.config import Config, StageConfig, load_config, shipped
+from caviar.config import shipped
 from caviar.config.durations import format_hours
+from caviar.config.loading import load_config
 from caviar.config.schedulers import SCHEDULERS, asha_epochs_per_trial
+from caviar.config.schema import Config, StageConfig
 
 # CIFAR-10's training images less the default validation split: one "pass" over the training set.
 FULL_TRAIN_IMAGES = 45_000
 
 # Seconds of one trial's training per pass over 45,000 images, per family, plus its evaluation of the
 # 5,000 validation images each epoch (about a third of a training step's cost per image, ~4% of a pass).
-# CPU: one core, bf16 autocast; benchmarks/README.md section 1 measured 4,300 images/s for the smallest
+# CPU: one core, bf16 autocast; docs/benchmark-history.md section 1 measured 4,300 images/s for the smallest
 # convnet (10 s per pass) and 208 images/s for ResNet-9 (216 s); the default space's convnets are
-# wider and deeper (conv_width up to 256, up to 3 blocks), ~60 s per pass on average (README: ~3 core-
+# wider and deeper (conv_width up to 256, up to 3 blocks), ~60 s per pass on average (docs/experiments.md: ~3 core-
 # hours for the default sweep's ~175 trial-epochs). GPU: NOT measured yet (no GPU was lent to this
 # work; benchmarks/bench_gpu.py measures it): an estimate from the convnet's size at 4 trials per GPU.
 SECONDS_PER_PASS = {"cpu": {"convnet": 60.0, "resnet": 216.0}, "gpu": {"convnet": 4.0, "resnet": 12.0}}
 EVAL_SHARE = 0.04
-START_S = 30.0  # Ray's start, loading CIFAR-10, the first trial processes (benchmarks/README.md section 3)
+START_S = 30.0  # Ray's start, loading CIFAR-10, the first trial processes (docs/benchmark-history.md section 3)
 TRIALS_PER_GPU = {"convnet": 4, "resnet": 2}  # gpus_per_trial: auto (caviar.sweeps.sweeper.AUTO_GPU_SHARE)
 
 # What each shipped experiment reached: the benchmark results it cites (benchmarks/results/*.json,
@@ -89,7 +91,7 @@ def reached(name: str, results: Path = RESULTS) -> str | None:
     if not cited:
         return None
     if not results.is_dir():
-        return "see benchmarks/README.md (its results are not part of this install)"
+        return "see docs/benchmarks.md in caviar's repository (its results are not part of this install)"
     current = fingerprint(shipped.path(name))
     parts, where = [], set()
     for budget, files, flow in cited:
@@ -114,7 +116,7 @@ def reached(name: str, results: Path = RESULTS) -> str | None:
     if not parts:
         return None
     data = ", ".join(sorted(f"{d} on {n} cores" for d, n in where))
-    return f"{data}: ensemble {'; '.join(parts)} (benchmarks/results, README section 7)"
+    return f"{data}: ensemble {'; '.join(parts)} (benchmarks/results, the benchmark history, section 7)"
 
 
 @dataclass

@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from caviar.config.durations import parse_duration
-from caviar.config.schedulers import SCHEDULERS
+from caviar.config.rung_rules import rung_settings_problem
 from caviar.config.space import CONVNET_SHAPE, SpaceConfig, Strict
 from caviar.errors import ConfigError
 from caviar.layout import MAX_NAME_BYTES, folder_name_problem
@@ -51,11 +51,11 @@ class DataConfig(Strict):
     # Folder holding the dataset: cifar-10-batches-py/, cifar-100-python/, or train/<class>/*.png
     # and test/<class>/*.png (data.format); null = $CAVIAR_DATA or ~/.cache/caviar/data
     root: Optional[str] = None
-    format: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
+    format: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"  # what data.root holds (see root)
     labels: Literal["fine", "coarse"] = "fine"  # CIFAR-100: its 100 fine or 20 coarse classes
     image_size: int = Field(32, ge=8, le=256)  # an image folder's images are resized to this square (pixels)
     val_size: int = Field(5000, ge=1)  # images held out of the training set, same for every trial (scores need some)
-    split_seed: int = 0  # seed of the one fixed train/val permutation
+    split_seed: int = Field(0, ge=0, le=2**32 - 1)  # seed of the one fixed train/val permutation (numpy's range)
     train_subset: Union[int, float, None] = None  # class-balanced count (int) or fraction; None = all
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     download: bool = True  # fetch CIFAR-10 (md5-checked) when data.root has no copy
@@ -105,7 +105,7 @@ class SearchConfig(Strict):
     # PBT: epochs between exploit/explore steps (the bottom quarter copies the top quarter's
     # weights and perturbs lr, weight_decay, momentum, dropout by x0.8/x1.2 or resamples them).
     pbt_interval: int = Field(2, ge=1)
-    seed: Union[int, None] = 0  # seed of the random search, so a sweep is repeatable; null = fresh
+    seed: Union[int, None] = Field(0, ge=0, le=2**32 - 1)  # seed of the random search, so a sweep is repeatable; null = fresh
     max_concurrent: int = Field(0, ge=0)  # cap on running trials; 0 = as many as resources allow
     # Configs tried first, exactly (Ray's points_to_evaluate): e.g. known good settings, or a
     # staged run's top configs (stage `from_top`). Each is a mapping of space entries; the rest drawn.
@@ -346,34 +346,9 @@ class Config(Strict):
                                  f"(got {epochs!r})")
         return self
 
-    def _judges_at_rungs(self) -> bool:
-        """Whether any sweep of this experiment (a stage's, or the one) judges trials at ASHA's rungs."""
-        schedulers = {stage.scheduler_run(self.search.scheduler) for stage in self.stages} or {self.search.scheduler}
-        return any(SCHEDULERS[name].rungs for name in schedulers)
-
     @model_validator(mode="after")
-    def _seconds_have_a_unit(self) -> "Config":
-        if self.search.fidelity != "seconds":
-            return self
-        if not self.budget and self.search.epoch_seconds is None:
-            raise ValueError("search.fidelity: seconds converts ASHA's rungs from epochs to seconds at a measured "
-                             "speed: add a budget (budget: 30m or --budget 30m), which measures it, or set "
-                             "search.epoch_seconds yourself; or use search.fidelity: epochs")
-        if not self._judges_at_rungs():
-            raise ValueError("search.fidelity: seconds sets what ASHA's rungs count, but no sweep of this experiment "
-                             f"uses ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
-        return self
-
-    @model_validator(mode="after")
-    def _annealed_rungs_count_epochs(self) -> "Config":
-        if self.search.anneal != "rung":
-            return self
-        if self.search.fidelity != "epochs":
-            raise ValueError("search.anneal: rung anneals each trial at the epochs of its rungs, so the rungs must count "
-                             "epochs: set search.fidelity: epochs (or search.anneal: schedule to keep seconds)")
-        if not self._judges_at_rungs():
-            raise ValueError("search.anneal: rung anneals trials at ASHA's rungs, but no sweep of this experiment uses "
-                             f"ASHA (search.scheduler: {self.search.scheduler}); remove it or use scheduler: asha")
+    def _rung_settings_agree(self) -> "Config":
+        rung_settings_problem(self)  # ASHA's settings that would contradict each other (caviar.config.rung_rules)
         return self
 
     @field_validator("name")

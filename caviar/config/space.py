@@ -188,8 +188,8 @@ class SpaceConfig(Strict):
     optimizer: Param = Choice(choices=list(OPTIMIZERS))  # momentum unused by sgd/rmsprop/adagrad
     lr_schedule: Param = Choice(choices=list(LR_SCHEDULES))  # per epoch, spanning max_epochs
     init: Param = Choice(choices=["he", "xavier"])  # weight initialisation scheme
-    batch_norm: Param = Choice(choices=[True, False])
-    activation: Param = Choice(choices=["relu", "elu", "tanh"])
+    batch_norm: Param = Choice(choices=[True, False])  # batch norm after each conv, in either family
+    activation: Param = Choice(choices=["relu", "elu", "tanh"])  # nonlinearity after each conv and hidden FC layer
     grad_clip: Param = Choice(choices=[0, 5, 10, 15])  # max global grad norm; 0 = no clipping
     # Augmentations as hyperparameters (AUGMENTS); null = every trial uses data.augment's. E.g.
     # flip: [true, false] where a mirror image may be another thing (letters, digits).

@@ -2,7 +2,7 @@
 evaluated on test -> saved. Each step is a function; the test set is read in the third only.
 
 The module is `ensembler`, not `ensemble`, so the public function `caviar.ensemble` never
-shadows it (see README, Layout). `Ensemble`, `EnsembleResult` and `describe` live in model.py and
+shadows it (see docs/development.md, Layout). `Ensemble`, `EnsembleResult` and `describe` live in model.py and
 result.py and are importable from here too.
 """
 
@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 
 from caviar import storage
-from caviar.config import Config, ConfigError
 from caviar.config.durations import parse_duration
 from caviar.config.scales import derived_seed
+from caviar.config.schema import Config
 from caviar.ensembles.members import (
     KINDS,
     Member,
@@ -38,6 +38,7 @@ from caviar.ensembles.members import (
 from caviar.ensembles.model import Ensemble
 from caviar.ensembles.result import EnsembleResult, check_output_folder, describe
 from caviar.ensembles.selection import SELECTORS, ChosenWeights, accuracy, choose_weights, combine, ece, nll
+from caviar.errors import ConfigError
 from caviar.layout import CONFIG_FILE, ENSEMBLE_DIR, TRIAL_PREFIX
 from caviar.results.folder import ExperimentFolder
 from caviar.results.leaderboard import SINKING, own_epochs

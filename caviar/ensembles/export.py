@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from caviar.config import ConfigError
 from caviar.ensembles.model import Ensemble
 from caviar.ensembles.views import views
+from caviar.errors import ConfigError
 from caviar.layout import ENSEMBLE_FILE
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 

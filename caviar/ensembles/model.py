@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from caviar.config import ConfigError
 from caviar.ensembles.members import member_state, model_from_member_state
 from caviar.ensembles.selection import combine
 from caviar.ensembles.views import views
+from caviar.errors import ConfigError
 from caviar.layout import ENSEMBLE_FILE, MEMBERS_DIR
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD
 from caviar.training.train import pick_device, predict_logits

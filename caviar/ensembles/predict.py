@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from caviar.config import ConfigError
 from caviar.ensembles.export import METADATA
+from caviar.errors import ConfigError
 from caviar.layout import ENSEMBLE_FILE
 from caviar.training.imagefolder import IMAGE_EXTENSIONS, decode_all, image_paths
 

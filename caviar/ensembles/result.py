@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from caviar import storage
-from caviar.config import ConfigError
 from caviar.ensembles.model import Ensemble, Images
+from caviar.errors import ConfigError
 from caviar.layout import ENSEMBLE_FILE, ENSEMBLE_PLOT_FILE as PLOT_FILE, MEMBERS_DIR, MEMBERS_FILE
 
 

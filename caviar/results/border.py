@@ -20,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from caviar.config import Range, SpaceConfig
 from caviar.config.scales import from_sampling_scale, searched, to_sampling_scale
+from caviar.config.space import Range, SpaceConfig
 
 # Statuses whose score says nothing about the hyperparameters' quality.
 UNSCORED = ("diverged", "error")

@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from caviar.config import Choice, Config, Range  # noqa: E402
 from caviar.config.scales import searched  # noqa: E402
 from caviar.config.schedulers import SCHEDULERS, milestones  # noqa: E402
+from caviar.config.schema import Config
+from caviar.config.space import Choice, Range
 from caviar.layout import CHECKPOINT_PATTERN, CHECKPOINT_PREFIX  # noqa: E402
 from caviar.results.border import at_position, scored  # noqa: E402
 

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from caviar import storage
-from caviar.config import Config, build_config, read_saved_config
+from caviar.config.loading import build_config, read_saved_config
+from caviar.config.schema import Config
 from caviar.layout import CONFIG_FILE, LEADERBOARD_FILE, STAGES_FILE, SUMMARY_FILE, stage_folder
 from caviar.results.leaderboard import leaderboard, trial_row
 from caviar.search.reader import TrialRecord, has_state, read_trials
@@ -45,7 +46,7 @@ class ExperimentFolder:
         """The saved, resolved config (ConfigError naming the file if it is missing or damaged)."""
         tree = read_saved_config(self.path)
         if overrides:
-            from caviar.config import load_config
+            from caviar.config.loading import load_config
 
             return load_config(tree, overrides)
         return build_config(tree, self.file(CONFIG_FILE))

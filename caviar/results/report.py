@@ -28,8 +28,10 @@ from pathlib import Path
 import pandas as pd
 
 from caviar import storage
-from caviar.config import Config, ConfigError, build_config, read_yaml
+from caviar.config.loading import build_config, read_yaml
 from caviar.config.scales import searched
+from caviar.config.schema import Config
+from caviar.errors import ConfigError
 from caviar.layout import (
     CONFIG_FILE,
     ENSEMBLE_DIR,
@@ -42,6 +44,7 @@ from caviar.layout import (
 from caviar.results.border import border_warnings, scored
 from caviar.results.charts import plot_curves, plot_ensemble, plot_filters, plot_hparams, plot_rungs, plot_update_ratio
 from caviar.results.folder import ExperimentFolder
+from caviar.training import identity
 
 ENSEMBLE_FILE = Path(ENSEMBLE_DIR) / _ENSEMBLE_JSON
 
@@ -117,6 +120,7 @@ def report_experiment(folder: Path, top: int = 6) -> Path:
                f"{config.search.max_epochs} epochs max.</p>"]
     summary_file = folder / SUMMARY_FILE
     parts += _budget_line(json.loads(summary_file.read_text()).get("budget") if summary_file.exists() else None)
+    parts += _data_line(str(folder))
     for w in warnings:
         parts.append(f"<div class='warn'>Best value on the border: {html.escape(w['message'])}</div>")
     if len(table):
@@ -141,11 +145,27 @@ def _budget_line(budget: dict | None) -> list[str]:
     return [f"<p class='note'>Budget: {html.escape(str(shape['text']))}</p>"] if shape.get("text") else []
 
 
+def _data_line(folder: str) -> list[str]:
+    """What data the trials trained on (data.json: caviar.training.identity), as a paragraph: the
+    report reads no images, so a reader sees which data its figures are of; none for a folder from
+    before data.json."""
+    found = identity.recorded(folder)
+    if found is None:
+        return []
+    d = found[1]
+    return [f"<p class='note'>Data: {html.escape(str(d.get('format')))} at {html.escape(str(d.get('root')))}, "
+            f"{len(d.get('classes') or [])} classes, {d.get('images', '?')} training images, "
+            f"{d.get('val_size')} held out for validation (split seed {d.get('split_seed')}); content digest "
+            f"{html.escape(str(d.get('content', '?'))[:12])} (a resume or <code>caviar ensemble</code> on other "
+            "data stops).</p>"]
+
+
 def report_staged(folder: Path, top: int = 6) -> Path:
     plan = json.loads((folder / STAGES_FILE).read_text())
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>caviar report: {html.escape(folder.name)}"
              f"</title>{_style()}</head><body><h1>caviar staged report: {html.escape(folder.name)}</h1>"]
     parts += _budget_line(plan.get("budget"))
+    parts += _data_line(str(folder))
     for entry in plan.get("stages", []):
         stage_dir = folder / entry["folder"]
         acc = entry.get("best_val_acc")

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from caviar import storage
-from caviar.config import ConfigError
+from caviar.errors import ConfigError
 
 # Written by `ray up` on the head node: the prepared cluster config, node types with resources.
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"

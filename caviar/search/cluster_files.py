@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from caviar.config import ConfigError
+from caviar.errors import ConfigError
 
 PLACEHOLDER = "CHANGE-ME"  # marks the values a user must edit in cluster/*.yaml
 

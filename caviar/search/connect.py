@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import ray
 
-from caviar.config import Config, ConfigError
+from caviar.config.schema import Config
+from caviar.errors import ConfigError
 from caviar.search import cluster
 
 # GPU share per trial for gpus_per_trial: auto, by family: a small convnet leaves most of a GPU

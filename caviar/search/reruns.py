@@ -12,7 +12,7 @@ import ray
 from ray import tune
 
 from caviar import storage
-from caviar.config import Config
+from caviar.config.schema import Config
 from caviar.search import connect, tuning
 from caviar.search.callbacks import ProgressPrinter
 from caviar.search.reader import TrialRecord, has_state, read_trials

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.fs
 
 from caviar import storage
-from caviar.config import ConfigError
+from caviar.errors import ConfigError
 from caviar.layout import SEAL_FILE
 
 # What Ray Tune's restore reads: the Tuner, the experiment state, searcher and callback states.

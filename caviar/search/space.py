@@ -12,7 +12,6 @@ from ray import tune
 from ray.tune.search.sample import Domain, Float, Sampler, _BackwardsCompatibleNumpyRng
 from ray.tune.search.variant_generator import RecursiveDependencyError
 
-from caviar.config import Choice, Range, SpaceConfig
 from caviar.config.scales import (  # noqa: F401 - the scale rule, read by Ray's samplers here
     SCALES,
     SEED_RANGE,
@@ -23,6 +22,7 @@ from caviar.config.scales import (  # noqa: F401 - the scale rule, read by Ray's
     searched,
     to_sampling_scale,
 )
+from caviar.config.space import Choice, Range, SpaceConfig
 
 
 class _OneMinusLogUniform(Sampler):

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caviar import storage
-from caviar.config import Config, ConfigError
+from caviar.config.schema import Config
+from caviar.errors import ConfigError
 from caviar.layout import (
     CONFIG_FILE,
     ENSEMBLE_FILE,

@@ -18,7 +18,7 @@ from ray import tune
 
 from caviar.layout import BABYSIT_FILE
 from caviar.search import reader
-from caviar.training import devices
+from caviar.training import devices, memory
 from caviar.training.babysit import Babysitter
 from caviar.training.data import SplitData
 from caviar.training.trial import Trial, TrialSettings, data_tensors, find_checkpoint_file, load_checkpoint_file
@@ -63,6 +63,8 @@ def train_trial(hparams: dict[str, Any], data: SplitData, settings: TrialSetting
     """Ray Tune function trainable: run one trial, resuming from its last checkpoint if any."""
     torch.set_num_threads(settings.threads)
     device, share = trial_device()
+    # before the copy, not as an out-of-memory error later
+    memory.check_device_copy((data.train_x, data.train_y, data.val_x, data.val_y), device, share)
     model = devices.describe_model(settings.family, settings.width, hparams)
     with devices.explain_oom(hparams.get("batch_size"), model, device, share):
         _run(Trial(hparams, settings, device=device), data)

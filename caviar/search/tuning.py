@@ -13,8 +13,9 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from caviar.config import Config, ConfigError
 from caviar.config.schedulers import SCHEDULERS
+from caviar.config.schema import Config
+from caviar.errors import ConfigError
 from caviar.layout import TRIAL_PREFIX
 from caviar.search.callbacks import CheckpointPruner, StateSeal
 from caviar.search.schedulers import PromotingASHA, pbt_scheduler
@@ -174,7 +175,7 @@ SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
 
 # Ray Tune rewrites its whole experiment state (~20 kB per trial) and copies the driver's folder of
 # every trial's result files to storage at each snapshot, by default every 10 s or more: at 10,000
-# trials that alone wrote 23 GB (benchmarks/README.md, scale). With a period that grows with the
+# trials that alone wrote 23 GB (docs/benchmark-history.md, section 8). With a period that grows with the
 # number of trials, the snapshots of a sweep write bytes in proportion to its trials, not to their
 # square; a resumed trial continues from its newest checkpoint however old the snapshot
 # (caviar.search.trainable.resume_point). TUNE_GLOBAL_CHECKPOINT_S set by the user wins.

@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from caviar.config import Config, ConfigError, StageConfig, derive_config
 from caviar.config.durations import format_duration
+from caviar.config.loading import derive_config
 from caviar.config.schedulers import SCHEDULERS, asha_epochs_per_trial, rungs
+from caviar.config.schema import Config, StageConfig
+from caviar.errors import ConfigError
 from caviar.sweeps import shapes
 
 if TYPE_CHECKING:
@@ -73,10 +75,12 @@ class Throughput:
 
 
 def measure(config: Config, data: SplitData, device: torch.device | None = None, configs: int = 3,
-            seconds_each: float = 1.5) -> Throughput:
+            seconds_each: float = 1.5, *, recipe_decides: Callable[[Throughput], bool] | None = None) -> Throughput:
     """Time training steps and an evaluation pass of `configs` configs drawn from the space, on
     `device` with the trial's thread count. Runs inside a Ray task (caviar.sweeps.experiment), which passes
-    the device Ray assigned it."""
+    the device Ray assigned it. The recipe is timed first; where `recipe_decides` (e.g.
+    :func:`recipe_alone`) says its speed alone settles the plan, the drawn configs are not timed: a
+    budget of about one run per slot trains only the recipe, and their ~2 s each come out of it."""
     import statistics
 
     import torch
@@ -92,7 +96,7 @@ def measure(config: Config, data: SplitData, device: torch.device | None = None,
     drawn = sample(config.space, configs + 1, seed=config.search.seed or 0)
     # The recipe (search.points[0], the rest drawn) first, timed apart: R, the unit a budget is told in.
     recipe = [drawn[-1] | dict(config.search.points[0])] if config.search.points else []
-    for hparams in recipe + drawn[:configs]:
+    for index, hparams in enumerate(recipe + drawn[:configs]):
         trial = Trial(hparams, settings, device)
         if train_x is None:
             train_x, train_y, val_x, val_y = data_tensors(data, trial.device)
@@ -115,10 +119,15 @@ def measure(config: Config, data: SplitData, device: torch.device | None = None,
         evaluate(trial.model, val_x[:probe], val_y[:probe], batch_size=settings.eval_batch_size, amp=settings.amp,
                  channels_last=settings.channels_last)
         eval_times.append((time.perf_counter() - begin) / max(1, probe))
+        if recipe and index == 0 and recipe_decides is not None and recipe_decides(
+                Throughput(train_times[0], eval_times[0], 0, str(trial.device.type), train_times[0])):
+            break
     device = str(trial.device.type)
-    recipe_s = train_times.pop(0) if recipe else None
-    eval_times = eval_times[len(recipe):]
-    return Throughput(statistics.median(train_times), statistics.median(eval_times), configs, device, recipe_s)
+    timed = len(train_times) - len(recipe)  # drawn configs timed (0: the recipe decided alone)
+    recipe_s = train_times[0] if recipe else None
+    if timed:  # the space's speed: the drawn configs', the recipe apart
+        train_times, eval_times = train_times[len(recipe):], eval_times[len(recipe):]
+    return Throughput(statistics.median(train_times), statistics.median(eval_times), timed, device, recipe_s)
 
 
 def _sync(device: torch.device) -> None:
@@ -250,6 +259,14 @@ def _shape(config: Config, throughput: Throughput, budget_s: float, slots: int, 
     return shapes.choose(config, recipe_s=recipe_s, budget_s=budget_s, slots=slots)
 
 
+def recipe_alone(config: Config, throughput: Throughput, *, budget_s: float, slots: int, train_images: int,
+                 val_images: int, stage_train_images: list[int] | None = None) -> bool:
+    """Whether the budget buys the `recipe` shape from the recipe's speed alone (then the plan needs
+    no other config's speed: every trial trains the recipe). For :func:`measure`'s `recipe_decides`."""
+    shape = _shape(config, throughput, budget_s, slots, train_images, val_images, stage_train_images)
+    return shape is not None and shape.name == "recipe"
+
+
 def plan(config: Config, *, budget_s: float, spent_s: float, slots: int, throughput: Throughput,
          train_images: int, val_images: int, stage_train_images: list[int] | None = None) -> Plan:
     """The sweep that fits what is left of `budget_s` after `spent_s`, on `slots` parallel trials.
@@ -351,7 +368,7 @@ def apply(config: Config, planned: Plan) -> Config:
 # A stage that trains the search's winners (`from_top`) passes over a winner slower than the
 # configuration the plan timed by more than 1 / this share: it could train less than this share of
 # the epochs the plan meant for it, so its search score came from a schedule it cannot get
-# (benchmarks/README.md, section 7).
+# (docs/benchmark-history.md, section 7).
 AFFORDABLE_SHARE = 0.5
 
 

@@ -2,7 +2,7 @@
 what each adds to the ones already picked (`diverse`).
 
 An ensemble gains only on the images its members do not all get wrong, and seeds of one config
-share most of their errors (three quarters on Fashion-MNIST, benchmarks/README.md section 7);
+share most of their errors (three quarters on Fashion-MNIST, docs/benchmark-history.md section 7);
 configs that differ in optimizer, regularisation or augmentation err more differently (hyper-deep
 ensembles, Wenzel et al. 2020, choose them this way). `diverse` takes the best config first, then,
 among the search's top trials (the stage's `top` share), the one whose search checkpoint lowers the
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from caviar.config import Config, StageConfig
+from caviar.config.schema import Config, StageConfig
 from caviar.layout import TRIAL_PREFIX
 from caviar.results.border import scored, top_count
 from caviar.results.folder import ExperimentFolder

@@ -8,6 +8,7 @@ back from the folder's plain files (caviar.search.reader), never from Ray's pick
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from typing import Any, Callable, Protocol
 import pandas as pd
 
 from caviar import storage
-from caviar.config import Config, ConfigError, load_config, read_saved_config, with_classes
 from caviar.config.durations import parse_duration
+from caviar.config.loading import load_config, read_saved_config, with_classes
+from caviar.config.schema import Config
+from caviar.errors import ConfigError
 from caviar.layout import CONFIG_FILE, LEADERBOARD_FILE, SUMMARY_FILE, TUNER_FILE
 from caviar.results.border import border_warnings
 from caviar.results.folder import ExperimentFolder
@@ -268,19 +271,22 @@ def time_left(deadline: float | None) -> float | None:
     return None if deadline is None else max(1.0, deadline - time.time())
 
 
-def _measure_on_assigned_device(config: Config, data: SplitData, gpu_ids: list[str]) -> budgets.Throughput:
+def _measure_on_assigned_device(config: Config, data: SplitData,
+                                recipe_decides: Callable[[budgets.Throughput], bool],
+                                gpu_ids: list[str]) -> budgets.Throughput:
     """caviar.sweeps.budget.measure on the device Ray assigned this task (CPU when it asked for no GPU)."""
     from caviar.training import devices
 
-    return budgets.measure(config, data, devices.trial_device(gpu_ids))
+    return budgets.measure(config, data, devices.trial_device(gpu_ids), recipe_decides=recipe_decides)
 
 
 def plan_budget(config: Config, data: SplitData, resources: dict[str, float], *, budget_s: float, spent_s: float,
                 stage_train_images: list[int] | None = None) -> budgets.Plan:
     """Measure a trial's speed where trials run (a Ray task with one trial's resources, on the
     sweep's own data), then size the sweep to the budget (caviar.sweeps.budget.plan)."""
-    throughput = connect.run_as_trial(_measure_on_assigned_device, resources, config, data)
-    return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, slots=connect.cluster_slots(config, resources),
-                        throughput=throughput,
-                        train_images=images_per_epoch(len(data.train_y), config.train.epoch_size),
-                        val_images=len(data.val_y), stage_train_images=stage_train_images)
+    sizes = {"slots": connect.cluster_slots(config, resources),
+             "train_images": images_per_epoch(len(data.train_y), config.train.epoch_size),
+             "val_images": len(data.val_y), "stage_train_images": stage_train_images}
+    decides = functools.partial(budgets.recipe_alone, config, budget_s=budget_s, **sizes)
+    throughput = connect.run_as_trial(_measure_on_assigned_device, resources, config, data, decides)
+    return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, throughput=throughput, **sizes)

@@ -23,8 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from caviar.config import Choice, Range, Scalar, SpaceConfig, StageConfig
 from caviar.config.scales import searched
+from caviar.config.schema import StageConfig
+from caviar.config.space import Choice, Range, Scalar, SpaceConfig
 from caviar.errors import CaviarError
 from caviar.results.border import (
     MIN_SCORED,

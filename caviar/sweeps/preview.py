@@ -5,10 +5,12 @@ Nothing is written and no trial runs; Ray is not started."""
 
 from __future__ import annotations
 
+import functools
 import os
 
-from caviar.config import ConfigError, load_config, with_classes
 from caviar.config.durations import parse_duration
+from caviar.config.loading import load_config, with_classes
+from caviar.errors import ConfigError
 from caviar.search.connect import cluster_slots, trial_resources
 from caviar.sweeps import budget as budgets
 from caviar.training import memory
@@ -40,14 +42,15 @@ def preview(experiment: str | None, overrides: list[str] | None = None, *, slots
     pool = local_pool()
     resources = trial_resources(config, pool["GPU"])
     device = torch.device("cuda") if resources["gpu"] > 0 else torch.device("cpu")
-    throughput = budgets.measure(config, data, device)
-    train_images = images_per_epoch(len(data.train_y), config.train.epoch_size)
+    sizes = {"slots": slots or cluster_slots(config, resources, pool),
+             "train_images": images_per_epoch(len(data.train_y), config.train.epoch_size),
+             "val_images": len(data.val_y),
+             "stage_train_images": budgets.stage_train_images(config, len(data.train_y)) if config.stages else None}
+    budget_s = parse_duration(config.budget)
+    throughput = budgets.measure(config, data, device, recipe_decides=functools.partial(
+        budgets.recipe_alone, config, budget_s=budget_s, **sizes))
     figures = memory.estimate(config, *image_counts(config))
-    planned = budgets.plan(config, budget_s=parse_duration(config.budget), spent_s=0,
-                           slots=slots or cluster_slots(config, resources, pool), throughput=throughput,
-                           train_images=train_images, val_images=len(data.val_y),
-                           stage_train_images=budgets.stage_train_images(config, len(data.train_y)) if config.stages
-                           else None)
+    planned = budgets.plan(config, budget_s=budget_s, spent_s=0, throughput=throughput, **sizes)
     planned.memory = memory.describe(figures, memory.limit())
     return planned
 
@@ -56,6 +59,9 @@ def describe(planned: budgets.Plan) -> str:
     """The plan as `--plan` prints it."""
     device = planned.throughput.get("device", "cpu")
     return (f"{planned.describe()}\n  {planned.memory}\n  (speed measured on this machine's {device}, "
-            f"{planned.throughput.get('configs', 0)} configs of the space and the recipe; nothing was trained or "
-            f"written)")
+            f"{_timed(planned.throughput.get('configs', 0))}; nothing was trained or written)")
+
+
+def _timed(configs: int) -> str:
+    return f"{configs} configs of the space and the recipe" if configs else "the recipe alone, which is all it trains"
 

@@ -12,17 +12,17 @@ The shapes, by runs per slot p (`shape: auto`; an experiment file can force one 
   stretched over the whole budget, averaged (SWA) and ensembled. At about one run's worth of
   compute any time taken from the recipe costs more than a search finds: measured, the searching
   flow ended 0.54 pt below the recipe at 0.7 R per slot and 2.2 pt below it at 0.5 R per slot
-  (benchmarks/README.md), and budgeted training (Li, Yumer & Ramanan 2020) loses 1.2 pt on ImageNet
+  (docs/benchmark-history.md), and budgeted training (Li, Yumer & Ramanan 2020) loses 1.2 pt on ImageNet
   at half the schedule. At 2 R per slot the search shape still lost, by 1.5 pt on validation in
   both rounds, to the recipe stretched and to a deep ensemble of 1 R runs
-  (benchmarks/bench_multiples.py, benchmarks/README.md section 9), hence 2.5.
+  (benchmarks/bench_multiples.py, docs/benchmark-history.md section 9), hence 2.5.
 - `search` (RECIPE_BELOW <= p < ENSEMBLE_FROM): the file's stages: a short search with the recipe as
   one of its arms (search.points), then one full-length member per slot (at least the file's
   from_top), stretched over the rest of the budget. At 1.8 R per slot this once beat both ways of
   spending the budget on the recipe alone (+0.27 pt over 2 stretched seeds, one run on a held-out
   set); at 2 R per slot on a Fashion-MNIST subset it lost in both rounds (see `recipe`). benchmarks/bench_shape.py found no
   win for p runs of R ensembled over one run stretched over p R at 2 and 4 R per slot (the
-  stretched run ahead on test in all four rounds; benchmarks/README.md, section 9).
+  stretched run ahead on test in all four rounds; docs/benchmark-history.md, section 9).
 - `ensemble` (p >= ENSEMBLE_FROM): ensemble first. Members of MEMBER_RUNS R each, in as many waves
   per slot as fit in 1 - ENSEMBLE_SEARCH_SHARE of the budget (at most MAX_WAVES, at most MAX_MEMBERS
   members unless the slots are more), from the search's best configs with new seeds; the ensemble
@@ -38,7 +38,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from caviar.config import Config, StageConfig, derive_config
+from caviar.config.loading import derive_config
+from caviar.config.schema import Config, StageConfig
 
 RECIPE_BELOW = 2.5  # runs of the recipe per slot under which no search pays (see the module docstring)
 ENSEMBLE_FROM = 6.0  # runs per slot from which members come before a longer search

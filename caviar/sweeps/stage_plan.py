@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from caviar import storage
-from caviar.config import CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, derive_config
+from caviar.config.loading import derive_config
 from caviar.config.scales import derived_seed, entries, searched
 from caviar.config.schedulers import SCHEDULERS
-from caviar.errors import CaviarError
-from caviar.layout import SUMMARY_FILE, stage_folder
+from caviar.config.schema import Config, StageConfig
+from caviar.config.space import SpaceConfig
+from caviar.errors import CaviarError, ConfigError
+from caviar.layout import CONFIG_FILE, SUMMARY_FILE, stage_folder
 from caviar.results.leaderboard import interrupted
 from caviar.sweeps.narrowing import next_space, param_spec
 

@@ -22,10 +22,12 @@ from typing import Any, Callable
 import pandas as pd
 
 from caviar import storage
-from caviar.config import CONFIG_FILE, Config, ConfigError, SpaceConfig, StageConfig, derive_config
 from caviar.config.durations import parse_duration
-from caviar.errors import CaviarError
-from caviar.layout import STAGES_FILE, stage_folder
+from caviar.config.loading import derive_config
+from caviar.config.schema import Config, StageConfig
+from caviar.config.space import SpaceConfig
+from caviar.errors import CaviarError, ConfigError
+from caviar.layout import CONFIG_FILE, STAGES_FILE, stage_folder
 from caviar.results.border import format_warnings
 from caviar.results.folder import ExperimentFolder
 from caviar.results.leaderboard import deadline_reached, interrupted

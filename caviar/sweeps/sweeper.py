@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from caviar.config import Config, ConfigError, load_config
+from caviar.config.loading import load_config
+from caviar.config.schema import Config
+from caviar.errors import ConfigError
 from caviar.search import tracking
 from caviar.sweeps.experiment import SweepOutcome, SweepResult, config_for_resume, run_experiment
 from caviar.sweeps.stages import run_staged

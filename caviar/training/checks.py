@@ -27,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caviar.config import Choice, Config, ConfigError, Range, Scalar, SpaceConfig, load_config, with_classes
+from caviar.config.loading import load_config, with_classes
 from caviar.config.scales import entries, from_sampling_scale, to_sampling_scale
+from caviar.config.schema import Config
+from caviar.config.space import Choice, Range, Scalar, SpaceConfig
+from caviar.errors import ConfigError
 from caviar.training.models import build_model
 from caviar.training.train import Stats
 

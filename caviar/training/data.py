@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from caviar.config import Config, check_num_classes, default_data_root
+from caviar.config.loading import check_num_classes
+from caviar.config.schema import Config, default_data_root
 from caviar.errors import DataError
 from caviar.training import datacache, imagefolder, memory
 from caviar.training.cifar import (  # noqa: F401 (read_batch_file and the names: data's public API)

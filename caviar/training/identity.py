@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from caviar import storage
-from caviar.config import Config
+from caviar.config.schema import Config
 from caviar.errors import DataError
 from caviar.layout import DATA_FILE, STAGES_FILE
 from caviar.training.data import SplitData, data_for

@@ -13,6 +13,11 @@ The figures (bytes), for N training and M test images of S x S pixels (3 bytes a
 - `whitening`: the whitening layer's fit, one chunk at a time (caviar.training.models.whiten_chunk);
 - `test`: the test set, read once by `caviar ensemble` after the weights are chosen.
 
+On a GPU each trial holds its own copy of its data on the device (a CPU trial reads the node's one
+copy in Ray's object store), so 1 / gpus_per_trial copies share a GPU. A trial refuses to start
+where its copy would take more than DEVICE_DATA_SHARE of what its share of the GPU lets it allocate
+(caviar.training.devices.memory_fraction), naming the figures and what to change.
+
 The limit is the smallest of the memory the machine has free (/proc/meminfo's MemAvailable), the
 cgroup's limit (a container's), the address space left under `ulimit -v`, and CAVIAR_MEMORY_LIMIT
 (bytes, or 8G, 500M) where set.
@@ -24,15 +29,23 @@ import os
 import re
 import resource
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-from caviar.config import Config
+from caviar.config.schema import Config
 from caviar.errors import DataError
+from caviar.training.devices import memory_fraction
 from caviar.training.models import whiten_chunk
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 ENV = "CAVIAR_MEMORY_LIMIT"
 UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 HEADROOM = 0.9  # of the limit, what the data may take: the interpreter, torch and Ray need the rest
+# Of what a GPU trial may allocate, the most its copy of the data may take: the model, its optimizer
+# state and the activations of a batch need the rest.
+DEVICE_DATA_SHARE = 0.5
 
 
 def estimate(config: Config, train_images: int, test_images: int) -> dict[str, Any]:
@@ -101,7 +114,8 @@ def describe(figures: dict[str, Any], found: tuple[int, str] | None) -> str:
     size = figures["image_size"]
     line = (f"memory: {figures['train_images']} training images of {size}x{size} px take ~{human(figures['decoded'])} "
             f"decoded (~{human(figures['loading'])} at the peak of loading), ~{human(figures['per_trial'])} on each "
-            f"trial's device, ~{human(figures['test'])} for the test set")
+            f"trial's device (a GPU trial holds its own copy: 1 / gpus_per_trial copies per GPU), "
+            f"~{human(figures['test'])} for the test set")
     return line + (f"; limit ~{human(found[0])} ({found[1]})" if found else "")
 
 
@@ -117,3 +131,29 @@ def check_fits(config: Config, figures: dict[str, Any]) -> dict[str, Any]:
             f"{found[1]} leaves ~{human(found[0])}. Lower data.image_size, or use fewer images (a smaller folder), "
             f"or a machine with more memory (or raise {ENV} if the limit is wrong)")
     return figures
+
+
+def device_copy_problem(data_bytes: int, share: float, total_bytes: int) -> str | None:
+    """Why a GPU trial holding `share` of a GPU of `total_bytes` should not copy `data_bytes` of
+    data onto it (more than DEVICE_DATA_SHARE of what it may allocate), or None where it fits."""
+    allowed = (memory_fraction(share, total_bytes) or 1.0) * total_bytes
+    if data_bytes <= DEVICE_DATA_SHARE * allowed:
+        return None
+    portion = f"{share:g} of a GPU of {human(total_bytes)}" if 0 < share < 1 else f"a GPU of {human(total_bytes)}"
+    return (f"each trial copies its data onto its GPU (~{human(data_bytes)}: its training images and the validation "
+            f"split), and a trial on {portion} may allocate ~{human(allowed)} for everything (the model, its optimizer "
+            "and a batch's activations too). Give each trial a larger share (resources.gpus_per_trial, up to 1), or "
+            "lower data.image_size or data.train_subset")
+
+
+def check_device_copy(arrays: Sequence[np.ndarray], device: torch.device, share: float) -> None:
+    """A DataError, before a GPU trial copies `arrays` (its data) onto the device, where the copy
+    would not leave room to train in its share of the GPU (see device_copy_problem); nothing on a CPU."""
+    if device.type != "cuda":
+        return
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    problem = device_copy_problem(sum(a.nbytes for a in arrays), share, total)
+    if problem:
+        raise DataError(problem)

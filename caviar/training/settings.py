@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from caviar.config import Config
 from caviar.config.schedulers import SCHEDULERS, rungs
+from caviar.config.schema import Config
 from caviar.training.data import CIFAR10_MEAN, CIFAR10_STD, SplitData
 
 # A trial config's own epoch count, set when a stage sizes each of its configs to its own speed.

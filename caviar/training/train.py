@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from caviar.config import LR_SCHEDULES, OPTIMIZERS
+from caviar.config.space import LR_SCHEDULES, OPTIMIZERS
 from caviar.training.augment import augment_batch
 from caviar.training.data import normalize
 from caviar.training.devices import default_device
@@ -81,7 +81,7 @@ def pick_device() -> torch.device:
 
 # Images per forward pass when evaluating, by device, for `train.eval_batch_size: auto`. A GPU
 # wants big batches; on CPU a batch whose activations fit in cache ran 1.5-3x faster than 1024
-# (benchmarks/README.md, sections 2 and 4: faster sweeps, less memory per trial).
+# (docs/benchmark-history.md, sections 2 and 4: faster sweeps, less memory per trial).
 AUTO_EVAL_BATCH_SIZE = {"cuda": 1024, "cpu": 64}
 
 
@@ -139,7 +139,7 @@ def prepare_inputs(images_uint8: torch.Tensor, device: torch.device, channels_la
     """(B, 3, H, W) uint8 -> normalised float on `device` (by `stats`), NHWC when asked.
 
     On CPU too: given NHWC input, oneDNN's convolutions trained the convnet 1.5x and ResNet-9
-    1.2-1.4x faster (benchmarks/README.md, bench_throughput.py --with-nchw). The model's weights
+    1.2-1.4x faster (docs/benchmark-history.md section 1, bench_throughput.py --with-nchw). The model's weights
     may stay NCHW; the convolution follows its input's layout.
     """
     mean, std = stats if stats is not None else (None, None)

@@ -42,7 +42,7 @@ RESUME_KEYS = ("optimizer", "scheduler", "rng", "lookahead", "flips")
 # A trial with a deadline (TrialSettings.ends_by: a budgeted stage that trains the search's best
 # configs to the end) fits its epoch count to the speed it measures: the speed the config showed
 # in the search, which the stage sized it from, can be a quarter off (another neighbour on the
-# machine; benchmarks/README.md, section 7).
+# machine; docs/benchmark-history.md, section 7).
 REFIT_AFTER = 2  # epochs timed before the first refit (the first one is slower: allocations, caches)
 REFIT_UNTIL = 0.5  # no refit past half the schedule: a new length moves the LR more the later it comes
 # The share of the time left that the remaining epochs are sized to fill: the rest covers the last
