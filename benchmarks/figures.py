@@ -35,6 +35,8 @@ SUPERSEDED = {
        "machine whose load varied); superseded by the paired runs of bench_ab (ab-lookahead, ab-alternate_flips)"
        for v in ("-base", "-label_smoothing-0.1", "-whiten-true", "b-alternate_flips", "b-base", "b-bn_lr_scale",
                  "b-lookahead", "c-base", "c-bn_lr_scale", "c-lookahead")},
+    "multiples-subset600.json": "1 and 4 R before the recipe shape reached 2.5 R per slot and the probe timed only the "
+                                "recipe; superseded by multiples-subset600-after (the same grid and seeds after)",
     "scale-1000-before.json": "before the fix of Ray's snapshot per checkpoint; scale-1000-after is the same run after",
     "scale-10000-after.json": "a first run after the fix; scale-10000-final is the run with every fix",
 }
