@@ -63,11 +63,9 @@ def train_trial(hparams: dict[str, Any], data: SplitData, settings: TrialSetting
     """Ray Tune function trainable: run one trial, resuming from its last checkpoint if any."""
     torch.set_num_threads(settings.threads)
     device, share = trial_device()
-    # before the copy, not as an out-of-memory error later
-    memory.check_device_copy((data.train_x, data.train_y, data.val_x, data.val_y), device, share)
     model = devices.describe_model(settings.family, settings.width, hparams)
     with devices.explain_oom(hparams.get("batch_size"), model, device, share):
-        _run(Trial(hparams, settings, device=device), data)
+        _run(Trial(hparams, settings, device=device), data, share)
 
 
 def resume_point(given: tune.Checkpoint | None, hparams: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
@@ -100,7 +98,7 @@ def resume_point(given: tune.Checkpoint | None, hparams: dict[str, Any]) -> tupl
         return load_checkpoint_file(find_checkpoint_file(local)), False
 
 
-def _run(trial: Trial, data: SplitData) -> None:
+def _run(trial: Trial, data: SplitData, share: float) -> None:
     state, newer = resume_point(tune.get_checkpoint(), trial.hparams)
     if state is not None:
         trial.load_state(state)
@@ -108,6 +106,8 @@ def _run(trial: Trial, data: SplitData) -> None:
         # Ray may not have logged this epoch (its driver stopped before the result arrived): report
         # it again, marked, so result.json has every epoch; readers drop it where Ray had it.
         tune.report(dict(state["metrics"]) | {"replayed": True})
+    # a GPU trial's own copy of the data, refused before it is made where it leaves no room to train
+    memory.check_device_copy((data.train_x, data.train_y, data.val_x, data.val_y), trial.device, share)
     tensors = data_tensors(data, trial.device)
     # Per-layer histograms and update/weight ratios at a few epochs, written into the trial's
     # folder (synced to storage with each checkpoint); measured on a step that is then undone.
