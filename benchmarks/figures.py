@@ -248,6 +248,15 @@ def multiples_headline(docs: dict[str, dict[str, Any]]) -> dict[str, tuple[float
     return out
 
 
+def multiples_table(docs: dict[str, dict[str, Any]] | None = None) -> str:
+    """The flow against the recipe at multiples of R, from the current bench_multiples results."""
+    sys.path.insert(0, str(HERE))
+    import bench_multiples
+
+    docs = load() if docs is None else docs
+    return bench_multiples.table([RESULTS / n for n in _multiples(docs)])
+
+
 def readme_table(docs: dict[str, dict[str, Any]] | None = None) -> str:
     docs = load() if docs is None else docs
     return "\n".join([BEGIN, markdown(readme_rows(docs)), END])
@@ -268,9 +277,6 @@ def write_readme(path: Path = README) -> bool:
 def page(docs: dict[str, dict[str, Any]] | None = None) -> str:
     """The Benchmarks page: per benchmark, its current results files with date, machine, command
     and figures."""
-    sys.path.insert(0, str(HERE))
-    import bench_multiples
-
     from caviar.config import catalog, shipped
 
     docs = load() if docs is None else docs
@@ -291,7 +297,7 @@ def page(docs: dict[str, dict[str, Any]] | None = None) -> str:
         if bench == "search_quality":
             parts += [markdown(search_quality_rows({n: current[n] for n in files})), ""]
         if bench == "multiples":
-            parts += [bench_multiples.table([RESULTS / n for n in files]), ""]
+            parts += [multiples_table(docs), ""]
         for name in files:
             doc = current[name]
             state, why = status(name)

@@ -73,6 +73,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "caviar-experiments": _experiments,
     "benchmarks": lambda: _figures().page(),
     "results-status": lambda: _figures().status_table(),
+    "multiples": lambda: _figures().multiples_table(),
     "readme-figures": lambda: _figures().markdown(_figures().readme_rows(_figures().load())),
 }
 
