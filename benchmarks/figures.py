@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # imported from docs/hooks.py or the tests: the scripts beside it
+    sys.path.insert(0, str(HERE))
+import bench_multiples  # noqa: E402
+
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 BEGIN, END = "<!-- figures:begin (benchmarks/figures.py --readme) -->", "<!-- figures:end -->"
@@ -226,17 +230,11 @@ def _multiples(docs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _multiples_margin(runs: str) -> float:
-    sys.path.insert(0, str(HERE))
-    import bench_multiples
-
     return bench_multiples.margin(float(runs) / 2)
 
 
 def multiples_headline(docs: dict[str, dict[str, Any]]) -> dict[str, tuple[float, bool, str]]:
     """Per multiple of R: flow minus the best recipe contender on validation, met, and a file."""
-    sys.path.insert(0, str(HERE))
-    import bench_multiples
-
     files = _multiples(docs)
     records = [(r, n) for n in files for r in docs[n]["results"]["records"]]
     summary = bench_multiples.summarise([r for r, _ in records])
@@ -250,9 +248,6 @@ def multiples_headline(docs: dict[str, dict[str, Any]]) -> dict[str, tuple[float
 
 def multiples_table(docs: dict[str, dict[str, Any]] | None = None) -> str:
     """The flow against the recipe at multiples of R, from the current bench_multiples results."""
-    sys.path.insert(0, str(HERE))
-    import bench_multiples
-
     docs = load() if docs is None else docs
     return bench_multiples.table([RESULTS / n for n in _multiples(docs)])
 

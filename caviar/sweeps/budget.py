@@ -1,12 +1,10 @@
 """A wall-clock budget -> a sweep that fits it (`caviar sweep --budget 30m`, `budget:` in a file).
 
 Ray Tune can only stop at a deadline (`time_budget_s`); caviar plans for it. At the start of a
-budgeted sweep one task with a trial's resources times a few training steps of configs drawn from
-the space, on the sweep's own data and device (:func:`measure`). From that epoch time, the slots
-the cluster offers and the time left, :func:`plan` sizes the sweep: the number of trials, the epoch
-budget of the longest one and, for staged experiments, every stage. Ray's `time_budget_s` stays as
-the safety net, so the sweep stops on time whatever the estimate said, with every trial and
-checkpoint saved.
+budgeted sweep one task with a trial's resources times training steps of the recipe and configs
+drawn from the space, on the sweep's data and device (:func:`measure`). From that, the slots and the
+time left, :func:`plan` sizes the sweep: trials, the longest one's epochs and every stage. Ray's
+`time_budget_s` stays as the safety net: the sweep stops on time, every trial and checkpoint saved.
 
 The shape of the plan (the caviar way is many models):
 - ASHA: as many epochs per trial (`max_epochs`, at most the file's) as still leave enough trials
@@ -78,9 +76,8 @@ def measure(config: Config, data: SplitData, device: torch.device | None = None,
             seconds_each: float = 1.5, *, recipe_decides: Callable[[Throughput], bool] | None = None) -> Throughput:
     """Time training steps and an evaluation pass of `configs` configs drawn from the space, on
     `device` with the trial's thread count. Runs inside a Ray task (caviar.sweeps.experiment), which passes
-    the device Ray assigned it. The recipe is timed first; where `recipe_decides` (e.g.
-    :func:`recipe_alone`) says its speed alone settles the plan, the drawn configs are not timed: a
-    budget of about one run per slot trains only the recipe, and their ~2 s each come out of it."""
+    the device Ray assigned it. The recipe is timed first; where `recipe_decides` (:func:`recipe_alone`)
+    says its speed settles the plan, the drawn configs are not timed (their ~2 s each go to training)."""
     import statistics
 
     import torch
@@ -125,7 +122,7 @@ def measure(config: Config, data: SplitData, device: torch.device | None = None,
     device = str(trial.device.type)
     timed = len(train_times) - len(recipe)  # drawn configs timed (0: the recipe decided alone)
     recipe_s = train_times[0] if recipe else None
-    if timed:  # the space's speed: the drawn configs', the recipe apart
+    if timed:  # the space's speed is the drawn configs', the recipe apart
         train_times, eval_times = train_times[len(recipe):], eval_times[len(recipe):]
     return Throughput(statistics.median(train_times), statistics.median(eval_times), timed, device, recipe_s)
 
@@ -259,10 +256,17 @@ def _shape(config: Config, throughput: Throughput, budget_s: float, slots: int, 
     return shapes.choose(config, recipe_s=recipe_s, budget_s=budget_s, slots=slots)
 
 
+def plan_sizes(config: Config, data: SplitData, slots: int, stage_train_images: list[int] | None) -> dict[str, Any]:
+    """The keywords :func:`plan` and :func:`recipe_alone` take besides the budget and the speed."""
+    from caviar.training.train import images_per_epoch
+
+    return {"slots": slots, "train_images": images_per_epoch(len(data.train_y), config.train.epoch_size),
+            "val_images": len(data.val_y), "stage_train_images": stage_train_images}
+
+
 def recipe_alone(config: Config, throughput: Throughput, *, budget_s: float, slots: int, train_images: int,
                  val_images: int, stage_train_images: list[int] | None = None) -> bool:
-    """Whether the budget buys the `recipe` shape from the recipe's speed alone (then the plan needs
-    no other config's speed: every trial trains the recipe). For :func:`measure`'s `recipe_decides`."""
+    """Whether the recipe's speed alone buys the `recipe` shape, where every trial trains the recipe."""
     shape = _shape(config, throughput, budget_s, slots, train_images, val_images, stage_train_images)
     return shape is not None and shape.name == "recipe"
 

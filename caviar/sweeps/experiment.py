@@ -33,7 +33,6 @@ from caviar.search.seal import check_seal
 from caviar.sweeps import budget as budgets
 from caviar.training import identity
 from caviar.training.data import SplitData, data_for, describe_dataset
-from caviar.training.train import images_per_epoch
 
 # A trial that fits its length to the deadline (fit_to_deadline) aims this many seconds before it:
 # its last epoch must be reported and checkpointed before Ray stops the experiment at the deadline.
@@ -284,9 +283,7 @@ def plan_budget(config: Config, data: SplitData, resources: dict[str, float], *,
                 stage_train_images: list[int] | None = None) -> budgets.Plan:
     """Measure a trial's speed where trials run (a Ray task with one trial's resources, on the
     sweep's own data), then size the sweep to the budget (caviar.sweeps.budget.plan)."""
-    sizes = {"slots": connect.cluster_slots(config, resources),
-             "train_images": images_per_epoch(len(data.train_y), config.train.epoch_size),
-             "val_images": len(data.val_y), "stage_train_images": stage_train_images}
+    sizes = budgets.plan_sizes(config, data, connect.cluster_slots(config, resources), stage_train_images)
     decides = functools.partial(budgets.recipe_alone, config, budget_s=budget_s, **sizes)
     throughput = connect.run_as_trial(_measure_on_assigned_device, resources, config, data, decides)
     return budgets.plan(config, budget_s=budget_s, spent_s=spent_s, throughput=throughput, **sizes)

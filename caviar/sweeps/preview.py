@@ -15,7 +15,6 @@ from caviar.search.connect import cluster_slots, trial_resources
 from caviar.sweeps import budget as budgets
 from caviar.training import memory
 from caviar.training.data import data_for, image_counts
-from caviar.training.train import images_per_epoch
 
 
 def local_pool() -> dict[str, float]:
@@ -42,10 +41,8 @@ def preview(experiment: str | None, overrides: list[str] | None = None, *, slots
     pool = local_pool()
     resources = trial_resources(config, pool["GPU"])
     device = torch.device("cuda") if resources["gpu"] > 0 else torch.device("cpu")
-    sizes = {"slots": slots or cluster_slots(config, resources, pool),
-             "train_images": images_per_epoch(len(data.train_y), config.train.epoch_size),
-             "val_images": len(data.val_y),
-             "stage_train_images": budgets.stage_train_images(config, len(data.train_y)) if config.stages else None}
+    sizes = budgets.plan_sizes(config, data, slots or cluster_slots(config, resources, pool),
+                               budgets.stage_train_images(config, len(data.train_y)) if config.stages else None)
     budget_s = parse_duration(config.budget)
     throughput = budgets.measure(config, data, device, recipe_decides=functools.partial(
         budgets.recipe_alone, config, budget_s=budget_s, **sizes))
